@@ -1,0 +1,150 @@
+"""Where ionscreen keeps its data and which services it talks to.
+
+Settings come from, in increasing priority: built-in defaults, a TOML config file
+(``$IONSCREEN_CONFIG``, else ``$IONSCREEN_HOME/config.toml``), and environment variables.
+Defaults are the embedded, one-machine setup: everything under one data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from mlip.errors import ConfigError
+
+_ENV_PREFIX = "IONSCREEN_"
+
+
+def _default_mace_cache_dir() -> Path:
+    # Same rule as mace-torch's get_cache_dir(), computed here so that reading the config does not
+    # import mace (which imports torch and flips a process-wide torch.load switch).
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mace"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration. Paths are absolute."""
+
+    home: Path
+    db_url: str
+    mlflow_tracking_uri: str
+    mlflow_artifact_location: str
+    device: str = "auto"
+    trust_registry: bool = True
+    config_file: Path | None = None
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """mace-torch's download cache for foundation models (``$XDG_CACHE_HOME/mace``)."""
+        return _default_mace_cache_dir().resolve()
+
+    @property
+    def trust_store_path(self) -> Path:
+        return self.home / "trusted_models.json"
+
+    @property
+    def registry_cache_dir(self) -> Path:
+        return self.home / "registry-cache"
+
+    def ensure_home(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True)
+        return self.home
+
+
+# Keys a config file / environment may set, with their parser.
+def _parse_bool(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+def _parse_device(key: str, value: object) -> str:
+    text = str(value).strip().lower()
+    if text not in {"auto", "cpu", "cuda"} and not text.startswith("cuda:"):
+        raise ConfigError(f"{key} must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return text
+
+
+_KEYS = {
+    "db_url": str,
+    "mlflow_tracking_uri": str,
+    "mlflow_artifact_location": str,
+    "device": _parse_device,
+    "trust_registry": _parse_bool,
+}
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Read settings from the environment (``os.environ`` unless given) and the config file."""
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get(_ENV_PREFIX + "HOME", "./.ionscreen")).expanduser().resolve()
+    config_file = Path(env.get(_ENV_PREFIX + "CONFIG", home / "config.toml")).expanduser()
+
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {"home": "env" if _ENV_PREFIX + "HOME" in env else "default"}
+    if config_file.is_file():
+        try:
+            data = tomllib.loads(config_file.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {err}") from err
+        unknown = sorted(set(data) - set(_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"config file {config_file} has unknown key(s) {', '.join(unknown)}; "
+                f"known keys: {', '.join(sorted(_KEYS))}"
+            )
+        for key, value in data.items():
+            values[key] = _KEYS[key](key, value) if _KEYS[key] is not str else str(value)
+            sources[key] = str(config_file)
+    elif _ENV_PREFIX + "CONFIG" in env:
+        raise ConfigError(f"IONSCREEN_CONFIG points to {config_file}, which does not exist")
+
+    for key, parse in _KEYS.items():
+        env_key = _ENV_PREFIX + key.upper()
+        if env_key in env:
+            values[key] = parse(env_key, env[env_key]) if parse is not str else env[env_key]
+            sources[key] = "env"
+
+    defaults = {
+        "db_url": f"sqlite:///{home / 'ionscreen.db'}",
+        "mlflow_tracking_uri": f"sqlite:///{home / 'mlflow.db'}",
+        "mlflow_artifact_location": (home / "mlartifacts").as_uri(),
+    }
+    for key, value in defaults.items():
+        if key not in values:
+            values[key] = value
+            sources[key] = "default"
+
+    return Settings(
+        home=home,
+        db_url=str(values["db_url"]),
+        mlflow_tracking_uri=str(values["mlflow_tracking_uri"]),
+        mlflow_artifact_location=str(values["mlflow_artifact_location"]),
+        device=str(values.get("device", "auto")),
+        trust_registry=bool(values.get("trust_registry", True)),
+        config_file=config_file if config_file.is_file() else None,
+        sources=sources,
+    )
+
+
+def settings_as_dict(settings: Settings) -> dict[str, str]:
+    """A printable view of the settings (for ``ionscreen config``)."""
+    out = {}
+    for f in fields(settings):
+        if f.name == "sources":
+            continue
+        out[f.name] = str(getattr(settings, f.name))
+    out["model_cache_dir"] = str(settings.model_cache_dir)
+    out["trust_store"] = str(settings.trust_store_path)
+    return out
+
+
+__all__ = ["Settings", "load_settings", "settings_as_dict", "replace"]

@@ -1,0 +1,93 @@
+"""Model reference strings and their parsed form.
+
+A reference names a model in one of four ways:
+
+* ``path/to/file.model`` — a file on disk;
+* ``mace-mp:<name>`` — a MACE foundation model (``small``, ``medium``, ``medium-mpa-0``, ...);
+* ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` — the MLflow model registry;
+* ``bundled:<name>`` — a model shipped inside the ionscreen package.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlip.errors import InputError
+
+
+class RefKind(enum.StrEnum):
+    PATH = "path"
+    FOUNDATION = "mace-mp"
+    REGISTRY = "registry"
+    BUNDLED = "bundled"
+
+
+_REGISTRY_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model reference. ``text`` is the canonical string form."""
+
+    kind: RefKind
+    name: str
+    alias: str | None = None
+    version: int | None = None
+    path: Path | None = None
+
+    @property
+    def text(self) -> str:
+        if self.kind is RefKind.PATH:
+            return str(self.path)
+        if self.kind is RefKind.FOUNDATION:
+            return f"mace-mp:{self.name}"
+        if self.kind is RefKind.BUNDLED:
+            return f"bundled:{self.name}"
+        if self.alias is not None:
+            return f"models:/{self.name}@{self.alias}"
+        return f"models:/{self.name}/{self.version}"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_ref(text: str | Path | ModelRef) -> ModelRef:
+    """Parse a reference string; raises :class:`InputError` with the accepted forms on failure."""
+    if isinstance(text, ModelRef):
+        return text
+    if isinstance(text, Path):
+        return ModelRef(RefKind.PATH, name=text.name, path=text.expanduser().resolve())
+    raw = str(text).strip()
+    if not raw:
+        raise InputError("empty model reference; " + _FORMS)
+    if raw.startswith("models:"):
+        m = _REGISTRY_RE.match(raw)
+        if not m:
+            raise InputError(f"malformed registry reference {raw!r}; " + _FORMS)
+        version = m.group("version")
+        return ModelRef(
+            RefKind.REGISTRY,
+            name=m.group("name"),
+            alias=m.group("alias"),
+            version=int(version) if version is not None else None,
+        )
+    for prefix, kind in (("mace-mp:", RefKind.FOUNDATION), ("bundled:", RefKind.BUNDLED)):
+        if raw.startswith(prefix):
+            name = raw[len(prefix):]
+            if not _NAME_RE.match(name):
+                raise InputError(f"malformed model name {name!r} in {raw!r}; " + _FORMS)
+            return ModelRef(kind, name=name)
+    if re.match(r"^[a-z][a-z0-9+.-]*:(?!\\)", raw) and not re.match(r"^[A-Za-z]:[\\/]", raw):
+        raise InputError(f"unknown model reference scheme in {raw!r}; " + _FORMS)
+    path = Path(raw).expanduser().resolve()
+    return ModelRef(RefKind.PATH, name=path.name, path=path)
+
+
+_FORMS = (
+    "use one of: path/to/file.model, mace-mp:<name> (e.g. mace-mp:small), "
+    "models:/<name>@<alias>, models:/<name>/<version>, bundled:<name>"
+)

@@ -1,0 +1,1 @@
+"""The science: candidates, MD protocol, diffusion analysis, NEB, ranking and result schemas."""

@@ -1,0 +1,1 @@
+"""Jobs: spec, Ray execution, job store, CLI, REST API and web page."""
