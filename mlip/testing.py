@@ -23,8 +23,15 @@ def build_mace(
     atomic_energies: list[float] | None = None,
     seed: int = 0,
     dtype: str = "float64",
+    pair_repulsion: bool = False,
+    interaction_scale: float = 1.0,
 ):
-    """A ScaleShiftMACE with the given elements and size, seeded."""
+    """A ScaleShiftMACE with the given elements and size, seeded.
+
+    A randomly initialised MACE has no repulsive core, so MD with it collapses. With
+    ``pair_repulsion=True`` (MACE's ZBL term) and a small ``interaction_scale`` the model is a
+    stable "soft-sphere" potential: good for exercising MD machinery, not for physics.
+    """
     from mlip._mace import import_mace
 
     import_mace()  # before e3nn
@@ -57,7 +64,14 @@ def build_mace(
             gate=torch.nn.functional.silu,
             atomic_inter_scale=1.0,
             atomic_inter_shift=0.0,
+            pair_repulsion=pair_repulsion,
         )
+        if interaction_scale != 1.0:
+            # Scale the learned readouts only, so the ZBL core (also summed before the scale-shift) stays full.
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name.startswith("readouts.") and name.endswith(("linear.weight", "linear_2.weight")):
+                        param.mul_(interaction_scale)
     finally:
         torch.set_default_dtype(previous)
     return model

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Tiny test models gain nothing from a second thread, and an oversubscribed core makes torch's
+# thread pool spin (10× slower when another process is busy). Subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 LIPSCL = [3, 15, 16, 17]  # Li, P, S, Cl
 
 

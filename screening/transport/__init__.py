@@ -1,0 +1,1 @@
+"""Ionic transport from molecular dynamics: protocol, resumable MD, diffusion and Arrhenius analysis."""

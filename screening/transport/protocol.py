@@ -1,0 +1,182 @@
+"""The transport protocol as data: what MD to run and how to analyse it, hashable and stored with results.
+
+Presets: ``quick`` (CPU demos and tests: minutes on ~100 atoms with a small model), ``standard``
+(what a paper would use: ≥ 4 temperatures, 100 ps production each, cells ≥ 10 Å across — GPU work),
+and ``custom`` (any values, validated).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mlip.errors import InputError
+
+
+class Thermostat(enum.StrEnum):
+    BUSSI = "bussi"  # stochastic velocity rescaling: canonical, barely perturbs dynamics
+    LANGEVIN = "langevin"  # strong coupling, for equilibration; friction slows diffusion
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class AnalysisSettings(BaseModel):
+    """How trajectories are analysed (part of the protocol, so part of its hash)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_blocks: int = Field(5, ge=3, le=50, description="Time blocks for the block-averaged 95% intervals.")
+    fit_start_fraction: float = Field(0.1, ge=0, lt=1, description="Start of the MSD fit window, fraction of a block.")
+    fit_end_fraction: float = Field(0.5, gt=0, le=1, description="End of the MSD fit window, fraction of a block.")
+    fit_min_start_fs: float = Field(200.0, ge=0, description="Never fit lags shorter than this (ballistic regime), fs.")
+    hop_distance_A: float = Field(1.5, gt=0, description="Displacement from the resting point that counts as a hop, Å.")
+    min_hops: int = Field(20, ge=0, description="Fewer hops than this at a temperature → not_diffusive.")
+    min_linearity: float = Field(0.5, gt=0, le=1, description="Late/early MSD slope ratio below this → not_diffusive.")
+    max_rel_half_width: float = Field(0.5, gt=0, description="95% interval half-width / D above this → short_run.")
+    framework_msd_limit_A2: float = Field(2.0, gt=0, description="Framework MSD above this (Å²) → framework_melted.")
+    thermostat_tolerance: float = Field(0.05, gt=0, lt=1, description="Mean T off target by more (fraction) → thermostat_off.")
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.fit_end_fraction <= self.fit_start_fraction:
+            raise ValueError("fit_end_fraction must exceed fit_start_fraction")
+        return self
+
+
+class TransportProtocol(BaseModel):
+    """Relax → equilibrate → NVT production at each temperature → analyse. Units are in the names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("custom", description="Preset name (not part of the hash).")
+    temperatures_K: tuple[PositiveFloat, ...] = Field(..., min_length=1, description="Production temperatures, K.")
+    timestep_fs: PositiveFloat = Field(..., le=5.0, description="MD time step, fs.")
+    equilibration_ps: float = Field(..., ge=0, description="Equilibration before sampling, ps.")
+    production_ps: PositiveFloat = Field(..., description="Production length per temperature, ps.")
+    sample_interval_fs: PositiveFloat = Field(..., description="Time between stored frames, fs.")
+    checkpoint_interval_ps: PositiveFloat = Field(1.0, description="Time between MD checkpoints, ps.")
+    thermostat: Thermostat = Thermostat.BUSSI
+    thermostat_time_constant_fs: PositiveFloat = Field(100.0, description="Bussi τ_T or Langevin 1/friction, fs.")
+    equilibration_thermostat: Thermostat = Thermostat.LANGEVIN
+    supercell_min_length_A: PositiveFloat = Field(..., description="Every cell height (and so every lattice vector) ≥ this, Å.")
+    relax: bool = Field(True, description="Relax positions (float64) before MD.")
+    relax_cell: bool = Field(False, description="Also relax the cell.")
+    relax_fmax_eV_A: PositiveFloat = 0.05
+    relax_max_steps: int = Field(300, ge=1)
+    md_dtype: str = Field("float32", pattern="^float(32|64)$")
+    seed: int = Field(0, ge=0)
+    target_rel_half_width: float | None = Field(
+        None, gt=0, description="Adaptive runs: extend production until the 95% half-width / D* is below this."
+    )
+    max_production_ps: float | None = Field(None, gt=0, description="Adaptive runs: production budget per temperature, ps.")
+    extension_ps: float | None = Field(None, gt=0, description="Adaptive runs: production added per extension, ps.")
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+
+    @field_validator("temperatures_K")
+    @classmethod
+    def _sorted_unique(cls, temps):
+        if len(set(temps)) != len(temps):
+            raise ValueError("temperatures must be distinct")
+        return tuple(sorted(temps))
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.sample_interval_fs < self.timestep_fs:
+            raise ValueError("sample_interval_fs must be at least timestep_fs")
+        if abs(self.sample_interval_fs / self.timestep_fs - round(self.sample_interval_fs / self.timestep_fs)) > 1e-9:
+            raise ValueError("sample_interval_fs must be a whole number of time steps")
+        adaptive = [self.target_rel_half_width, self.max_production_ps, self.extension_ps]
+        if any(v is not None for v in adaptive) and not all(v is not None for v in adaptive):
+            raise ValueError("adaptive runs need target_rel_half_width, max_production_ps and extension_ps together")
+        if self.max_production_ps is not None and self.max_production_ps < self.production_ps:
+            raise ValueError("max_production_ps must be at least production_ps")
+        return self
+
+    # -- derived step counts -------------------------------------------------------------------
+    @property
+    def sample_every_steps(self) -> int:
+        return int(round(self.sample_interval_fs / self.timestep_fs))
+
+    def steps(self, ps: float) -> int:
+        """Whole number of sample intervals covering ``ps``, in MD steps."""
+        frames = int(round(ps * 1000.0 / self.sample_interval_fs))
+        return frames * self.sample_every_steps
+
+    @property
+    def equilibration_steps(self) -> int:
+        return int(round(self.equilibration_ps * 1000.0 / self.timestep_fs))
+
+    @property
+    def checkpoint_every_steps(self) -> int:
+        every = self.sample_every_steps
+        return max(int(round(self.checkpoint_interval_ps * 1000.0 / self.sample_interval_fs)), 1) * every
+
+    @property
+    def adaptive(self) -> bool:
+        return self.target_rel_half_width is not None
+
+    def physics_dict(self) -> dict:
+        data = self.model_dump(mode="json")
+        data.pop("name")
+        return data
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 of the canonical JSON of everything that affects the numbers (not the name)."""
+        blob = json.dumps(self.physics_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+_PRESETS = {
+    "quick": dict(
+        temperatures_K=(700.0, 900.0, 1100.0),
+        timestep_fs=2.0,
+        equilibration_ps=0.5,
+        production_ps=4.0,
+        sample_interval_fs=20.0,
+        checkpoint_interval_ps=0.5,
+        supercell_min_length_A=8.0,
+        relax_max_steps=100,
+        analysis=AnalysisSettings(n_blocks=4, fit_min_start_fs=100.0, min_hops=10, max_rel_half_width=0.6),
+    ),
+    "standard": dict(
+        temperatures_K=(500.0, 600.0, 700.0, 800.0, 900.0),
+        timestep_fs=1.0,
+        equilibration_ps=10.0,
+        production_ps=100.0,
+        sample_interval_fs=20.0,
+        checkpoint_interval_ps=5.0,
+        supercell_min_length_A=10.0,
+        relax_cell=True,
+        relax_max_steps=500,
+        analysis=AnalysisSettings(n_blocks=5),
+    ),
+}
+
+
+def preset(name: str, **overrides) -> TransportProtocol:
+    """A named preset, optionally with fields overridden (the result is then named ``custom``)."""
+    if name not in _PRESETS:
+        raise InputError(f"unknown protocol preset {name!r}; presets: {', '.join(sorted(_PRESETS))}, or custom")
+    values = {**_PRESETS[name], **overrides}
+    return make_protocol(name=name if not overrides else "custom", **values)
+
+
+def make_protocol(**values) -> TransportProtocol:
+    """Validate protocol values, turning pydantic's errors into an InputError that names each field."""
+    try:
+        return TransportProtocol(**values)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'protocol'}: {e['msg']}" for e in err.errors()
+        )
+        raise InputError(f"invalid transport protocol: {problems}") from err
+
+
+def preset_names() -> list[str]:
+    return sorted(_PRESETS)

@@ -1,0 +1,109 @@
+"""Result documents of the transport protocol: every number with its unit, interval, flags and provenance."""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Flag(enum.StrEnum):
+    """Quality flags. A number carrying one of these is not ranked as if it were certain."""
+
+    NOT_DIFFUSIVE = "not_diffusive"  # MSD not linear in the fitted window, or too few hops
+    FEW_HOPS = "few_hops"  # fewer distinct hops than the protocol's minimum
+    UNSTABLE_MD = "unstable_md"  # atoms too close, exploding energy or temperature, NaN
+    FRAMEWORK_MELTED = "framework_melted"  # framework atoms diffuse
+    THERMOSTAT_OFF = "thermostat_off"  # mean temperature off target
+    SHORT_RUN = "short_run"  # interval too wide for ranking
+    TARGET_NOT_MET = "target_not_met"  # adaptive run spent its budget before reaching the target
+    FEW_TEMPERATURES = "few_temperatures"  # fewer than two usable temperatures: no Arrhenius fit
+    NON_ARRHENIUS = "non_arrhenius"  # points scatter beyond their error bars around the Arrhenius line
+
+
+Interval = tuple[float, float]
+
+
+class TemperatureResult(BaseModel):
+    """Transport at one temperature."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature_K: float = Field(description="Target (thermostat) temperature, K.")
+    mean_temperature_K: float | None = Field(None, description="Mean kinetic temperature over production, K.")
+    diffusivity_cm2_s: float | None = Field(None, description="Tracer diffusivity D* of the working ion, cm²/s.")
+    diffusivity_ci95_cm2_s: Interval | None = Field(None, description="95% interval of D* (block averaging), cm²/s.")
+    diffusivity_std_error_cm2_s: float | None = Field(None, description="Block standard error of D*, cm²/s.")
+    diffusivity_components_cm2_s: tuple[float, float, float] | None = Field(None, description="D*_x, D*_y, D*_z along Cartesian axes, cm²/s.")
+    diffusivity_components_ci95_cm2_s: tuple[Interval, Interval, Interval] | None = None
+    charge_diffusivity_cm2_s: float | None = Field(None, description="Collective (charge) diffusivity D_σ, cm²/s.")
+    charge_diffusivity_ci95_cm2_s: Interval | None = None
+    haven_ratio: float | None = Field(None, description="H = D*/D_σ (dimensionless).")
+    conductivity_mS_cm: float | None = Field(None, description="Nernst–Einstein conductivity from D* (H = 1), mS/cm.")
+    conductivity_ci95_mS_cm: Interval | None = None
+    charge_conductivity_mS_cm: float | None = Field(None, description="Nernst–Einstein conductivity from D_σ, mS/cm.")
+    charge_conductivity_ci95_mS_cm: Interval | None = None
+    ion_charge: int = Field(description="Formal charge of the working ion, e (stated, never guessed).")
+    n_mobile_ions: int
+    n_hops: int = Field(description="Distinct ion hops counted over the production run.")
+    production_ps: float = Field(description="Production time analysed, ps.")
+    n_frames: int
+    n_blocks: int
+    fit_window_fs: Interval | None = Field(None, description="Lag window of the MSD fit, fs.")
+    msd_linearity: float | None = Field(None, description="Late/early MSD slope ratio in the window (1 = linear).")
+    framework_max_msd_A2: float | None = Field(None, description="Largest framework-species MSD at the end, Å².")
+    volume_A3: float
+    flags: list[str] = Field(default_factory=list)
+    md_status: str = "completed"
+    md_reason: str = ""
+    extensions: int = Field(0, description="Adaptive runs: production extensions made.")
+    frame_log: str | None = Field(None, description="Frame-log directory, relative to the result file.")
+    msd_plot: str | None = Field(None, description="MSD plot (PNG), relative to the result file.")
+
+
+class ArrheniusResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    temperatures_K: list[float] = Field(description="Temperatures used in the fit, K.")
+    activation_energy_eV: float | None = None
+    activation_energy_ci95_eV: Interval | None = None
+    prefactor_cm2_s: float | None = Field(None, description="Arrhenius prefactor D0, cm²/s.")
+    prefactor_ci95_cm2_s: Interval | None = None
+    diffusivity_300K_cm2_s: float | None = Field(None, description="D* extrapolated to 300 K, cm²/s.")
+    diffusivity_300K_ci95_cm2_s: Interval | None = None
+    conductivity_300K_mS_cm: float | None = Field(None, description="σ at 300 K (Nernst–Einstein from extrapolated D*), mS/cm.")
+    conductivity_300K_ci95_mS_cm: Interval | None = None
+    reduced_chi2: float | None = None
+    flags: list[str] = Field(default_factory=list)
+    plot: str | None = None
+
+
+class Provenance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_ref: str | None = None
+    model_sha256: str | None = None
+    protocol_hash: str
+    code_version: str
+    seed: int
+    mlflow_run_id: str | None = None
+
+
+class TransportResult(BaseModel):
+    """Transport of one candidate under one protocol and model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    formula: str
+    working_ion: str
+    ion_charge: int
+    n_atoms: int = Field(description="Atoms in the simulated supercell.")
+    supercell: tuple[int, int, int]
+    volume_A3: float
+    protocol: dict
+    provenance: Provenance
+    temperatures: list[TemperatureResult]
+    arrhenius: ArrheniusResult
+    flags: list[str] = Field(default_factory=list, description="Union of the flags of every part.")
+    wall_s: float | None = None
+    created_utc: str | None = None

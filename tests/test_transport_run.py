@@ -1,0 +1,129 @@
+"""The transport protocol end to end with a tiny MACE: documents, flags, plots, adaptive runs, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from ase import Atoms
+
+from mlip.errors import InputError
+from mlip.loader import trust
+from screening.transport.protocol import make_protocol, preset
+from screening.transport.results import TransportResult
+from screening.transport.run import calculator_factory_for, load_result, run_transport
+from md_worker import li2s_cell
+
+SMALL = dict(
+    temperatures_K=(500.0, 700.0),
+    timestep_fs=2.0,
+    equilibration_ps=0.1,
+    production_ps=1.2,
+    sample_interval_fs=10.0,
+    checkpoint_interval_ps=0.2,
+    supercell_min_length_A=5.5,
+    relax_max_steps=20,
+    analysis={"n_blocks": 4, "fit_min_start_fs": 50.0, "min_hops": 1},
+)
+
+
+@pytest.fixture(scope="module")
+def soft_file(tmp_path_factory):
+    from mlip.testing import build_mace, save_model
+
+    return save_model(build_mace([3, 15, 16, 17], seed=1, pair_repulsion=True, interaction_scale=0.02),
+                      tmp_path_factory.mktemp("soft") / "soft.model")
+
+
+@pytest.fixture
+def soft(soft_file, settings, tmp_path):
+    copy = tmp_path / "soft.model"
+    copy.write_bytes(soft_file.read_bytes())
+    return trust(str(copy), settings)
+
+
+def test_protocol_presets_and_hash():
+    quick, standard = preset("quick"), preset("standard")
+    assert len(standard.temperatures_K) >= 4 and standard.production_ps >= 100 and standard.supercell_min_length_A >= 10
+    assert quick.hash != standard.hash and len(quick.hash) == 64
+    assert preset("quick").hash == quick.hash  # deterministic
+    renamed = make_protocol(**{**quick.model_dump(), "name": "mine"})
+    assert renamed.hash == quick.hash  # the name is not physics
+    assert preset("quick", seed=1).hash != quick.hash and preset("quick", seed=1).name == "custom"
+    with pytest.raises(InputError, match="unknown protocol preset"):
+        preset("fast")
+    with pytest.raises(InputError, match="sample_interval_fs"):
+        make_protocol(**{**SMALL, "sample_interval_fs": 3.0})  # not a whole number of 2 fs steps
+    with pytest.raises(InputError, match="adaptive"):
+        make_protocol(**SMALL, target_rel_half_width=0.2)
+
+
+def test_run_transport_writes_a_complete_result_and_resumes(soft, tmp_path):
+    protocol = make_protocol(**SMALL)
+    work = tmp_path / "run"
+    stages = []
+    result = run_transport(li2s_cell(), calculator_factory_for(soft, "cpu"), protocol, work, "Li",
+                           model_ref=soft.ref, model_sha256=soft.sha256, progress=lambda s, i: stages.append(s))
+    assert stages[0] == "relax" and stages.count("md") == 2 and stages[-1] == "analyse"
+    assert result.n_atoms == 48 and result.supercell == (1, 1, 1) and result.ion_charge == 1
+    prov = result.provenance
+    assert prov.model_sha256 == soft.sha256 and prov.protocol_hash == protocol.hash and prov.seed == 0 and prov.code_version
+    for t in result.temperatures:
+        assert t.md_status == "completed"
+        assert t.diffusivity_cm2_s is not None and t.diffusivity_ci95_cm2_s[0] <= t.diffusivity_cm2_s <= t.diffusivity_ci95_cm2_s[1]
+        assert t.conductivity_mS_cm > 0 and t.n_frames == 121 and t.production_ps == pytest.approx(1.2)
+        assert abs(t.mean_temperature_K - t.temperature_K) < 0.15 * t.temperature_K
+        assert "thermostat_off" not in t.flags
+        assert (work / t.msd_plot).stat().st_size > 5000 and (work / t.frame_log / "meta.json").exists()
+    assert isinstance(result.flags, list)
+    saved = load_result(work)
+    assert saved == TransportResult.model_validate_json((work / "result.json").read_text())
+    assert json.loads((work / "protocol.json").read_text())["hash"] == protocol.hash
+    assert (work / "relaxed.extxyz").exists()
+    # re-running continues from what is there: no MD is redone, the numbers are the same
+    start = time.perf_counter()
+    again = run_transport(li2s_cell(), calculator_factory_for(soft, "cpu"), protocol, work, "Li",
+                          model_ref=soft.ref, model_sha256=soft.sha256)
+    assert time.perf_counter() - start < 0.5 * result.wall_s
+    assert [t.diffusivity_cm2_s for t in again.temperatures] == [t.diffusivity_cm2_s for t in result.temperatures]
+
+
+def test_adaptive_run_extends_until_budget_and_says_so(soft, tmp_path):
+    protocol = make_protocol(**{**SMALL, "temperatures_K": (600.0,), "production_ps": 0.9},
+                             target_rel_half_width=0.001, extension_ps=0.3, max_production_ps=1.5)
+    result = run_transport(li2s_cell(), calculator_factory_for(soft, "cpu"), protocol, tmp_path / "a", "Li")
+    t = result.temperatures[0]
+    assert t.extensions == 2 and t.production_ps == pytest.approx(1.5) and "target_not_met" in t.flags
+    # the extended trajectory is the one an uninterrupted 1.5 ps run gives (same frames)
+    plain = make_protocol(**{**SMALL, "temperatures_K": (600.0,), "production_ps": 1.5})
+    run_transport(li2s_cell(), calculator_factory_for(soft, "cpu"), plain, tmp_path / "p", "Li")
+    assert (tmp_path / "a/T600K/frames/mobile.f32").read_bytes() == (tmp_path / "p/T600K/frames/mobile.f32").read_bytes()
+    easy = make_protocol(**{**SMALL, "temperatures_K": (600.0,), "production_ps": 0.9},
+                         target_rel_half_width=100.0, extension_ps=0.3, max_production_ps=1.5)
+    t = run_transport(li2s_cell(), calculator_factory_for(soft, "cpu"), easy, tmp_path / "b", "Li").temperatures[0]
+    assert t.extensions == 0 and t.production_ps == pytest.approx(0.9) and "target_not_met" not in t.flags
+
+
+def test_unstable_model_gives_flags_not_numbers(tiny_model_copy, settings, tmp_path):
+    loaded = trust(str(tiny_model_copy), settings)  # random MACE without a repulsive core: collapses
+    protocol = make_protocol(**{**SMALL, "temperatures_K": (1500.0, 1800.0), "relax": False})
+    result = run_transport(li2s_cell(), calculator_factory_for(loaded, "cpu"), protocol, tmp_path / "u", "Li")
+    for t in result.temperatures:
+        assert "unstable_md" in t.flags and t.diffusivity_cm2_s is None and t.md_reason
+    assert result.arrhenius.activation_energy_eV is None and "few_temperatures" in result.arrhenius.flags
+
+
+def test_bad_structures_fail_before_any_md(soft, tmp_path):
+    protocol = make_protocol(**SMALL)
+    factory = calculator_factory_for(soft, "cpu")
+    no_li = li2s_cell()
+    no_li.symbols[no_li.symbols == "Li"] = "Cl"
+    overlapping = li2s_cell()
+    overlapping.positions[1] = overlapping.positions[0] + [0.2, 0.0, 0.0]
+    molecule = Atoms("Li2S", positions=[[0, 0, 0], [2.3, 0, 0], [0, 2.3, 0]])
+    for bad, match in [(no_li, "no Li"), (overlapping, "overlapping"), (molecule, "not periodic")]:
+        work = tmp_path / match.replace(" ", "_")
+        with pytest.raises(InputError, match=match):
+            run_transport(bad, factory, protocol, work, "Li")
+        assert not list(work.glob("T*K"))
