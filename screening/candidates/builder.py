@@ -1,0 +1,281 @@
+"""Make ``Candidate`` documents: from the built-in library or from any structure file (CIF/POSCAR/extxyz)."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlip.errors import InputError
+from screening.candidates.candidate import Candidate
+from screening.candidates.identity import structure_hash
+from screening.candidates.library import CandidateKind, LibraryEntry, build_parent, get_entry, insertion_positions
+from screening.candidates.ordering import (
+    HARD_CORE_FRACTION,
+    OrderingRecord,
+    assign_counts,
+    find_sublattices,
+    order_structure,
+)
+from screening.candidates.oxidation import (
+    assign_by_bond_valence,
+    assign_from_table,
+    check_neutral,
+    element_symbol,
+    ion_charge,
+)
+
+DEFAULT_SEED = 0
+MAX_AUTO_SUPERCELL_ATOMS = 256
+
+
+def target_composition(entry: LibraryEntry, parent, ordering_cell, supercell) -> dict[str, int]:
+    """Integer composition of the ordered cell: the entry's stated one, else formula × formula units."""
+    from pymatgen.core import Composition
+
+    n_det = int(round(abs(np.linalg.det(np.diag(supercell) if np.ndim(supercell) == 1 else np.array(supercell)))))
+    if entry.ordered_composition:
+        return {el: n * n_det for el, n in entry.ordered_composition.items()}
+    n_fu = entry.z * len(ordering_cell) / len(parent) * n_det
+    if abs(n_fu - round(n_fu)) > 1e-6:
+        raise InputError(f"{entry.name}: ordering cell holds {n_fu:g} formula units; state ordered_composition")
+    out = {}
+    for el, amount in Composition(entry.formula).items():
+        value = amount * round(n_fu)
+        if abs(value - round(value)) > 1e-6:
+            raise InputError(f"{entry.name}: {el} count {value:g} is not an integer; state ordered_composition")
+        out[el.symbol] = int(round(value))
+    return out
+
+
+#: Parameters of ``order_structure`` used for library entries (part of the on-disk cache key).
+LIBRARY_ORDERING_PARAMS: dict[str, Any] = {
+    "max_enumeration": 200,
+    "n_restarts": 4,
+    "sweeps": 60,
+    "hard_core_fraction": HARD_CORE_FRACTION,
+}
+
+
+def _ordering_cell(entry: LibraryEntry):
+    """(parent, cell to order, supercell multipliers, target composition) of a buildable entry."""
+    parent = build_parent(entry)
+    cell = parent
+    if entry.ordering.cell == "primitive":
+        cell = parent.get_primitive_structure()
+    supercell = list(entry.ordering.supercell)
+    return parent, cell, supercell, target_composition(entry, parent, cell, supercell)
+
+
+def ordered_atom_count(name: str) -> int:
+    """Atoms in the entry's ordered cell, from its target composition (no ordering is run); remembered in the
+    on-disk cache index under the same key as the ordered cell, so a later call does not even build the parent."""
+    from screening.candidates import cache
+
+    entry = get_entry(name)
+    if not entry.buildable:
+        raise InputError(f"library entry {entry.name} cannot be built ({entry.status.value})")
+    key = cache.cache_key(entry, 0, LIBRARY_ORDERING_PARAMS)  # the count does not depend on the seed
+    count = cache.load_atom_count(key)
+    if count is None:
+        _, _, _, target = _ordering_cell(entry)
+        count = int(sum(target.values()))
+        cache.store_atom_count(key, count)
+    return count
+
+
+@lru_cache(maxsize=64)
+def _ordered_entry(name: str, seed: int) -> tuple[Any, OrderingRecord, list[list[float]]]:
+    """The ordered cell of a library entry: from the on-disk cache when the same entry, seed, parameters and code
+    were ordered before, else ordered now (and cached)."""
+    from screening.candidates import cache
+
+    entry = get_entry(name)
+    key = None
+    if entry.buildable:
+        key = cache.cache_key(entry, seed, LIBRARY_ORDERING_PARAMS)
+        hit = cache.load(key)
+        if hit is not None:
+            return hit
+    parent, cell, supercell, target = _ordering_cell(entry)
+    ordered, record = order_structure(
+        cell,
+        supercell=supercell,
+        target_composition=target,
+        seed=seed,
+        parent_cell=entry.ordering.cell,
+        **LIBRARY_ORDERING_PARAMS,
+    )
+    check_neutral(ordered, f"ordered {entry.name}")
+    sites: list[list[float]] = []
+    if entry.insertion_sites:
+        if entry.ordering.cell == "primitive":
+            raise InputError(f"{entry.name}: insertion sites are only supported on the conventional cell")
+        sites = _sites_in_supercell(insertion_positions(entry), np.diag(supercell))
+    cache.store(key, entry.name, ordered, record, sites)
+    return ordered, record, sites
+
+
+def build_candidate(name: str, ion: str | None = None, n_ions: int | None = None, seed: int = DEFAULT_SEED) -> Candidate:
+    """A library entry as a ``Candidate``.
+
+    Electrolytes: the ordered cell (``ion`` may only repeat the entry's working ion; use
+    ``variants.substitute_working_ion`` for another). Cathode hosts: the empty framework with ``n_ions``
+    (default 1, the dilute limit; 0 = empty host) of ``ion`` (default: the entry's) inserted.
+    """
+    entry = get_entry(name)
+    ordered, record, sites = _ordered_entry(entry.name, seed)
+    ordered = ordered.copy()
+    if entry.kind is CandidateKind.electrolyte:
+        if ion is not None and element_symbol(ion) != entry.working_ion:
+            raise InputError(
+                f"{entry.name} conducts {entry.working_ion}; to screen it with {ion} make a substituted variant "
+                "(screening.candidates.variants.substitute_working_ion)"
+            )
+        if n_ions is not None:
+            raise InputError("n_ions applies to cathode hosts only")
+        return _make(entry.name, ordered, entry.working_ion, entry, record, [])
+    ion = element_symbol(ion or entry.working_ion)
+    ion_charge(ion)  # unknown ions are an error before anything is built
+    host = _make(entry.name, ordered, ion, entry, record, sites)
+    n = 1 if n_ions is None else int(n_ions)
+    if n == 0:
+        return host
+    from screening.candidates.variants import insert_ions
+
+    return insert_ions(host, ion, n, seed=seed, redox=entry.redox)
+
+
+def _make(name, structure, ion, entry: LibraryEntry | None, record, sites) -> Candidate:
+    return Candidate(
+        name=name,
+        formula=structure.composition.reduced_formula,
+        working_ion=ion,
+        working_ion_charge=ion_charge(ion),
+        kind=entry.kind if entry else CandidateKind.electrolyte,
+        structure=structure,
+        source=entry.source if entry else None,
+        ordering=record,
+        structure_hash=structure_hash(structure),
+        spacegroup=f"{entry.spacegroup} (#{entry.spacegroup_number})" if entry else None,
+        insertion_sites_frac=sites,
+    )
+
+
+def auto_supercell(structure, max_atoms: int = MAX_AUTO_SUPERCELL_ATOMS) -> list[int]:
+    """Smallest diagonal supercell in which the rounded occupancies give a charge-neutral cell."""
+    if structure.is_ordered:
+        return [1, 1, 1]
+    best = None
+    for n1, n2, n3 in sorted(
+        ((a, b, c) for a in range(1, 5) for b in range(1, 5) for c in range(1, 5)),
+        key=lambda t: (t[0] * t[1] * t[2], sorted(t, reverse=True), t),
+    ):
+        if len(structure) * n1 * n2 * n3 > max_atoms * 2:
+            continue
+        sc = structure.copy()
+        sc.make_supercell([n1, n2, n3])
+        subs = find_sublattices(sc)
+        try:
+            assign_counts(sc, subs, None)
+        except InputError:
+            continue
+        charge = sum(float(s.specie.oxi_state) for s in sc if s.is_ordered)
+        from pymatgen.core import Species
+
+        for sub in subs:
+            for sp, n in sub.counts.items():
+                if sp != "vac":
+                    charge += Species.from_str(sp).oxi_state * n
+        if abs(charge) < 1e-6:
+            best = [n1, n2, n3]
+            break
+    if best is None:
+        raise InputError(
+            f"no diagonal supercell up to {max_atoms} atoms makes the rounded occupancies charge neutral; "
+            "give --supercell explicitly or fix the occupancies"
+        )
+    return best
+
+
+def candidate_from_structure(
+    structure,
+    *,
+    name: str,
+    working_ion: str,
+    kind: CandidateKind | str = CandidateKind.electrolyte,
+    oxidation_states: dict[str, float] | None = None,
+    supercell: Any = None,
+    seed: int = DEFAULT_SEED,
+    insertion_sites_frac: list[list[float]] | None = None,
+) -> Candidate:
+    """Import: assign oxidation states (table, or bond valence with the working ion's stated charge), order
+    partial occupancies (auto supercell when not given), check neutrality, hash."""
+    kind = CandidateKind(kind)
+    ion = element_symbol(working_ion)
+    ion_charge(ion)
+    elements = {el.symbol for el in structure.composition.elements}
+    if ion not in elements and not insertion_sites_frac:
+        raise InputError(
+            f"{name}: the structure has no {ion} sites and no insertion sites were given; "
+            f"a framework needs stated insertion sites (fractional coordinates) for the working ion {ion}"
+        )
+    if oxidation_states:
+        table = dict(oxidation_states)
+        table.setdefault(ion, ion_charge(ion))
+        if float(table[ion]) != float(ion_charge(ion)):
+            raise InputError(f"{ion} is given oxidation state {table[ion]} but the working ion {ion} is {ion_charge(ion)}+")
+        decorated = assign_from_table(structure, table)
+    else:
+        decorated = assign_by_bond_valence(structure, working_ion=ion if ion in elements else None)
+    check_neutral(decorated, name)
+    if supercell is None:
+        supercell = auto_supercell(decorated)
+    ordered, record = order_structure(decorated, supercell=supercell, seed=seed, parent_cell="input")
+    check_neutral(ordered, f"ordered {name}")
+    sites = [list(map(float, s)) for s in (insertion_sites_frac or [])]
+    if sites and record.supercell != [[1, 0, 0], [0, 1, 0], [0, 0, 1]]:
+        m = np.array(record.supercell)
+        sites = _sites_in_supercell(sites, m)
+    return Candidate(
+        name=name,
+        formula=ordered.composition.reduced_formula,
+        working_ion=ion,
+        working_ion_charge=ion_charge(ion),
+        kind=kind,
+        structure=ordered,
+        ordering=record,
+        structure_hash=structure_hash(ordered),
+        insertion_sites_frac=sites,
+    )
+
+
+def _sites_in_supercell(sites: list[list[float]], matrix: np.ndarray) -> list[list[float]]:
+    inv = np.linalg.inv(matrix)
+    out = []
+    n = int(round(abs(np.linalg.det(matrix))))
+    span = int(math.ceil(np.abs(matrix).sum(axis=0).max()))
+    for f in sites:
+        for shift in np.ndindex(span, span, span):
+            g = (np.array(f) + np.array(shift)) @ inv
+            if np.all(g > -1e-8) and np.all(g < 1 - 1e-8):
+                out.append([float(x) for x in g])
+    unique = []
+    for g in out:
+        if not any(np.allclose(g, u, atol=1e-6) for u in unique):
+            unique.append(g)
+    if len(unique) != n * len(sites):
+        raise InputError("could not map the insertion sites into the supercell")
+    return unique
+
+
+def import_file(path: str | Path, **options) -> Candidate:
+    """Read CIF/POSCAR/extxyz (``screening.structio``) and import it (see :func:`candidate_from_structure`)."""
+    from screening.structio import read_structure
+
+    path = Path(path)
+    options.setdefault("name", path.stem)
+    return candidate_from_structure(read_structure(path), **options)
