@@ -21,6 +21,19 @@ app = typer.Typer(
 models_app = typer.Typer(help="Model references, trust, coverage and the registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
+
+def _register_area_commands() -> None:
+    """Commands that live in their own modules (each keeps its heavy imports inside the commands)."""
+    from workflows import cli_candidates, cli_neb, cli_transport
+
+    app.command("md")(cli_transport.md)
+    app.command("analyze")(cli_transport.analyze)
+    app.command("neb")(cli_neb.neb)
+    app.add_typer(cli_candidates.app, name="candidates", help="The built-in candidate library, import and export.")
+
+
+_register_area_commands()
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
