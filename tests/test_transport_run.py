@@ -127,3 +127,58 @@ def test_bad_structures_fail_before_any_md(soft, tmp_path):
         with pytest.raises(InputError, match=match):
             run_transport(bad, factory, protocol, work, "Li")
         assert not list(work.glob("T*K"))
+
+
+def test_md_frames_agree_with_pymatgen_diffusion_analyzer(soft, tmp_path):
+    """Our analysis of a real MD frame log equals pymatgen-analysis-diffusion's on the same frames and window."""
+    import numpy as np
+    from pymatgen.analysis.diffusion.analyzer import DiffusionAnalyzer
+    from pymatgen.core import Lattice, Species, Structure
+
+    from screening.transport.diffusion import analyze_diffusion, nernst_einstein_factor
+    from screening.transport.framelog import FrameLog
+
+    protocol = make_protocol(**{**SMALL, "temperatures_K": (700.0,), "production_ps": 4.0, "relax": False})
+    run_transport(li2s_cell(), calculator_factory_for(soft, "cpu"), protocol, tmp_path / "r", "Li")
+    data = FrameLog(tmp_path / "r/T700K/frames").read()
+    n_li = data.mobile_A.shape[1]
+    # pymatgen sees the Li ions plus one framework site moving with the framework centroid
+    positions = np.concatenate([data.mobile_A, data.framework_centroid_A[:, None, :]], axis=1)
+    lattice = Lattice(data.meta["cell_A"])
+    structure = Structure(lattice, [Species("Li", 1)] * n_li + [Species("S", -2)], positions[0], coords_are_cartesian=True)
+    dt = float(data.times_fs[1] - data.times_fs[0])
+    pmg = DiffusionAnalyzer(structure, np.transpose(positions - positions[0], (1, 0, 2)), "Li", 700, int(dt), 1,
+                            smoothed="max", min_obs=n_li * 2)  # lags 1-2 ps
+    ours = analyze_diffusion(data.mobile_A, data.times_fs, framework_centroid_A=data.framework_centroid_A,
+                             n_blocks=2, lag_indices=np.rint(pmg.dt / dt).astype(int))
+    factor = nernst_einstein_factor(n_li, lattice.volume, 1, 700)
+    assert ours.tracer.value == pytest.approx(pmg.diffusivity, rel=0.01)
+    assert ours.charge.value == pytest.approx(pmg.chg_diffusivity, rel=0.01)
+    assert ours.tracer.value * factor == pytest.approx(pmg.conductivity, rel=0.01)
+    assert ours.haven_ratio == pytest.approx(pmg.haven_ratio, rel=0.01)
+
+
+def test_md_command_runs_and_resumes(soft, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from ase.io import write
+
+    write(tmp_path / "Li2S.cif", li2s_cell())
+    (tmp_path / "proto.yaml").write_text(yaml.safe_dump({**SMALL, "temperatures_K": [600.0], "production_ps": 0.9}))
+    cmd = [sys.executable, "-m", "workflows.cli", "md", str(tmp_path / "Li2S.cif"), "--model", str(soft.path),
+           "--ion", "Li", "--protocol", str(tmp_path / "proto.yaml"), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "D* (cm²/s)" in proc.stdout and "result.json" in proc.stdout
+    first = json.loads((tmp_path / "out/result.json").read_text())
+    proc = subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=os.environ, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads(proc.stdout)
+    assert again["temperatures"][0]["diffusivity_cm2_s"] == first["temperatures"][0]["diffusivity_cm2_s"]
+    assert again["provenance"]["model_sha256"] == soft.sha256
+    bad = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "bad"), "--device", "cpu", "--temperatures-K", "-5"],
+                         capture_output=True, text=True, env=os.environ, timeout=600)
+    assert bad.returncode == 2 and "temperatures_K" in bad.stderr and not (tmp_path / "bad" / "T-5K").exists()

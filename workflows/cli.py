@@ -24,12 +24,14 @@ app.add_typer(models_app, name="models")
 
 def _register_area_commands() -> None:
     """Commands that live in their own modules (each keeps its heavy imports inside the commands)."""
-    from workflows import cli_candidates, cli_neb, cli_transport
+    from workflows import cli_candidates, cli_neb, cli_training, cli_transport
 
     app.command("md")(cli_transport.md)
     app.command("analyze")(cli_transport.analyze)
     app.command("neb")(cli_neb.neb)
     app.add_typer(cli_candidates.app, name="candidates", help="The built-in candidate library, import and export.")
+    app.add_typer(cli_training.data_app, name="data")
+    app.command("label")(cli_training.label_command)
 
 
 _register_area_commands()

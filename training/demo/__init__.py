@@ -1,0 +1,1 @@
+"""The bundled demo model's data: configuration generator (make_configs) and data card (data_card)."""
