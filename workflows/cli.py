@@ -24,7 +24,7 @@ app.add_typer(models_app, name="models")
 
 def _register_area_commands() -> None:
     """Commands that live in their own modules (each keeps its heavy imports inside the commands)."""
-    from workflows import cli_candidates, cli_neb, cli_training, cli_transport
+    from workflows import cli_candidates, cli_neb, cli_train, cli_training, cli_transport
 
     app.command("md")(cli_transport.md)
     app.command("analyze")(cli_transport.analyze)
@@ -32,6 +32,8 @@ def _register_area_commands() -> None:
     app.add_typer(cli_candidates.app, name="candidates", help="The built-in candidate library, import and export.")
     app.add_typer(cli_training.data_app, name="data")
     app.command("label")(cli_training.label_command)
+    app.command("train")(cli_train.train)
+    models_app.command("compare")(cli_train.models_compare)
 
 
 _register_area_commands()
