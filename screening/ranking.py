@@ -1,0 +1,382 @@
+"""Uncertainty-aware ranking of screened candidates: one documented score per candidate from its result rows.
+
+The score is a weighted sum of standardised components, each taken at the *pessimistic* end of its interval,
+minus penalties for quality flags::
+
+    score = w_σ · z_σ + w_Ea · z_Ea + w_barrier · z_barrier − w_flags · Σ_flags penalty(flag)
+
+Components (higher z is better; each z is in units of a fixed physical scale, so a candidate's score does not
+depend on which other candidates are in the job and scores are comparable across jobs):
+
+* ``conductivity``: z_σ = log10(σ_lo / 1 mS/cm), σ_lo the LOWER end of the 95% interval of σ(300 K)
+  (``conductivity_300K_ci95_lo_mS_cm``). One unit = one decade. A lower bound ≤ 0 (an interval consistent with
+  no conduction) counts as ``CONDUCTIVITY_FLOOR_mS_cm``. A point value without its interval is not used: the
+  component counts as missing (a number without uncertainty is not ranked as if it were certain).
+* ``activation_energy``: z_Ea = (0.3 eV − Ea_hi) / 0.1 eV, Ea_hi the UPPER end of the 95% interval of the
+  Arrhenius activation energy (``activation_energy_ci95_hi_eV``).
+* ``migration_barrier``: z_b = (0.5 eV − b_eff) / 0.1 eV, with the effective percolating barrier
+  b_eff = min over the dimensionalities that percolate of (barrier_d + penalty_d): 3D with no penalty, 2D with
+  ``RankingWeights.penalty_2d_eV`` (default 0.15 eV), 1D with ``penalty_1d_eV`` (default 0.30 eV). A 1D channel
+  is blocked by a single defect or antisite (olivine FePO4 is the textbook case) and a 2D network by stacking
+  faults, so a lower-dimensional path must be clearly lower to win. barrier_d is the upper end of the NEB
+  numerical interval (``percolation_3d_hi_eV``) when the row carries it, else the threshold itself
+  (``percolation_3d_eV``). A single hop that does not percolate (``migration_barrier_eV`` alone) is not a
+  long-range path: the component counts as missing. This component matters most for cathode hosts, whose MD
+  at dilute insertion rarely sees hops; it applies wherever NEB ran.
+
+A component applies to the ranking when at least one row has a value for it (or when the caller names it).
+**Missing values**: a row without a usable value for an applicable component gets the worst observed z of that
+component minus ``RankingWeights.missing_margin`` (default 1 unit), so it ranks after every row that has the
+value in that component; the component name is listed in the row's ``missing`` and the reason in its notes.
+
+**Flags** (union over the candidate's rows) subtract ``w_flags × FLAG_PENALTIES[flag]`` each (see the table
+below; an unknown flag costs ``UNKNOWN_FLAG_PENALTY``). Flags that mean the number itself cannot be trusted
+(``unstable_md``, ``framework_melted``, ``neb_failed``) cost as much as several decades of σ; flags that mean
+the number is uncertain (``not_diffusive``, ``neb_not_converged``, ``few_temperatures``) cost about one unit.
+
+**Ties**: scores equal to 1e-9 are ordered by structure hash (then name), and noted. Pure functions; no DB.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mlip.errors import InputError
+
+CONDUCTIVITY_REFERENCE_mS_cm = 1.0  # z_σ = 0 here; one unit per decade
+CONDUCTIVITY_FLOOR_mS_cm = 1e-10  # a lower bound at or below zero counts as this
+ACTIVATION_ENERGY_REFERENCE_eV = 0.3
+ACTIVATION_ENERGY_SCALE_eV = 0.1
+BARRIER_REFERENCE_eV = 0.5
+BARRIER_SCALE_eV = 0.1
+TIE_DECIMALS = 9
+
+#: Penalty per quality flag, in score units (one unit = one decade of σ or 0.1 eV), before ``flag_penalty``.
+FLAG_PENALTIES: dict[str, float] = {
+    # transport (screening.transport.results.Flag)
+    "unstable_md": 3.0,  # atoms too close / exploding / NaN: the numbers may be artefacts
+    "framework_melted": 3.0,  # the framework diffuses: σ describes a melt, not the solid
+    "not_diffusive": 1.0,  # MSD not linear or too few hops at some temperature: D is ill-defined there
+    "few_temperatures": 1.0,  # fewer than two usable temperatures: no Arrhenius fit behind σ(300 K) / Ea
+    "non_arrhenius": 0.5,  # points scatter beyond their errors around the line: the 300 K extrapolation is shaky
+    "few_hops": 0.5,  # too few distinct hops for good statistics
+    "short_run": 0.5,  # interval wider than the protocol accepts (the bounds already carry most of this)
+    "thermostat_off": 0.5,  # mean temperature off target: the Arrhenius abscissa is off
+    "target_not_met": 0.25,  # adaptive run spent its budget before its precision target
+    # NEB (screening.neb.results.NebFlag, PercolationFlag)
+    "neb_failed": 3.0,  # a hop calculation raised; nothing computed for it
+    "neb_not_converged": 1.0,  # band force above tolerance: the barrier is uncertain beyond its interval
+    "endpoint_not_converged": 0.5,
+    "endpoint_drifted": 0.5,  # the moving ion left its site: the hop may not be the one intended
+    "intermediate_minimum": 0.25,  # the path holds another minimum: the barrier is of a composite hop
+    "hop_too_long": 0.5,  # a hop did not fit the supercell: the network may be incomplete
+    "not_computed": 0.25,  # hops skipped (max_hops): thresholds are upper bounds
+    "incomplete_hops": 0.25,
+    "uses_flagged_hops": 0.5,
+    "no_hops": 1.0,
+}
+UNKNOWN_FLAG_PENALTY = 0.5
+
+
+class Component(enum.StrEnum):
+    CONDUCTIVITY = "conductivity"
+    ACTIVATION_ENERGY = "activation_energy"
+    MIGRATION_BARRIER = "migration_barrier"
+
+
+class RankingWeights(BaseModel):
+    """Weights of the score components and the dimensional penalties of percolating paths (job spec ``ranking:``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    conductivity: float = Field(1.0, ge=0, description="Weight per decade of the σ(300 K) lower bound.")
+    activation_energy: float = Field(1.0, ge=0, description="Weight per 0.1 eV of the Ea upper bound (lower is better).")
+    migration_barrier: float = Field(1.0, ge=0, description="Weight per 0.1 eV of the effective percolating barrier.")
+    flag_penalty: float = Field(1.0, ge=0, description="Multiplier of the per-flag penalties (0: ignore flags).")
+    penalty_2d_eV: float = Field(0.15, ge=0, description="Added to a 2D percolation barrier before comparing, eV.")
+    penalty_1d_eV: float = Field(0.30, ge=0, description="Added to a 1D percolation barrier before comparing, eV.")
+    missing_margin: float = Field(1.0, ge=0, description="A missing component scores this far below the worst observed.")
+
+    @model_validator(mode="after")
+    def _sane(self):
+        if self.penalty_1d_eV < self.penalty_2d_eV:
+            raise ValueError("penalty_1d_eV must be at least penalty_2d_eV (a 1D path is no better than a 2D one)")
+        if not any(getattr(self, c.value) > 0 for c in Component):
+            raise ValueError("at least one of conductivity, activation_energy, migration_barrier must have weight > 0")
+        return self
+
+
+class ComponentScore(BaseModel):
+    """One component of one candidate's score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    component: Component
+    raw: float | None = Field(description="The bound used, in `unit` (None when missing).")
+    unit: str
+    standardised: float = Field(description="z in score units, higher is better (imputed when missing).")
+    weight: float
+    contribution: float = Field(description="weight × standardised.")
+    imputed: bool = Field(description="True when the value was missing and the worst observed minus a margin was used.")
+    detail: str = Field("", description="Which column / dimensionality was used, or why it is missing.")
+
+
+class RankedRow(BaseModel):
+    """A candidate's place in the ranking, with every term of its score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(description="1 = best.")
+    score: float
+    structure_hash: str
+    name: str | None = None
+    formula: str | None = None
+    kind: str | None = None
+    working_ion: str | None = None
+    components: dict[str, ComponentScore] = Field(description="Per applicable component.")
+    flag_penalties: dict[str, float] = Field(description="Per flag: penalty subtracted from the score (weighted).")
+    flags: list[str]
+    missing: list[str] = Field(description="Applicable components without a usable value (imputed).")
+    notes: list[str]
+    values: dict[str, Any] = Field(description="The merged input row (transport and NEB columns).")
+
+    @property
+    def contributions(self) -> dict[str, float]:
+        """Signed additive terms of the score: one per component, and ``flags`` (≤ 0)."""
+        out = {name: c.contribution for name, c in self.components.items()}
+        out["flags"] = -sum(self.flag_penalties.values())
+        return out
+
+    def table_row(self) -> dict[str, Any]:
+        """A flat dict for CSV / terminal tables (intervals as lo/hi, lists joined by ';')."""
+        v = self.values
+        row: dict[str, Any] = {
+            "rank": self.rank,
+            "name": self.name,
+            "formula": self.formula,
+            "kind": self.kind,
+            "working_ion": self.working_ion,
+            "score": round(self.score, 4),
+            "conductivity_300K_mS_cm": v.get("conductivity_300K_mS_cm"),
+            "conductivity_300K_ci95_lo_mS_cm": v.get("conductivity_300K_ci95_lo_mS_cm"),
+            "conductivity_300K_ci95_hi_mS_cm": v.get("conductivity_300K_ci95_hi_mS_cm"),
+            "activation_energy_eV": v.get("activation_energy_eV"),
+            "activation_energy_ci95_lo_eV": v.get("activation_energy_ci95_lo_eV"),
+            "activation_energy_ci95_hi_eV": v.get("activation_energy_ci95_hi_eV"),
+            "percolation_1d_eV": v.get("percolation_1d_eV"),
+            "percolation_2d_eV": v.get("percolation_2d_eV"),
+            "percolation_3d_eV": v.get("percolation_3d_eV"),
+        }
+        for name, value in self.contributions.items():
+            row[f"contribution_{name}"] = round(value, 4)
+        row["flags"] = ";".join(self.flags)
+        row["missing"] = ";".join(self.missing)
+        row["notes"] = ";".join(self.notes)
+        row["structure_hash"] = self.structure_hash
+        return row
+
+
+# ---------------------------------------------------------------------------------------------- components
+@dataclass(frozen=True)
+class _Observation:
+    raw: float | None
+    z: float | None  # None: missing
+    detail: str
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _conductivity(row: Mapping[str, Any], weights: RankingWeights) -> _Observation:
+    lo = _number(row.get("conductivity_300K_ci95_lo_mS_cm"))
+    if lo is None:
+        if _number(row.get("conductivity_300K_mS_cm")) is not None:
+            return _Observation(None, None, "σ(300 K) has no 95% interval; a point value is not ranked")
+        return _Observation(None, None, "no σ(300 K)")
+    used = max(lo, CONDUCTIVITY_FLOOR_mS_cm)
+    detail = "σ(300 K) 95% lower bound"
+    if lo <= CONDUCTIVITY_FLOOR_mS_cm:
+        detail += f" ≤ floor, counted as {CONDUCTIVITY_FLOOR_mS_cm:g} mS/cm"
+    return _Observation(lo, math.log10(used / CONDUCTIVITY_REFERENCE_mS_cm), detail)
+
+
+def _activation_energy(row: Mapping[str, Any], weights: RankingWeights) -> _Observation:
+    hi = _number(row.get("activation_energy_ci95_hi_eV"))
+    if hi is None:
+        if _number(row.get("activation_energy_eV")) is not None:
+            return _Observation(None, None, "Ea has no 95% interval; a point value is not ranked")
+        return _Observation(None, None, "no Ea")
+    return _Observation(hi, (ACTIVATION_ENERGY_REFERENCE_eV - hi) / ACTIVATION_ENERGY_SCALE_eV, "Ea 95% upper bound")
+
+
+def _migration_barrier(row: Mapping[str, Any], weights: RankingWeights) -> _Observation:
+    penalties = {3: 0.0, 2: weights.penalty_2d_eV, 1: weights.penalty_1d_eV}
+    best: tuple[float, int, float, str] | None = None
+    for dim in (3, 2, 1):
+        hi = _number(row.get(f"percolation_{dim}d_hi_eV"))
+        point = _number(row.get(f"percolation_{dim}d_eV"))
+        barrier, which = (hi, "upper bound") if hi is not None else (point, "threshold")
+        if barrier is None:
+            continue
+        effective = barrier + penalties[dim]
+        if best is None or effective < best[0] - 1e-12:
+            best = (effective, dim, barrier, which)
+    if best is None:
+        if _number(row.get("migration_barrier_eV")) is not None:
+            return _Observation(None, None, "no percolating path (single-hop barrier only)")
+        return _Observation(None, None, "no NEB barrier")
+    effective, dim, barrier, which = best
+    detail = f"{dim}D percolation {which} {barrier:.3f} eV"
+    if penalties[dim]:
+        detail += f" + {penalties[dim]:.2f} eV ({dim}D penalty)"
+    return _Observation(effective, (BARRIER_REFERENCE_eV - effective) / BARRIER_SCALE_eV, detail)
+
+
+_COMPONENTS: dict[Component, tuple[Callable[[Mapping[str, Any], RankingWeights], _Observation], str]] = {
+    Component.CONDUCTIVITY: (_conductivity, "mS/cm"),
+    Component.ACTIVATION_ENERGY: (_activation_energy, "eV"),
+    Component.MIGRATION_BARRIER: (_migration_barrier, "eV"),
+}
+
+
+# ---------------------------------------------------------------------------------------------- rows
+_IDENTITY = ("name", "formula", "kind", "working_ion")
+
+
+def merge_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Group result rows by ``structure_hash`` and merge each candidate's transport and NEB rows into one dict.
+
+    Non-null values win over nulls; ``flags`` are united (in first-seen order). Two rows of the same ``stage``
+    for one candidate are an error: rank one job's results at a time.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    stages: dict[str, set[str]] = {}
+    for i, row in enumerate(rows):
+        key = row.get("structure_hash")
+        if not key:
+            raise InputError(f"result row {i} has no structure_hash; rows must identify their candidate")
+        stage = row.get("stage")
+        seen = stages.setdefault(key, set())
+        if stage is not None:
+            if stage in seen:
+                raise InputError(f"two {stage} rows for candidate {key[:12]}; rank the results of one job at a time")
+            seen.add(stage)
+        target = merged.setdefault(key, {"structure_hash": key, "flags": []})
+        for column, value in row.items():
+            if column == "flags":
+                for flag in _flag_list(value):
+                    if flag not in target["flags"]:
+                        target["flags"].append(flag)
+            elif column == "stage":
+                target.setdefault("stages", []).append(value)
+            elif value is not None and target.get(column) is None:
+                target[column] = value
+    return merged
+
+
+def _flag_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        import json
+
+        text = value.strip()
+        if text.startswith("["):
+            return [str(f) for f in json.loads(text)]
+        return [f for f in (s.strip() for s in text.replace(";", ",").split(",")) if f]
+    return [str(getattr(f, "value", f)) for f in value]
+
+
+def flag_penalty(flag: str) -> float:
+    """Unweighted penalty of one flag (``FLAG_PENALTIES``, else ``UNKNOWN_FLAG_PENALTY``)."""
+    return FLAG_PENALTIES.get(flag, UNKNOWN_FLAG_PENALTY)
+
+
+# ---------------------------------------------------------------------------------------------- ranking
+def rank(
+    rows: Sequence[Mapping[str, Any]],
+    weights: RankingWeights | None = None,
+    components: Iterable[Component | str] | None = None,
+) -> list[RankedRow]:
+    """Rank candidates from result rows (one or more per candidate; see :func:`merge_rows`), best first.
+
+    ``components`` names the components that apply (e.g. from the job's stages); by default every component
+    with at least one value among the rows applies. See the module docstring for the score.
+    """
+    weights = weights or RankingWeights()
+    merged = merge_rows(rows)
+    if not merged:
+        return []
+    observations = {
+        key: {c: _COMPONENTS[c][0](row, weights) for c in Component} for key, row in merged.items()
+    }
+    if components is None:
+        applicable = [c for c in Component if any(obs[c].z is not None for obs in observations.values())]
+    else:
+        applicable = [Component(c) for c in components]
+    worst: dict[Component, float | None] = {}
+    for c in applicable:
+        observed = [obs[c].z for obs in observations.values() if obs[c].z is not None]
+        worst[c] = min(observed) if observed else None
+
+    scored: list[tuple[float, str, str, RankedRow]] = []
+    for key, row in merged.items():
+        parts: dict[str, ComponentScore] = {}
+        missing: list[str] = []
+        notes: list[str] = []
+        for c in applicable:
+            obs = observations[key][c]
+            weight = float(getattr(weights, c.value))
+            if obs.z is None:
+                missing.append(c.value)
+                notes.append(f"{c.value} missing: {obs.detail}")
+                if worst[c] is None:
+                    z = 0.0  # nobody has it: the same for every row, so it does not change the order
+                    detail = f"{obs.detail}; no row has this component"
+                else:
+                    z = worst[c] - weights.missing_margin
+                    detail = f"{obs.detail}; imputed as worst observed − {weights.missing_margin:g}"
+                parts[c.value] = ComponentScore(component=c, raw=None, unit=_COMPONENTS[c][1], standardised=z,
+                                                weight=weight, contribution=weight * z, imputed=True, detail=detail)
+            else:
+                parts[c.value] = ComponentScore(component=c, raw=obs.raw, unit=_COMPONENTS[c][1], standardised=obs.z,
+                                                weight=weight, contribution=weight * obs.z, imputed=False,
+                                                detail=obs.detail)
+        flags = list(row.get("flags", []))
+        penalties = {f: weights.flag_penalty * flag_penalty(f) for f in flags}
+        for f in flags:
+            if f not in FLAG_PENALTIES:
+                notes.append(f"unknown flag {f!r} penalised {UNKNOWN_FLAG_PENALTY:g}")
+        score = sum(p.contribution for p in parts.values()) - sum(penalties.values())
+        ranked = RankedRow(
+            rank=0, score=score, structure_hash=key,
+            **{k: (None if row.get(k) is None else str(getattr(row.get(k), "value", row.get(k)))) for k in _IDENTITY},
+            components=parts, flag_penalties=penalties, flags=flags, missing=missing, notes=notes, values=row,
+        )
+        scored.append((-round(score, TIE_DECIMALS), key, ranked.name or "", ranked))
+
+    scored.sort(key=lambda t: t[:3])
+    by_score: dict[float, list[RankedRow]] = {}
+    for neg, _, _, ranked in scored:
+        by_score.setdefault(neg, []).append(ranked)
+    out = []
+    for i, (neg, key, _, ranked) in enumerate(scored):
+        tied = [r.name or r.structure_hash[:12] for r in by_score[neg] if r.structure_hash != key]
+        if tied:
+            ranked.notes.append(f"tied on score with {', '.join(tied)}; ordered by structure hash")
+        ranked.rank = i + 1
+        out.append(ranked)
+    return out

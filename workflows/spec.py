@@ -1,0 +1,714 @@
+"""The screening job file (YAML) as a validated schema, and the candidates it names built into ``Candidate``s.
+
+``load_job_spec(path)`` turns every problem (YAML syntax, unknown key, wrong type, missing structure file,
+malformed model reference, invalid protocol override) into one :class:`JobSpecError` that names each key
+path and its file line (``job.yaml:14: candidates[2].libary: unknown key (did you mean 'library'?)``).
+Lines come from PyYAML's node marks (``yaml.compose``), since pydantic sees only the parsed data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import hashlib
+import json
+import logging
+import types
+import typing
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from mlip.errors import InputError
+from screening.candidates.library import CandidateKind
+from screening.neb.band import NebParameters
+from screening.neb.hops import Mechanism
+from screening.ranking import RankingWeights
+from screening.transport.protocol import TransportProtocol
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+
+
+class Stage(enum.StrEnum):
+    """The computations a job can run per candidate."""
+
+    TRANSPORT = "transport"
+    NEB = "neb"
+
+
+class Device(enum.StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def _keyed(subloc: tuple, message: str) -> PydanticCustomError:
+    """A validation error located ``subloc`` below the model that raises it (expanded by the formatter)."""
+    return PydanticCustomError("job_spec", "{message}", {"message": message, "problems": [(tuple(subloc), message)]})
+
+
+def _multi(problems: list[tuple[tuple, str]], summary: str) -> PydanticCustomError:
+    text = summary + ": " + "; ".join(f"{'.'.join(map(str, loc)) or '(top)'}: {msg}" for loc, msg in problems)
+    return PydanticCustomError("job_spec", "{message}", {"message": text, "problems": problems})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    context = info.context or {}
+    return Path(context.get("base_dir") or Path.cwd())
+
+
+def _check_ion(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from screening.candidates.oxidation import element_symbol, ion_charge
+
+    symbol = element_symbol(value)
+    ion_charge(symbol)  # InputError (a ValueError) for an ion without a stated charge
+    return symbol
+
+
+# ---------------------------------------------------------------------------------------------- candidates
+class _Source(_Strict):
+    """Where a structure comes from: a built-in library entry or a structure file (exactly one)."""
+
+    _SOURCE_KEYS: typing.ClassVar[tuple[str, ...]] = ("library", "file")
+    _FILE_ONLY: typing.ClassVar[tuple[str, ...]] = ("oxidation", "kind", "supercell", "insertion_sites_frac")
+
+    library: str | None = Field(None, description="Built-in entry name (`ionscreen candidates list`).")
+    file: str | None = Field(None, description="CIF / POSCAR / extxyz, relative to the job file's directory.")
+    ion: str | None = Field(None, description="Working ion (files; cathode hosts: the ion to insert).")
+    n_ions: int | None = Field(None, ge=0, description="Cathode hosts: ions to insert (default 1; 0 = empty host).")
+    oxidation: dict[str, float] | None = Field(None, description="Files: explicit oxidation states per element.")
+    kind: CandidateKind | None = Field(None, description="Files: electrolyte (default) or cathode_host.")
+    supercell: tuple[int, int, int] | None = Field(None, description="Files: ordering supercell (default: smallest neutral).")
+    insertion_sites_frac: list[tuple[float, float, float]] | None = Field(
+        None, description="Files: fractional coordinates of empty sites for the working ion (frameworks).")
+
+    @field_validator("library")
+    @classmethod
+    def _known_entry(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from screening.candidates.library import get_entry
+
+        entry = get_entry(value)  # InputError listing the known names
+        if not entry.buildable:
+            raise ValueError(f"library entry {entry.name} cannot be built yet ({entry.status.value})")
+        return entry.name
+
+    @field_validator("file")
+    @classmethod
+    def _existing_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = _base_dir(info) / path
+        path = path.resolve()
+        if not path.is_file():
+            raise ValueError(f"structure file {path} does not exist")
+        return str(path)
+
+    @field_validator("ion")
+    @classmethod
+    def _ion(cls, value: str | None) -> str | None:
+        return _check_ion(value)
+
+    @field_validator("supercell")
+    @classmethod
+    def _positive(cls, value):
+        if value is not None and min(value) < 1:
+            raise ValueError("supercell multipliers must be ≥ 1")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        present = [k for k in self._SOURCE_KEYS if getattr(self, k) is not None]
+        if not present:
+            raise _keyed((), f"give exactly one of: {', '.join(self._SOURCE_KEYS)}")
+        if len(present) > 1:
+            raise _keyed((present[1],), f"give only one of: {', '.join(self._SOURCE_KEYS)} (found {', '.join(present)})")
+        self._check_options(present[0])
+        return self
+
+    def _check_options(self, source: str) -> None:
+        if source == "library":
+            from screening.candidates.library import get_entry
+
+            entry = get_entry(self.library)
+            for key in self._FILE_ONLY:
+                if getattr(self, key) is not None:
+                    raise _keyed((key,), f"{key} applies to structure files only, not to library entries")
+            if entry.kind is CandidateKind.electrolyte:
+                if self.n_ions is not None:
+                    raise _keyed(("n_ions",), f"n_ions applies to cathode hosts only; {entry.name} is an electrolyte")
+                if self.ion is not None and self.ion != entry.working_ion:
+                    raise _keyed(("ion",), f"{entry.name} conducts {entry.working_ion}; to screen it with {self.ion} "
+                                           f"use `substitute: {{library: {entry.name}, to: {self.ion}}}`")
+        elif source == "file" and self.n_ions is not None:
+            raise _keyed(("n_ions",), "n_ions applies to library cathode hosts only")
+
+    @property
+    def source_label(self) -> str:
+        return f"library {self.library}" if self.library else f"file {self.file}"
+
+
+class SubstituteSpec(_Source):
+    """Working-ion substitution variant (``screening.candidates.substitute_working_ion``)."""
+
+    to: str = Field(description="The new working ion (charge balance by vacancies).")
+
+    @field_validator("to")
+    @classmethod
+    def _to_ion(cls, value: str) -> str:
+        return _check_ion(value)
+
+
+class DopeSpec(_Source):
+    """Aliovalent doping variant (``screening.candidates.dope``)."""
+
+    site: str = Field(description="Host element to replace partly.")
+    dopant: str = Field(description="Dopant element.")
+    fraction: float = Field(gt=0, le=1, description="Fraction of the host element replaced.")
+    dopant_oxidation: float = Field(description="Stated oxidation state of the dopant (never guessed).")
+    compensate_with: str | None = Field(None, description="Element whose vacancies compensate (default: the working ion).")
+
+
+class CandidateSpec(_Source):
+    """One item of ``candidates:``: exactly one of ``library``, ``file``, ``substitute``, ``dope``."""
+
+    _SOURCE_KEYS: typing.ClassVar[tuple[str, ...]] = ("library", "file", "substitute", "dope")
+
+    substitute: SubstituteSpec | None = None
+    dope: DopeSpec | None = None
+    name: str | None = Field(None, min_length=1, description="Display name (default: entry name / file stem / variant).")
+    seed: int = Field(0, ge=0, description="Seed of the ordering / insertion / variant site choice.")
+
+    def _check_options(self, source: str) -> None:
+        if source in ("substitute", "dope"):
+            for key in ("ion", "n_ions", *self._FILE_ONLY):
+                if getattr(self, key) is not None:
+                    raise _keyed((key,), f"with {source}: put {key} inside the {source} mapping (it describes the "
+                                         "structure the variant starts from)")
+            return
+        super()._check_options(source)
+
+    @property
+    def source(self) -> str:
+        return next(k for k in self._SOURCE_KEYS if getattr(self, k) is not None)
+
+    @property
+    def label(self) -> str:
+        if self.substitute is not None:
+            return f"substitute {self.substitute.source_label} -> {self.substitute.to}"
+        if self.dope is not None:
+            d = self.dope
+            return f"dope {d.source_label} {d.site}->{d.dopant} {d.fraction:g}"
+        return self.source_label
+
+
+# ---------------------------------------------------------------------------------------------- stages
+class TransportSpec(_Strict):
+    """``transport:`` — a preset name, or a mapping with ``preset`` and/or ``overrides`` (TransportProtocol fields)."""
+
+    preset: str | None = Field(None, description="quick | standard; omit for a fully custom protocol.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Any TransportProtocol field.")
+    _protocol: TransportProtocol | None = PrivateAttr(None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data):
+        return {"preset": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _build(self):
+        from screening.transport.protocol import preset_names
+
+        if self.preset is not None and self.preset not in preset_names():
+            raise _keyed(("preset",), f"unknown preset {self.preset!r}; presets: {', '.join(preset_names())} "
+                                      "(or omit preset and give every field in overrides)")
+        if "name" in self.overrides:
+            raise _keyed(("overrides", "name"), "the protocol name is set by the preset (custom when overridden)")
+        if self.preset is None and not self.overrides:
+            raise _keyed((), "give a preset, overrides, or both")
+        self._protocol = self._make()
+        return self
+
+    def _make(self) -> TransportProtocol:
+        from screening.transport.protocol import make_protocol, preset
+
+        try:
+            if self.preset is not None:
+                return preset(self.preset, **self.overrides)
+            return make_protocol(name="custom", **self.overrides)
+        except InputError as err:
+            cause = err.__cause__
+            if not isinstance(cause, ValidationError):
+                raise _keyed(("overrides",) if self.overrides else ("preset",), str(err)) from None
+            problems = []
+            for e in cause.errors():
+                loc = tuple(e["loc"])
+                if loc and loc[0] in self.overrides:
+                    where = ("overrides", *loc)
+                else:
+                    where = ("overrides",) if self.overrides else ("preset",)
+                field = ".".join(map(str, loc)) or "protocol"
+                if e["type"] == "extra_forbidden":
+                    close = difflib.get_close_matches(str(loc[-1]), list(TransportProtocol.model_fields), n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    problems.append((where, f"unknown transport protocol field {field!r}{hint}"))
+                else:
+                    problems.append((where, f"transport protocol {field}: {_clean_msg(e['msg'])}"))
+            raise _multi(problems, "invalid transport protocol") from None
+
+    def protocol(self) -> TransportProtocol:
+        if self._protocol is None:
+            self._protocol = self._make()
+        return self._protocol
+
+
+class NebSpec(NebParameters):
+    """``neb:`` — every NebParameters field, plus which hops to compute (``neb_for_structure`` arguments)."""
+
+    max_hops: int | None = Field(None, ge=1, description="Compute at most this many distinct hops (shortest first).")
+    max_hop_length_A: float | None = Field(None, gt=0, description="Longest hop considered, Å (default: percolation-based).")
+    mechanism: Mechanism | None = Field(None, description="vacancy | interstitial (default from the structure).")
+
+    def parameters(self) -> NebParameters:
+        return NebParameters(**self.model_dump(include=set(NebParameters.model_fields)))
+
+    def driver_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``screening.neb.driver.neb_for_structure`` besides the parameters."""
+        return {"max_hops": self.max_hops, "max_hop_length_A": self.max_hop_length_A, "mechanism": self.mechanism}
+
+
+class ResourcesSpec(_Strict):
+    """``resources:`` — how the job is spread over Ray workers."""
+
+    workers: int = Field(1, ge=1, le=4096, description="Model-holding actors.")
+    threads_per_worker: int = Field(1, ge=1, le=256, description="CPU threads per actor (torch intra-op).")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs requested per actor from Ray (fractions below 1 allowed).")
+    max_in_flight: int | None = Field(None, ge=1, description="Bounded queue of submitted tasks (default 2 × workers).")
+    max_attempts: int = Field(3, ge=1, le=100, description="Tries of a task whose worker died.")
+    device: Device = Field(Device.AUTO, description="auto | cpu | cuda.")
+
+    @model_validator(mode="after")
+    def _sane(self):
+        if self.max_in_flight is not None and self.max_in_flight < self.workers:
+            raise _keyed(("max_in_flight",), f"max_in_flight ({self.max_in_flight}) must be at least workers "
+                                             f"({self.workers}), or some workers never get work")
+        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            raise _keyed(("gpus_per_worker",), "more than one GPU per worker must be a whole number (Ray)")
+        if self.gpus_per_worker > 0 and self.device is Device.CPU:
+            raise _keyed(("gpus_per_worker",), "gpus_per_worker > 0 with device: cpu reserves GPUs nobody uses")
+        return self
+
+    @property
+    def in_flight_limit(self) -> int:
+        return self.max_in_flight if self.max_in_flight is not None else 2 * self.workers
+
+
+# ---------------------------------------------------------------------------------------------- the job
+class JobSpec(_Strict):
+    """A screening job: candidates × stages with one model, ranking weights and resources."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Job name ([A-Za-z0-9._-]+).")
+    model: str = Field(description="Model reference (path, mace-mp:<name>, models:/<name>@<alias>, bundled:<name>).")
+    working_ion: str | None = Field(None, description="Ion for file candidates and cathode hosts that do not say.")
+    candidates: list[CandidateSpec] = Field(min_length=1)
+    transport: TransportSpec | None = None
+    neb: NebSpec | None = None
+    ranking: RankingWeights = Field(default_factory=RankingWeights)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, value: str, info: ValidationInfo) -> str:
+        from mlip.refs import RefKind, parse_ref
+
+        raw = value.strip()
+        ref = parse_ref(raw)  # InputError (a ValueError) listing the accepted forms
+        if ref.kind is RefKind.PATH:
+            path = Path(raw).expanduser()
+            path = (path if path.is_absolute() else _base_dir(info) / path).resolve()
+            if not path.is_file():
+                raise ValueError(f"model file {path} does not exist")
+            return str(path)
+        if ref.kind is RefKind.BUNDLED:
+            from mlip import bundled
+
+            bundled.get(ref.name)  # ModelNotFoundError (an InputError) naming the bundled models
+        return ref.text
+
+    @field_validator("working_ion")
+    @classmethod
+    def _ion(cls, value: str | None) -> str | None:
+        return _check_ion(value)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.transport is None and self.neb is None:
+            raise _keyed((), "give at least one of transport: or neb: (nothing to compute)")
+        problems = []
+        for i, item in enumerate(self.candidates):
+            for sub, source in (((), item), (("substitute",), item.substitute), (("dope",), item.dope)):
+                if source is not None and source.file is not None and source.ion is None and self.working_ion is None:
+                    problems.append((("candidates", i, *sub, "ion"),
+                                     "a structure file needs its working ion: set ion here or working_ion at the top"))
+        if problems:
+            raise _multi(problems, "missing working ion")
+        return self
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def stages(self) -> list[Stage]:
+        return [s for s, part in ((Stage.TRANSPORT, self.transport), (Stage.NEB, self.neb)) if part is not None]
+
+    def transport_protocol(self) -> TransportProtocol | None:
+        return None if self.transport is None else self.transport.protocol()
+
+    def neb_parameters(self) -> NebParameters | None:
+        return None if self.neb is None else self.neb.parameters()
+
+    def protocol_dict(self, stage: Stage | str) -> dict[str, Any]:
+        """What decides a stage's numbers, as data (stored with results; its hash is part of the task key)."""
+        stage = Stage(stage)
+        if stage is Stage.TRANSPORT:
+            if self.transport is None:
+                raise InputError("this job has no transport stage")
+            return self.transport.protocol().physics_dict()
+        if self.neb is None:
+            raise InputError("this job has no neb stage")
+        return self.neb.model_dump(mode="json")
+
+    def protocol_hash(self, stage: Stage | str) -> str:
+        if Stage(stage) is Stage.TRANSPORT and self.transport is not None:
+            return self.transport.protocol().hash
+        return _sha256_json(self.protocol_dict(stage))
+
+    @property
+    def spec_hash(self) -> str:
+        """SHA-256 of the canonical JSON of the whole spec (paths as resolved absolute paths)."""
+        return _sha256_json(self.model_dump(mode="json"))
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def _sha256_json(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- loading
+@dataclasses.dataclass(frozen=True)
+class SpecProblem:
+    """One problem of a job file: where (key path, line) and what."""
+
+    path: str
+    line: int | None
+    message: str
+
+    def render(self, source: str) -> str:
+        where = f"{source}:{self.line}" if self.line is not None else source
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class JobSpecError(InputError):
+    """A job file that cannot be used; ``problems`` lists each with its key path and line."""
+
+    def __init__(self, source: str, problems: list[SpecProblem]):
+        self.source = source
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        lines = "\n".join("  " + p.render(source) for p in problems)
+        super().__init__(f"job file {source} has {count}:\n{lines}")
+
+
+def load_job_spec(path: str | Path) -> JobSpec:
+    """Read and validate a job file; relative paths in it are relative to its directory."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise InputError(f"job file {path} does not exist") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read job file {path}: {err}") from err
+    return parse_job_spec(text, source=str(path), base_dir=path.resolve().parent)
+
+
+def parse_job_spec(text: str, *, source: str = "<job>", base_dir: str | Path | None = None) -> JobSpec:
+    """Validate job YAML (or JSON) text; errors name key paths and lines of ``source``."""
+    data, lines = _parse_yaml(text, source)
+    if data is None:
+        raise JobSpecError(source, [SpecProblem("", 1, "the job file is empty")])
+    if not isinstance(data, dict):
+        raise JobSpecError(source, [SpecProblem("", 1, f"the job file must be a mapping of keys, got {type(data).__name__}")])
+    context = {"base_dir": Path(base_dir) if base_dir is not None else Path.cwd()}
+    try:
+        return JobSpec.model_validate(data, context=context)
+    except ValidationError as err:
+        raise JobSpecError(source, _problems(err, lines)) from err
+
+
+@dataclasses.dataclass
+class _Lines:
+    """1-based lines of keys and values, by key path (str keys, int indexes)."""
+
+    key: dict[tuple, int]
+    value: dict[tuple, int]
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark is not None else None
+        message = " ".join(x for x in (err.context, err.problem) if x) or str(err)
+        raise JobSpecError(source, [SpecProblem("", line, f"YAML syntax: {message}")]) from err
+    except yaml.YAMLError as err:
+        raise JobSpecError(source, [SpecProblem("", None, f"YAML: {err}")]) from err
+    finally:
+        loader.dispose()
+    lines = _Lines({}, {})
+    duplicates: list[SpecProblem] = []
+    if node is not None:
+        _walk(node, (), lines, duplicates)
+    if duplicates:
+        raise JobSpecError(source, duplicates)
+    return data, lines
+
+
+def _walk(node, path: tuple, lines: _Lines, duplicates: list[SpecProblem]) -> None:
+    import yaml
+
+    lines.value.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                duplicates.append(SpecProblem(_format_path((*path, key)), line,
+                                              f"duplicate key (first at line {seen[key]}); give each key once"))
+                continue
+            seen[key] = line
+            lines.key[(*path, key)] = line
+            _walk(value_node, (*path, key), lines, duplicates)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.key[(*path, i)] = item.start_mark.line + 1
+            _walk(item, (*path, i), lines, duplicates)
+
+
+def _format_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _clean_msg(msg: str) -> str:
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
+
+
+def _line_for(loc: tuple, lines: _Lines) -> int | None:
+    for n in range(len(loc), -1, -1):
+        prefix = loc[:n]
+        if prefix in lines.key:
+            return lines.key[prefix]
+        if prefix in lines.value:
+            return lines.value[prefix]
+    return None
+
+
+def _problems(err: ValidationError, lines: _Lines) -> list[SpecProblem]:
+    problems: list[SpecProblem] = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        ctx = e.get("ctx") or {}
+        if e["type"] == "job_spec":
+            for subloc, message in ctx["problems"]:
+                full = (*loc, *subloc)
+                problems.append(SpecProblem(_format_path(full), _line_for(full, lines), message))
+            continue
+        if e["type"] == "extra_forbidden":
+            message = "unknown key" + _suggestion(loc)
+        elif e["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = _clean_msg(e["msg"])
+            value = e.get("input")
+            if isinstance(value, (str, int, float, bool)) and e["type"] not in ("value_error",):
+                message += f" (got {value!r})"
+        problems.append(SpecProblem(_format_path(loc), _line_for(loc, lines), message))
+    seen: set = set()
+    unique = []
+    for p in problems:
+        if (p.path, p.message) not in seen:
+            seen.add((p.path, p.message))
+            unique.append(p)
+    return sorted(unique, key=lambda p: (p.line if p.line is not None else 0, p.path))
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Field names of the model at ``loc`` (a path into JobSpec), for 'did you mean' hints."""
+    current: Any = JobSpec
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return []
+            current = field.annotation
+        elif typing.get_origin(current) in (list, tuple) and isinstance(part, int):
+            current = typing.get_args(current)[0]
+        else:
+            return []
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _unwrap(args[0])
+    return annotation
+
+
+def _suggestion(loc: tuple) -> str:
+    allowed = _allowed_keys(loc[:-1])
+    if not allowed:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (allowed here: {', '.join(allowed)})"
+
+
+# ---------------------------------------------------------------------------------------------- building
+class CandidateFailure(BaseModel):
+    """A candidate of the job file that could not be built (the others still are)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(description="Position in candidates: (0-based).")
+    item: str = Field(description="Key path of the item, e.g. candidates[2].")
+    label: str = Field(description="What the item asked for.")
+    error_type: str
+    error: str
+
+
+class BuiltCandidates(NamedTuple):
+    candidates: list  # list[screening.candidates.Candidate], in job-file order, duplicates dropped
+    failures: list[CandidateFailure]
+
+
+def _build_source(source: _Source, spec: JobSpec, seed: int):
+    from screening.candidates import build_candidate, get_entry, import_file
+
+    if source.library is not None:
+        entry = get_entry(source.library)
+        if entry.kind is CandidateKind.cathode_host:
+            return build_candidate(entry.name, ion=source.ion or spec.working_ion, n_ions=source.n_ions, seed=seed)
+        return build_candidate(entry.name, ion=source.ion, seed=seed)
+    options: dict[str, Any] = {
+        "working_ion": source.ion or spec.working_ion,
+        "kind": source.kind or CandidateKind.electrolyte,
+        "oxidation_states": source.oxidation,
+        "seed": seed,
+    }
+    if source.supercell is not None:
+        options["supercell"] = list(source.supercell)
+    if source.insertion_sites_frac is not None:
+        options["insertion_sites_frac"] = [list(s) for s in source.insertion_sites_frac]
+    return import_file(source.file, **options)
+
+
+def _build_item(item: CandidateSpec, spec: JobSpec):
+    from screening.candidates import dope, substitute_working_ion
+
+    if item.substitute is not None:
+        sub = item.substitute
+        base = _build_source(sub, spec, item.seed)
+        cand = substitute_working_ion(base, sub.to, seed=item.seed)
+        default = f"{base.name}[{base.working_ion}->{sub.to}]"
+    elif item.dope is not None:
+        d = item.dope
+        base = _build_source(d, spec, item.seed)
+        cand = dope(base, d.site, d.dopant, d.fraction, dopant_oxidation=d.dopant_oxidation,
+                    compensate_with=d.compensate_with, seed=item.seed)
+        default = f"{base.name}[{d.dopant}@{d.site} {d.fraction:g}]"
+    else:
+        cand = _build_source(item, spec, item.seed)
+        default = cand.name
+    name = item.name or default
+    return cand if cand.name == name else cand.model_copy(update={"name": name})
+
+
+def build_candidates(spec: JobSpec, allowed_elements: set[str] | None = None) -> BuiltCandidates:
+    """Materialise every candidate of ``spec``; a candidate that fails is reported and the others are built.
+
+    ``allowed_elements`` (e.g. a model's element symbols): candidates with other elements fail with a
+    ModelDomainError message. Candidates with the same structure hash are kept once (first one wins).
+    """
+    from mlip.errors import ModelDomainError
+
+    built = []
+    failures: list[CandidateFailure] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(spec.candidates):
+        try:
+            cand = _build_item(item, spec)
+            if allowed_elements is not None:
+                elements = {el.symbol for el in cand.structure.composition.elements}
+                outside = sorted(elements - set(allowed_elements))
+                if outside:
+                    raise ModelDomainError(
+                        f"{cand.name} contains {', '.join(outside)}, which the model does not cover "
+                        f"(it covers {', '.join(sorted(allowed_elements))}); use a model trained on these elements")
+        except Exception as err:  # noqa: BLE001 - one bad candidate must not stop the others; the error is reported
+            log.warning("candidates[%d] (%s) failed: %s", i, item.label, err)
+            failures.append(CandidateFailure(index=i, item=f"candidates[{i}]", label=item.label,
+                                             error_type=type(err).__name__, error=str(err)))
+            continue
+        if cand.structure_hash in seen:
+            log.info("candidates[%d] is the same structure as candidates[%d]; kept once", i, seen[cand.structure_hash])
+            continue
+        seen[cand.structure_hash] = i
+        built.append(cand)
+    return BuiltCandidates(built, failures)
