@@ -47,3 +47,66 @@ def tiny_model_copy(tiny_model_file, tmp_path) -> Path:
     dst = tmp_path / "tiny.model"
     dst.write_bytes(tiny_model_file.read_bytes())
     return dst
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Database fixtures (workflows.db): real SQLite and real PostgreSQL. PostgreSQL runs at 127.0.0.1:5432 on the
+# development machine; an unreachable server makes the tests FAIL (not skip). Override with TEST_POSTGRES_URL.
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_database_url():
+    """A uniquely named PostgreSQL database for this test session (dropped afterwards); its URL."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin_url = sa.make_url(POSTGRES_ADMIN_URL)
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"ionscreen_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as err:
+        admin.dispose()
+        pytest.fail(
+            f"PostgreSQL at {admin_url.render_as_string(hide_password=True)} is unreachable ({err.orig}); "
+            "start it or point TEST_POSTGRES_URL at a server where this user may CREATE DATABASE"
+        )
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_database_url):
+    """URL of a fresh, empty schema (set as search_path) in the session's PostgreSQL database; dropped afterwards."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(postgres_database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = sa.make_url(postgres_database_url).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, isolated_home):
+    """An empty database on each backend: the default SQLite file under IONSCREEN_HOME, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        from mlip.config import load_settings
+
+        return load_settings().db_url
+    return request.getfixturevalue("postgres_url")
