@@ -120,7 +120,7 @@ class Candidate(BaseModel):
 
 
 
-class ExportFormat(str, enum.Enum):
+class ExportFormat(enum.StrEnum):
     """File formats a candidate can be written in."""
 
     cif = "cif"

@@ -18,14 +18,14 @@ from mlip.errors import InputError
 LIBRARY_FILE = "library.yaml"
 
 
-class CandidateKind(str, enum.Enum):
+class CandidateKind(enum.StrEnum):
     """What a candidate is screened as."""
 
     electrolyte = "electrolyte"
     cathode_host = "cathode_host"
 
 
-class Verification(str, enum.Enum):
+class Verification(enum.StrEnum):
     """How sure the numbers of an entry are (see the header of data/library.yaml)."""
 
     db = "V-db"
@@ -34,7 +34,7 @@ class Verification(str, enum.Enum):
     unverified = "U"
 
 
-class QualityFlag(str, enum.Enum):
+class QualityFlag(enum.StrEnum):
     """Known limitations of an entry's numbers, carried with every candidate built from it."""
 
     noised_coordinates = "noised_coordinates"  # framework free coordinates carry OBELiX's sigma=0.01 noise
@@ -45,14 +45,14 @@ class QualityFlag(str, enum.Enum):
     assumed_occupancies = "assumed_occupancies"  # site occupancies chosen here, not refined (how: the entry's notes)
 
 
-class EntryStatus(str, enum.Enum):
+class EntryStatus(enum.StrEnum):
     """Whether an entry can be built."""
 
     ok = "ok"
     missing_coordinates = "missing_coordinates"
 
 
-class RedoxMode(str, enum.Enum):
+class RedoxMode(enum.StrEnum):
     """How a host takes the electrons of inserted ions."""
 
     localized = "localized"  # integer reduction steps on chosen atoms (lowest Ewald energy)

@@ -7,7 +7,9 @@ directory (relaxed structure, one sub-directory per temperature with checkpoint 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import json
 import os
 import time
@@ -19,7 +21,7 @@ import numpy as np
 from ase import Atoms
 
 from mlip.calculators import Task
-from mlip.errors import InputError
+from mlip.errors import InputError, SimulationFailed
 from mlip.version import code_version
 from screening.cells import make_supercell
 from screening.ions import ion_charge as stated_charge
@@ -135,6 +137,25 @@ def _run_temperature(
     return result.model_copy(update=update)
 
 
+@contextlib.contextmanager
+def _exclusive(workdir: Path, timeout_s: float = 300.0):
+    """One process at a time per work directory (a retried task must not race a dying copy of itself)."""
+    deadline = time.monotonic() + timeout_s
+    with open(workdir / ".lock", "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SimulationFailed(f"{workdir} is locked by another process for {timeout_s:.0f} s") from None
+                time.sleep(1.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def run_transport(
     structure,
     calculator_factory: CalculatorFactory,
@@ -148,10 +169,17 @@ def run_transport(
     progress: Progress | None = None,
 ) -> TransportResult:
     """Run the transport protocol for ``structure`` with the working ion ``ion``; returns the result document."""
-    t0 = time.perf_counter()
-    progress = progress or (lambda stage, info: None)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(workdir):
+        return _run_transport(structure, calculator_factory, protocol, workdir, ion, charge=charge,
+                              model_ref=model_ref, model_sha256=model_sha256, progress=progress)
+
+
+def _run_transport(structure, calculator_factory, protocol, workdir: Path, ion, *, charge, model_ref, model_sha256,
+                   progress) -> TransportResult:
+    t0 = time.perf_counter()
+    progress = progress or (lambda stage, info: None)
     charge = stated_charge(ion) if charge is None else int(charge)
     atoms = to_atoms(structure)
     check_structure(atoms, ion)
@@ -163,7 +191,8 @@ def run_transport(
         atoms = _relax(atoms, protocol, calculator_factory(Task.RELAX, None), workdir)
     md_calc = calculator_factory(Task.MD, protocol.md_dtype)
     temps = []
-    for temperature in protocol.temperatures_K:
+    for index, temperature in enumerate(protocol.temperatures_K):
+        progress("temperature", {"index": index, "temperature_K": temperature, "n_temperatures": len(protocol.temperatures_K)})
         tdir = workdir / f"T{temperature:g}K"
         temps.append(_run_temperature(atoms, protocol, temperature, ion, charge, md_calc, tdir, progress))
         temps[-1] = temps[-1].model_copy(update={

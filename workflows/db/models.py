@@ -27,7 +27,7 @@ NAMING_CONVENTION = {
 SHA256_HEX_LENGTH = 64
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     """Where a screening job stands."""
 
     pending = "pending"
@@ -37,7 +37,7 @@ class JobStatus(str, enum.Enum):
     cancelled = "cancelled"
 
 
-class TaskState(str, enum.Enum):
+class TaskState(enum.StrEnum):
     """Where one (candidate, stage) task stands; see ``workflows.db.store.TASK_TRANSITIONS``."""
 
     pending = "pending"
@@ -47,7 +47,7 @@ class TaskState(str, enum.Enum):
     cancelled = "cancelled"
 
 
-class Stage(str, enum.Enum):
+class Stage(enum.StrEnum):
     """What a task computes for its candidate."""
 
     transport = "transport"

@@ -78,7 +78,7 @@ JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-class Backend(str, enum.Enum):
+class Backend(enum.StrEnum):
     """Database servers the store supports."""
 
     sqlite = "sqlite"

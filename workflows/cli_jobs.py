@@ -1,0 +1,208 @@
+"""``ionscreen screen``, ``jobs list|status|cancel|resume``, ``results`` and ``demo``: thin over workflows.jobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mlip.errors import InputError
+
+jobs_app = typer.Typer(help="Screening jobs: list, status, cancel, resume.", no_args_is_help=True)
+
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (or RAY_ADDRESS); default: Ray in this process.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Override the job file's number of model-holding workers.")]
+
+
+def _settings():
+    from mlip.config import load_settings
+
+    return load_settings()
+
+
+def _store(settings):
+    from workflows.db import Store
+
+    return Store.open(settings.db_url)
+
+
+def _fmt(value, spec=".3g"):
+    return "—" if value is None else format(value, spec)
+
+
+def print_ranked(store, job_id: str, settings, fmt: str = "table") -> None:
+    from workflows.jobs import _plan_path, ranked, ranked_csv
+
+    path = _plan_path(settings, job_id)
+    plan = json.loads(path.read_text()) if path.exists() else None
+    rows, others = ranked(store, job_id, plan)
+    if fmt == "csv":
+        typer.echo(ranked_csv(rows), nl=False)
+        return
+    if fmt == "json":
+        typer.echo(json.dumps({"ranked": [r.model_dump(mode="json") for r in rows], "not_ranked": others}, indent=2))
+        return
+    job = store.get_job(job_id)
+    typer.echo(f"job {job.id} ({job.name}): {job.status}, model {job.model_ref}")
+    typer.echo(f"{'#':>3} {'candidate':<22} {'formula':<14} {'ion':<3} {'σ300K (mS/cm) [95% CI]':<30} "
+               f"{'Ea (eV) [95% CI]':<24} {'barrier 1D/2D/3D (eV)':<20} {'score':>7}  flags")
+    for r in rows:
+        v = r.values
+        sigma = f"{_fmt(v.get('conductivity_300K_mS_cm'))} [{_fmt(v.get('conductivity_300K_ci95_lo_mS_cm'))}, {_fmt(v.get('conductivity_300K_ci95_hi_mS_cm'))}]"
+        ea = f"{_fmt(v.get('activation_energy_eV'))} [{_fmt(v.get('activation_energy_ci95_lo_eV'))}, {_fmt(v.get('activation_energy_ci95_hi_eV'))}]"
+        barrier = "/".join(_fmt(v.get(f"percolation_{d}d_eV"), ".2f") for d in (1, 2, 3))
+        flags = ",".join(r.flags) or "-"
+        if r.missing:
+            flags += f" (missing: {','.join(r.missing)})"
+        typer.echo(f"{r.rank:>3} {str(r.name)[:22]:<22} {str(r.formula)[:14]:<14} {str(r.working_ion):<3} {sigma:<30} {ea:<24} "
+                   f"{barrier:<20} {r.score:>7.2f}  {flags}")
+    for o in others:
+        typer.echo(f"  - {o['name']:<22} {o['formula']:<14} {o['stage']}: {o['state']}" + (f" — {o['error']}" if o["error"] else ""))
+    for failure in (plan or {}).get("candidate_failures", []):
+        typer.echo(f"  - not screened: {failure}")
+    if job.error:
+        typer.echo(f"notes: {job.error}")
+
+
+def screen(
+    job_file: Annotated[Path, typer.Argument(help="Job file (YAML): candidates, model, protocols, ranking, resources.")],
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="Ranked table as table, csv or json.")] = "table",
+) -> None:
+    """Validate and run a screening job on Ray; print the ranked candidates."""
+    from workflows.jobs import plan_job, run_job
+
+    settings = _settings()
+    store = _store(settings)
+    plan = plan_job(job_file, settings, store=store)
+    typer.echo(f"job {plan.job_id}: {plan.n_candidates} candidates, {plan.n_tasks} tasks"
+               + (f", {len(plan.failures)} candidates failed to build" if plan.failures else ""), err=True)
+    for failure in plan.failures:
+        typer.echo(f"  failed: {failure}", err=True)
+    summary = run_job(plan.job_id, settings, address=address, workers=workers)
+    typer.echo(f"done: {summary.done} computed, {summary.failed} failed, {summary.retried} retried, "
+               f"{summary.wall_s:.0f} s", err=True)
+    print_ranked(store, plan.job_id, settings, fmt)
+
+
+def results(
+    job: Annotated[str, typer.Argument(help="Job id (or a unique prefix of ≥ 4 characters).")],
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    cif: Annotated[Optional[str], typer.Option("--cif", help="Export this candidate (name or structure-hash prefix) as CIF.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the CIF.")] = None,
+) -> None:
+    """Ranked candidates of a job (uncertainty-aware score), or one candidate's CIF."""
+    if fmt not in ("table", "csv", "json"):
+        raise InputError(f"--format must be table, csv or json, got {fmt!r}")
+    settings = _settings()
+    store = _store(settings)
+    record = store.get_job(job)
+    if cif is not None:
+        matches = [c for c in store.candidates_for_job(record.id) if c.name == cif or c.structure_hash.startswith(cif)]
+        if len(matches) != 1:
+            names = ", ".join(c.name for c in store.candidates_for_job(record.id))
+            raise InputError(f"{'no' if not matches else 'more than one'} candidate matches {cif!r}; candidates: {names}")
+        path = out or Path(f"{matches[0].name}.cif".replace("/", "_"))
+        path.write_text(matches[0].cif)
+        typer.echo(f"wrote {path}")
+        return
+    print_ranked(store, record.id, settings, fmt)
+
+
+@jobs_app.command("list")
+def jobs_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """All jobs, newest first, with task counts."""
+    settings = _settings()
+    store = _store(settings)
+    jobs = store.list_jobs()
+    if as_json:
+        typer.echo(json.dumps([{"id": j.id, "name": j.name, "status": str(j.status), "model_ref": j.model_ref,
+                                "created_utc": j.created_utc.isoformat(), "counts": store.counts(j.id)} for j in jobs], indent=2))
+        return
+    for j in jobs:
+        counts = store.counts(j.id)
+        summary = "; ".join(f"{stage}: " + ", ".join(f"{n} {state}" for state, n in c.items() if n) for stage, c in counts.items())
+        typer.echo(f"{j.id[:12]}  {j.created_utc:%Y-%m-%d %H:%M}  {str(j.status):<9}  {j.name:<20}  {summary}")
+
+
+@jobs_app.command("status")
+def jobs_status(job: Annotated[str, typer.Argument(help="Job id or prefix.")],
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """A job's state, task counts per stage, and its tasks (with errors and progress)."""
+    settings = _settings()
+    store = _store(settings)
+    j = store.get_job(job)
+    tasks = store.tasks(j.id)
+    if as_json:
+        typer.echo(json.dumps({"id": j.id, "name": j.name, "status": str(j.status), "error": j.error,
+                               "mlflow_run_id": j.mlflow_run_id, "counts": store.counts(j.id),
+                               "tasks": [t.model_dump(mode="json") for t in tasks]}, indent=2, default=str))
+        return
+    typer.echo(f"job {j.id} ({j.name}): {j.status}; model {j.model_ref}; MLflow run {j.mlflow_run_id or '—'}")
+    for stage, c in store.counts(j.id).items():
+        typer.echo(f"  {stage}: " + ", ".join(f"{n} {state}" for state, n in c.items()))
+    for t in tasks:
+        cand = store.get_candidate(t.candidate_id)
+        extra = f" — {t.error}" if t.error else (f" — {t.progress_json}" if t.state == "running" and t.progress_json else "")
+        typer.echo(f"  task {t.id:>4} {str(t.stage):<9} {cand.name:<22} {str(t.state):<9} attempts {t.attempts}"
+                   + (" (reused)" if t.reused_result else "") + extra)
+    if j.error:
+        typer.echo(f"notes: {j.error}")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job: Annotated[str, typer.Argument(help="Job id or prefix.")]) -> None:
+    """Cancel a job: pending tasks are cancelled; a running driver stops its workers."""
+    store = _store(_settings())
+    j = store.get_job(job)
+    n = store.cancel_job(j.id)
+    typer.echo(f"cancelled job {j.id} ({n} pending tasks cancelled)")
+
+
+@jobs_app.command("resume")
+def jobs_resume(
+    job: Annotated[str, typer.Argument(help="Job id or prefix.")],
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Continue a job whose driver stopped: finished work is kept, running tasks restart from their checkpoints."""
+    from workflows.jobs import run_job
+
+    settings = _settings()
+    store = _store(settings)
+    j = store.get_job(job)
+    summary = run_job(j.id, settings, address=address, workers=workers)
+    typer.echo(f"done: {summary.done} computed, {summary.failed} failed, {summary.retried} retried", err=True)
+    print_ranked(store, j.id, settings)
+
+
+def demo(
+    model: Annotated[Optional[str], typer.Option("--model", help="Model reference (default: the bundled demo model).")] = None,
+    workers: WorkersOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Run a small real screen end to end (three Li-P-S-Cl electrolytes, quick protocol) and print the ranking."""
+    import tempfile
+    from importlib import resources
+
+    import yaml
+
+    from workflows.jobs import plan_job, run_job
+
+    spec = yaml.safe_load(resources.files("workflows.demo").joinpath("demo-job.yaml").read_text())
+    if model is not None:
+        spec["model"] = model
+    settings = _settings()
+    store = _store(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "demo-job.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        plan = plan_job(path, settings, store=store)
+    typer.echo(f"demo job {plan.job_id}: {plan.n_candidates} candidates with {spec['model']}, quick protocol "
+               f"(results in {settings.home})", err=True)
+    summary = run_job(plan.job_id, settings, address=address, workers=workers)
+    typer.echo(f"done in {summary.wall_s / 60:.1f} min: {summary.done} computed, {summary.failed} failed", err=True)
+    print_ranked(store, plan.job_id, settings)

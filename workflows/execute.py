@@ -1,0 +1,244 @@
+"""Run a screening job's tasks on Ray: long-lived model-holding actors, bounded in-flight work, one writer.
+
+The driver (this module, in the ``ionscreen screen`` process) owns the database: workers run
+:func:`workflows.tasks.run_task` and send back small result rows; the driver records them. A worker
+killed mid-task (its actor is restarted by Ray, which reloads the model) gets the task again, and the
+task resumes from its MD checkpoints in its work directory. Errors raised by the science (bad input,
+model domain) are permanent: the task is marked failed with its error and the job goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from mlip.errors import IonscreenError
+
+log = logging.getLogger(__name__)
+
+PROGRESS_ACTOR = "ionscreen-progress-{job}"
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    address: str | None = None  # None: in-process Ray; "auto" or ray://…: an existing cluster
+    workers: int = 2
+    threads_per_worker: int = 1
+    gpus_per_worker: float = 0.0
+    max_in_flight: int = 4
+    max_attempts: int = 3
+    device: str = "auto"
+
+
+@dataclass
+class RunSummary:
+    job_id: str
+    done: int = 0
+    failed: int = 0
+    reused: int = 0
+    cancelled: int = 0
+    retried: int = 0
+    wall_s: float = 0.0
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def init_ray(options: ExecutionOptions):
+    """Start Ray in-process, or connect to a cluster (``--address`` / ``RAY_ADDRESS``).
+
+    Settings reach the workers through each actor's runtime environment (not the job's), so one
+    process can run jobs of different data directories.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        cpus = max(os.cpu_count() or 1, options.workers * options.threads_per_worker)
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def _actor_classes():
+    import ray
+
+    @ray.remote(max_restarts=-1, max_task_retries=0)
+    class ProgressSink:
+        """Collects progress events from workers; the driver drains them."""
+
+        def __init__(self):
+            self.events = []
+
+        def push(self, event: dict) -> None:
+            self.events.append(event)
+
+        def drain(self) -> list[dict]:
+            out, self.events = self.events, []
+            return out
+
+    @ray.remote(max_restarts=-1, max_task_retries=0)
+    class ModelWorker:
+        """Holds one loaded model for its whole life; runs tasks one at a time."""
+
+        def __init__(self, model_ref: str, threads: int, device: str, progress_name: str):
+            import torch
+
+            from mlip.config import load_settings
+            from mlip.loader import load_model
+
+            torch.set_num_threads(threads)
+            self.settings = load_settings()
+            self.loaded = load_model(model_ref, self.settings)
+            self.device = device
+            self.progress_name = progress_name
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def run(self, task_id: int, payload: dict) -> dict:
+            from workflows.tasks import run_task
+
+            sink = ray.get_actor(self.progress_name)
+
+            def progress(stage: str, info: dict) -> None:
+                sink.push.remote({"task_id": task_id, "stage": stage, **info})
+
+            return run_task(payload, self.loaded, home=self.settings.home, device=self.device, progress=progress)
+
+    return ProgressSink, ModelWorker
+
+
+def _is_permanent(err: BaseException) -> bool:
+    """Errors the science raises on purpose (bad input, model domain, failed simulation) will not go away on retry."""
+    return isinstance(err, IonscreenError) or isinstance(getattr(err, "cause", None), IonscreenError)
+
+
+def execute(
+    store,
+    job_id: str,
+    model_ref: str,
+    payloads: dict[int, dict],
+    options: ExecutionOptions,
+    *,
+    env: dict[str, str],
+    on_event: Callable[[str, dict], None] = lambda kind, info: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> RunSummary:
+    """Run the pending tasks ``payloads`` (task id → payload) and record their results.
+
+    ``on_event(kind, info)`` receives ``submitted``/``progress``/``done``/``failed``/``retry`` events for
+    the progress display; ``should_stop()`` is polled (cancellation).
+    """
+    ray = init_ray(options)
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    started = time.perf_counter()
+    summary = RunSummary(job_id)
+    if not payloads:
+        return summary
+    ProgressSink, ModelWorker = _actor_classes()
+    sink_name = PROGRESS_ACTOR.format(job=job_id)
+    sink = ProgressSink.options(name=sink_name, get_if_exists=True).remote()
+    n_workers = max(1, min(options.workers, len(payloads)))
+    worker_opts = {"num_cpus": options.threads_per_worker, "runtime_env": {"env_vars": env}}
+    if options.gpus_per_worker:
+        worker_opts["num_gpus"] = options.gpus_per_worker
+    device = options.device
+    if device == "auto":
+        device = "cuda" if options.gpus_per_worker else "cpu"
+    workers = [
+        ModelWorker.options(**worker_opts).remote(model_ref, options.threads_per_worker, device, sink_name)
+        for _ in range(n_workers)
+    ]
+    queue = list(payloads)  # task ids, in order
+    load = {i: 0 for i in range(n_workers)}
+    in_flight: dict = {}  # ObjectRef -> (task_id, worker index)
+    probes: dict = {}  # ObjectRef -> worker index: a restarting actor is used again once it answers
+    limit = max(options.max_in_flight, n_workers)
+
+    def submit(task_id: int) -> bool:
+        available = [w for w in load if w not in probes.values()]
+        if not available:
+            return False
+        w = min(available, key=load.get)
+        store.claim_task(task_id, worker=f"actor{w}")
+        ref = workers[w].run.remote(task_id, payloads[task_id])
+        in_flight[ref] = (task_id, w)
+        load[w] += 1
+        on_event("submitted", {"task_id": task_id})
+        return True
+
+    try:
+        while queue or in_flight:
+            if should_stop():
+                for actor in workers:  # stops the running tasks (actor tasks cannot be force-cancelled)
+                    ray.kill(actor, no_restart=True)
+                for task_id in [t for t, _ in in_flight.values()] + queue:
+                    if store.get_task(task_id).state in ("pending", "running"):  # cancel_job already did the pending ones
+                        store.finish_task(task_id, "cancelled", error="job cancelled")
+                    summary.cancelled += 1
+                queue.clear()
+                in_flight.clear()
+                break
+            while queue and len(in_flight) < limit and submit(queue[0]):
+                queue.pop(0)
+            if probes:
+                answered, _ = ray.wait(list(probes), num_returns=len(probes), timeout=0)
+                for ref in answered:
+                    w = probes.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except RayActorError:  # still restarting (reloading the model): ask again
+                        time.sleep(0.5)
+                        probes[workers[w].pid.remote()] = w
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+            try:
+                for event in ray.get(sink.drain.remote(), timeout=10):
+                    on_event("progress", event)
+            except GetTimeoutError:
+                pass
+            for ref in ready:
+                task_id, w = in_flight.pop(ref)
+                load[w] -= 1
+                try:
+                    row = ray.get(ref)
+                except RayActorError as err:
+                    if w not in probes.values():
+                        probes[workers[w].pid.remote()] = w  # Ray restarts the actor; wait until it answers
+                    attempts = store.get_task(task_id).attempts
+                    if attempts < options.max_attempts:
+                        log.warning("worker died running task %s (attempt %s): retrying", task_id, attempts)
+                        store.requeue_task(task_id, error=f"worker died: {type(err).__name__}")
+                        queue.insert(0, task_id)
+                        summary.retried += 1
+                        on_event("retry", {"task_id": task_id, "attempts": attempts})
+                    else:
+                        store.finish_task(task_id, "failed", error=f"worker died {attempts} times: {err}")
+                        summary.failed += 1
+                        summary.errors[task_id] = str(err)
+                        on_event("failed", {"task_id": task_id, "error": str(err)})
+                    continue
+                except Exception as err:  # raised inside the task: permanent
+                    cause = getattr(err, "cause", None) or err
+                    message = f"{type(cause).__name__}: {cause}"
+                    store.finish_task(task_id, "failed", error=message)
+                    summary.failed += 1
+                    summary.errors[task_id] = message
+                    on_event("failed", {"task_id": task_id, "error": message, "permanent": _is_permanent(err)})
+                    continue
+                store.record_result({**row, "candidate_id": payloads[task_id]["candidate_id"],
+                                     "mlflow_run_id": payloads[task_id].get("mlflow_run_id")})
+                store.finish_task(task_id, "done")
+                summary.done += 1
+                on_event("done", {"task_id": task_id, "row": row})
+    finally:
+        for actor in workers:
+            ray.kill(actor)
+        ray.kill(sink)
+    summary.wall_s = time.perf_counter() - started
+    return summary

@@ -1,0 +1,146 @@
+"""One screening task = one (candidate, stage): the plain function a worker runs, and its result row.
+
+Workers call :func:`run_task` with a loaded model; it runs the science (``screening.transport`` or
+``screening.neb``) in the task's own work directory — so a retried task resumes from its MD
+checkpoints — and returns a small row of numbers (with intervals, flags and provenance) for the
+driver to store. Big things (trajectories, profiles, plots) stay in files referenced by the row.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+from mlip.version import code_version
+
+
+class Stage(enum.StrEnum):
+    TRANSPORT = "transport"
+    NEB = "neb"
+
+
+def task_key(structure_hash: str, stage: Stage | str, protocol_hash: str, model_sha256: str) -> str:
+    """Identity of a computation: the same (candidate, stage, protocol, model) is computed once."""
+    blob = json.dumps([structure_hash, str(stage), protocol_hash, model_sha256])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def workdir_for(home: Path, key: str) -> Path:
+    return home / "work" / key[:2] / key
+
+
+def _interval(pair, index):
+    return None if pair is None else float(pair[index])
+
+
+def transport_row(result) -> dict:
+    """Result-table columns from a :class:`screening.transport.results.TransportResult`."""
+    a = result.arrhenius
+    havens = [t.haven_ratio for t in result.temperatures if t.haven_ratio is not None]
+    hottest = max(result.temperatures, key=lambda t: t.temperature_K)
+    return {
+        "conductivity_300K_mS_cm": a.conductivity_300K_mS_cm,
+        "conductivity_300K_ci95_lo_mS_cm": _interval(a.conductivity_300K_ci95_mS_cm, 0),
+        "conductivity_300K_ci95_hi_mS_cm": _interval(a.conductivity_300K_ci95_mS_cm, 1),
+        "diffusivity_300K_cm2_s": a.diffusivity_300K_cm2_s,
+        "diffusivity_300K_ci95_lo_cm2_s": _interval(a.diffusivity_300K_ci95_cm2_s, 0),
+        "diffusivity_300K_ci95_hi_cm2_s": _interval(a.diffusivity_300K_ci95_cm2_s, 1),
+        "activation_energy_eV": a.activation_energy_eV,
+        "activation_energy_ci95_lo_eV": _interval(a.activation_energy_ci95_eV, 0),
+        "activation_energy_ci95_hi_eV": _interval(a.activation_energy_ci95_eV, 1),
+        "haven_ratio_mean": sum(havens) / len(havens) if havens else None,
+        "max_temperature_conductivity_mS_cm": hottest.conductivity_mS_cm,
+        "flags": list(result.flags),
+        "seed": result.provenance.seed,
+    }
+
+
+def neb_row(result) -> dict:
+    """Result-table columns from a :class:`screening.neb.results.NebStructureResult`."""
+    converged = [h for h in result.hops if h.converged and h.barrier_forward_eV is not None]
+    barriers = [max(h.barrier_forward_eV, h.barrier_backward_eV or h.barrier_forward_eV) for h in converged]
+    p = result.percolation
+    flags = sorted({str(f) for h in result.hops for f in h.flags} | {str(f) for f in p.flags})
+    return {
+        "migration_barrier_eV": min(barriers) if barriers else None,
+        "percolation_1d_eV": p.barrier_1d_eV,
+        "percolation_2d_eV": p.barrier_2d_eV,
+        "percolation_3d_eV": p.barrier_3d_eV,
+        "n_hops_converged": len(converged),
+        "n_hops_total": len(result.hops),
+        "flags": flags,
+        "seed": None,
+    }
+
+
+def run_task(
+    payload: dict,
+    loaded,
+    *,
+    home: Path,
+    device: str = "auto",
+    progress: Callable[[str, dict], None] | None = None,
+) -> dict:
+    """Run one task. ``payload``: stage, candidate (a ``Candidate`` as JSON), protocol (as data), task_key.
+
+    Returns the result row (numbers, flags, provenance, document path relative to ``home``).
+    Exceptions propagate: the driver decides whether they are permanent (bad input) or retryable.
+    """
+    from screening.candidates import Candidate
+
+    progress = progress or (lambda stage, info: None)
+    stage = Stage(payload["stage"])
+    candidate = Candidate.model_validate(payload["candidate"])
+    key = payload["task_key"]
+    workdir = workdir_for(home, key)
+    workdir.mkdir(parents=True, exist_ok=True)
+    loaded.check_elements([el.symbol for el in candidate.structure.composition.elements]
+                          + [candidate.working_ion], what=f"candidate {candidate.name}")
+
+    if stage is Stage.TRANSPORT:
+        from screening.transport.protocol import TransportProtocol
+        from screening.transport.run import calculator_factory_for, run_transport
+
+        protocol = TransportProtocol.model_validate(payload["protocol"])
+        result = run_transport(
+            candidate.structure, calculator_factory_for(loaded, device), protocol, workdir, candidate.working_ion,
+            charge=candidate.working_ion_charge, model_ref=loaded.ref, model_sha256=loaded.sha256,
+            progress=lambda s, info: progress(s, info),
+        )
+        row = transport_row(result)
+        document = workdir / "result.json"
+        protocol_hash = protocol.hash
+    else:
+        from mlip.batched import BatchedMACE
+        from screening.neb import NebParameters, neb_for_structure
+        from screening.neb.results import parameters_hash
+
+        params_data = dict(payload["protocol"])
+        driver = {k: params_data.pop(k, None) for k in ("max_hops", "max_hop_length_A", "mechanism")}
+        params = NebParameters.model_validate(params_data)
+        engine = BatchedMACE.from_loaded(loaded, device=device, dtype="float64")
+        result = neb_for_structure(
+            candidate.structure, candidate.working_ion, engine, params,
+            insertion_sites_frac=candidate.insertion_sites_frac or None, max_hops=driver["max_hops"],
+            max_hop_length_A=driver["max_hop_length_A"], mechanism=driver["mechanism"],
+            out_dir=workdir, home=home,
+            progress=lambda i, n, hop: progress("hop", {"done": i + 1, "total": n}),
+        )
+        row = neb_row(result)
+        document = workdir / "neb_summary.json"
+        protocol_hash = parameters_hash(payload["protocol"])
+    row.update(
+        task_key=key,
+        stage=str(stage),
+        structure_hash=candidate.structure_hash,
+        protocol_json=json.dumps(payload["protocol"], sort_keys=True),
+        protocol_hash=protocol_hash,
+        model_ref=loaded.ref,
+        model_sha256=loaded.sha256,
+        code_version=code_version(),
+        document_path=str(document.relative_to(home)),
+    )
+    return row
