@@ -94,31 +94,34 @@ def test_job_runs_ranks_and_is_idempotent(backend, job_dir, ray_session, monkeyp
     if backend == "postgresql":
         monkeypatch.setenv("IONSCREEN_DB_URL", request.getfixturevalue("postgres_url"))
     settings = load_settings()
-    plan = plan_job(write_job(job_dir), settings)
-    assert plan.n_candidates == 2 and plan.n_tasks == 2
+    neb = {"neb": {"max_hops": 1, "n_images": 3, "min_length_A": 5.0, "max_steps": 30, "endpoint_max_steps": 30}}
+    plan = plan_job(write_job(job_dir, extra=neb), settings)
+    assert plan.n_candidates == 2 and plan.n_tasks == 4  # transport and NEB for each
     assert len(plan.failures) == 1 and "Li3N" in plan.failures[0] and "N" in plan.failures[0]  # one bad candidate
     summary = run_job(plan.job_id, settings, live=False)
-    assert summary.done == 2 and summary.failed == 0
+    assert summary.done == 4 and summary.failed == 0
     store = Store.open(settings.db_url)
     job = store.get_job(plan.job_id)
     assert job.status == "done" and job.mlflow_run_id
     rows = store.results_for_job(plan.job_id)
-    assert len(rows) == 2 and {r["name"] for r in rows} == {"Li2S", "LiCl"}
+    assert len(rows) == 4 and {r["name"] for r in rows} == {"Li2S", "LiCl"}
+    assert {r["stage"] for r in rows} == {"transport", "neb"}
+    assert all(r["n_hops_total"] >= 1 for r in rows if r["stage"] == "neb")
     for r in rows:
         assert r["model_sha256"] == job.model_sha256 and r["protocol_hash"] and r["code_version"]
         assert (settings.home / r["document_path"]).is_file()  # the full document lives in a file
     # the same job again: every task is reused, nothing recomputed, no duplicate rows
-    again = plan_job(write_job(job_dir, name="ray-test-again"), settings)
+    again = plan_job(write_job(job_dir, name="ray-test-again", extra=neb), settings)
     summary2 = run_job(again.job_id, settings, live=False)
     assert summary2.done == 0 and summary2.failed == 0
     assert all(t.reused_result for t in store.tasks(again.job_id))
-    assert len(store.results_for_job(again.job_id)) == 2
+    assert len(store.results_for_job(again.job_id)) == 4
     # MLflow holds the job as a run with the ranked table
     from mlip import registry
 
     client = registry.client(settings)
     run = client.get_run(job.mlflow_run_id)
-    assert run.data.params["model_sha256"] == job.model_sha256 and run.data.metrics["tasks_done"] == 2
+    assert run.data.params["model_sha256"] == job.model_sha256 and run.data.metrics["tasks_done"] == 4
     artifacts = {a.path for a in client.list_artifacts(job.mlflow_run_id, "results")}
     assert "results/ranked.csv" in artifacts
 

@@ -76,6 +76,21 @@ def neb_row(result) -> dict:
     }
 
 
+def _neb_structure(candidate):
+    """Structure and insertion sites for NEB: a cathode host is treated in the dilute limit.
+
+    For a host with insertion sites, the inserted ions are removed and their sites join the empty ones,
+    so one ion hops through the empty framework (the usual single-ion barrier for intercalation hosts).
+    Electrolytes hop by the vacancy mechanism among their own ions.
+    """
+    if not candidate.insertion_sites_frac:
+        return candidate.structure, None
+    host = candidate.structure.copy()
+    occupied = [list(site.frac_coords) for site in host if site.specie.symbol == candidate.working_ion]
+    host.remove_species([sp for sp in host.composition if sp.symbol == candidate.working_ion])
+    return host, occupied + [list(x) for x in candidate.insertion_sites_frac]
+
+
 def run_task(
     payload: dict,
     loaded,
@@ -122,9 +137,10 @@ def run_task(
         driver = {k: params_data.pop(k, None) for k in ("max_hops", "max_hop_length_A", "mechanism")}
         params = NebParameters.model_validate(params_data)
         engine = BatchedMACE.from_loaded(loaded, device=device, dtype="float64")
+        structure, sites = _neb_structure(candidate)
         result = neb_for_structure(
-            candidate.structure, candidate.working_ion, engine, params,
-            insertion_sites_frac=candidate.insertion_sites_frac or None, max_hops=driver["max_hops"],
+            structure, candidate.working_ion, engine, params,
+            insertion_sites_frac=sites, max_hops=driver["max_hops"],
             max_hop_length_A=driver["max_hop_length_A"], mechanism=driver["mechanism"],
             out_dir=workdir, home=home,
             progress=lambda i, n, hop: progress("hop", {"done": i + 1, "total": n}),

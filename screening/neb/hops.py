@@ -127,6 +127,9 @@ def find_hops(
     if not structure.is_ordered:
         raise InputError("the structure has partially occupied sites; order it first (one species per site)")
     ion = _ion_symbol(ion)
+    # pymatgen-analysis-diffusion matches sites by element: oxidation-decorated species (Li+) would match none
+    structure = structure.copy()
+    structure.remove_oxidation_states()
     expanded = None
     if insertion_sites_frac:
         if _has_ion(structure, ion):
