@@ -1,0 +1,80 @@
+"""MD sampling for the next labelling round: run NVT MD of the demo parents with the current model.
+
+Each (parent, temperature) run writes an extxyz trajectory (``temperature_K`` in every frame's info) that
+``python -m training.demo.make_configs md`` turns into the next round's configurations. Seeded; the
+command line and model hash are recorded in every trajectory.
+
+    python -m training.demo.sample_md --model models:/lipscl-demo@production \\
+        --temperatures-K 500 800 1100 --ps 1.5 --out training/datasets/lipscl-cp2k/md-round2
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from ase import units
+from ase.io import write
+from ase.md.bussi import Bussi
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+from mlip.config import load_settings
+from mlip.loader import load_model
+from training.demo.make_configs import PARENTS, min_distance
+
+
+def sample(model_ref: str, temperatures_K: list[float], ps: float, out: Path, *, timestep_fs: float = 1.0,
+           write_every_fs: float = 50.0, seed: int = 0) -> list[Path]:
+    loaded = load_model(model_ref, load_settings())
+    calc = loaded.calculator(task="md")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    n_steps = int(round(ps * 1000 / timestep_fs))
+    every = int(round(write_every_fs / timestep_fs))
+    for p_i, parent in enumerate(PARENTS.values()):
+        for t_i, temperature in enumerate(temperatures_K):
+            atoms = parent.build()
+            atoms.calc = calc
+            rng = np.random.default_rng([seed, p_i, t_i])
+            MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+            Stationary(atoms)
+            dyn = Bussi(atoms, timestep_fs * units.fs, temperature_K=temperature, taut=50 * units.fs, rng=rng)
+            frames = []
+            for step in range(n_steps + 1):
+                if step % every == 0:
+                    frame = atoms.copy()
+                    frame.calc = None
+                    frame.info.update({"temperature_K": temperature, "time_fs": step * timestep_fs, "base": parent.name,
+                                       "model_sha256": loaded.sha256, "model_ref": loaded.ref})
+                    frames.append(frame)
+                    if not np.isfinite(atoms.get_potential_energy()) or min_distance(atoms) < 1.0:
+                        print(f"{parent.name} at {temperature:g} K: unstable at step {step}; keeping {len(frames) - 1} frames")
+                        frames.pop()
+                        break
+                if step < n_steps:
+                    dyn.step()
+            path = out / f"{parent.name}_{temperature:g}K.extxyz"
+            write(path, frames)
+            paths.append(path)
+            print(f"{path.name}: {len(frames)} frames")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--temperatures-K", type=float, nargs="+", default=[500.0, 800.0, 1100.0])
+    ap.add_argument("--ps", type=float, default=1.5)
+    ap.add_argument("--timestep-fs", type=float, default=1.0)
+    ap.add_argument("--write-every-fs", type=float, default=50.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    sample(args.model, args.temperatures_K, args.ps, args.out, timestep_fs=args.timestep_fs,
+           write_every_fs=args.write_every_fs, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
