@@ -33,6 +33,8 @@ class Settings:
     mlflow_artifact_location: str
     device: str = "auto"
     trust_registry: bool = True
+    api_reads_require_token: bool = False
+    mlflow_ui_url: str | None = None
     config_file: Path | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -79,6 +81,10 @@ _KEYS = {
     "mlflow_artifact_location": str,
     "device": _parse_device,
     "trust_registry": _parse_bool,
+    # web server (`ionscreen serve`): reads open unless this is true; writes always need a token
+    "api_reads_require_token": _parse_bool,
+    # base URL of an MLflow UI (e.g. http://127.0.0.1:5000) for run links on candidate pages
+    "mlflow_ui_url": str,
 }
 
 
@@ -130,6 +136,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         mlflow_artifact_location=str(values["mlflow_artifact_location"]),
         device=str(values.get("device", "auto")),
         trust_registry=bool(values.get("trust_registry", True)),
+        api_reads_require_token=bool(values.get("api_reads_require_token", False)),
+        mlflow_ui_url=str(values["mlflow_ui_url"]).rstrip("/") if values.get("mlflow_ui_url") else None,
         config_file=config_file if config_file.is_file() else None,
         sources=sources,
     )

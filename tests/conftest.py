@@ -110,3 +110,33 @@ def db_url(request, isolated_home):
 
         return load_settings().db_url
     return request.getfixturevalue("postgres_url")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Web browser / REST API fixtures (workflows.web): a sample database built once per session (real library candidates,
+# result documents and plots with made-up numbers, no MD), copied into each test's IONSCREEN_HOME.
+WEB_SAMPLE_NAMES = ("Li6PS5Cl", "beta-Li3PS4", "Li2S", "Na3PS4-cubic", "Mo6S8", "TiS2")
+
+
+@pytest.fixture(scope="session")
+def web_sample_template(tmp_path_factory):
+    """(home directory, SampleDatabase) of a seeded sample database; never modified (tests use ``web_home``)."""
+    from workflows.db import Store
+    from workflows.web.sample import build_candidate_rows, seed_sample
+
+    home = tmp_path_factory.mktemp("web-sample") / "home"
+    home.mkdir()
+    rows = build_candidate_rows(WEB_SAMPLE_NAMES)
+    with Store.open(f"sqlite:///{home / 'ionscreen.db'}") as store:
+        sample = seed_sample(store, home, rows)
+    return home, sample
+
+
+@pytest.fixture
+def web_home(web_sample_template, isolated_home):
+    """This test's IONSCREEN_HOME holding a copy of the sample database and its documents; (home, SampleDatabase)."""
+    import shutil
+
+    template, sample = web_sample_template
+    shutil.copytree(template, isolated_home, dirs_exist_ok=True)
+    return isolated_home, sample

@@ -72,7 +72,8 @@ def test_reopening_keeps_rows_and_downgrade_round_trips(db_url):
             }
         )
     before = table_counts(db_url)
-    assert before == {"jobs": 1, "candidates": 1, "job_candidates": 0, "tasks": 1, "results": 1}
+    assert before == {"jobs": 1, "candidates": 1, "job_candidates": 0, "tasks": 1, "results": 1,
+                      "candidate_summaries": 0, "tokens": 0}
     for _ in range(2):
         with Store.open(db_url) as store:
             assert store.get_job(job_id).name == "keep"

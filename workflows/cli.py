@@ -24,12 +24,14 @@ app.add_typer(models_app, name="models")
 
 def _register_area_commands() -> None:
     """Commands that live in their own modules (each keeps its heavy imports inside the commands)."""
-    from workflows import cli_candidates, cli_jobs, cli_neb, cli_train, cli_training, cli_transport
+    from workflows import cli_candidates, cli_jobs, cli_neb, cli_train, cli_training, cli_transport, cli_web
 
     app.command("screen")(cli_jobs.screen)
     app.command("results")(cli_jobs.results)
     app.command("demo")(cli_jobs.demo)
     app.add_typer(cli_jobs.jobs_app, name="jobs")
+    app.command("serve")(cli_web.serve)
+    app.add_typer(cli_web.tokens_app, name="tokens", help="API tokens for the REST API.")
     app.command("md")(cli_transport.md)
     app.command("analyze")(cli_transport.analyze)
     app.command("neb")(cli_neb.neb)

@@ -219,6 +219,60 @@ class Result(Base):
     n_hops_total: Mapped[int | None]
 
 
+class CandidateSummary(Base):
+    """One browsable row per (candidate, model): the newest transport and NEB results merged, with the ranking score.
+
+    Derived from ``results`` (``Store.refresh_summaries``), never written by the workers: it exists so the web table
+    filters, sorts and pages 10,000s of candidates in SQL with indexes instead of merging rows in Python per request.
+    ``elements`` is ``,El1,El2,`` (sorted symbols between commas) so "contains Cl" is ``LIKE '%,Cl,%'``.
+    """
+
+    __tablename__ = "candidate_summaries"
+    __table_args__ = (sa.UniqueConstraint("candidate_id", "model_sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    candidate_id: Mapped[int] = mapped_column(sa.ForeignKey("candidates.id", ondelete="CASCADE"), index=True)
+    model_sha256: Mapped[str] = mapped_column(Hash)
+    model_ref: Mapped[str] = mapped_column(sa.Text)
+    name: Mapped[str] = mapped_column(sa.Text)
+    formula: Mapped[str] = mapped_column(sa.Text, index=True)
+    working_ion: Mapped[str] = mapped_column(sa.String(3), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    elements: Mapped[str] = mapped_column(sa.Text, doc="',Cl,Li,P,S,': sorted element symbols between commas")
+    transport_result_id: Mapped[int | None] = mapped_column(sa.ForeignKey("results.id"))
+    neb_result_id: Mapped[int | None] = mapped_column(sa.ForeignKey("results.id"))
+    latest_result_id: Mapped[int] = mapped_column(index=True, doc="newest result id merged here (refresh watermark)")
+    conductivity_300K_mS_cm: Mapped[float | None] = mapped_column(sa.Double, index=True)
+    conductivity_300K_ci95_lo_mS_cm: Mapped[float | None] = mapped_column(sa.Double)
+    conductivity_300K_ci95_hi_mS_cm: Mapped[float | None] = mapped_column(sa.Double)
+    activation_energy_eV: Mapped[float | None] = mapped_column(sa.Double, index=True)
+    activation_energy_ci95_lo_eV: Mapped[float | None] = mapped_column(sa.Double)
+    activation_energy_ci95_hi_eV: Mapped[float | None] = mapped_column(sa.Double)
+    migration_barrier_eV: Mapped[float | None] = mapped_column(sa.Double, doc="lowest converged NEB hop barrier, eV")
+    percolation_barrier_eV: Mapped[float | None] = mapped_column(
+        sa.Double, index=True, doc="percolation threshold of the dimensionality the ranking uses, eV")
+    percolation_dimension: Mapped[int | None] = mapped_column(doc="1, 2 or 3: which network percolation_barrier_eV is")
+    flags: Mapped[list[str]]
+    n_flags: Mapped[int] = mapped_column(index=True)
+    score: Mapped[float | None] = mapped_column(sa.Double, index=True, doc="screening.ranking score (default weights)")
+    rank: Mapped[int | None] = mapped_column(doc="1 = best score over every summary row")
+    updated_utc: Mapped[datetime]
+
+
+class ApiToken(Base):
+    """A token for the REST API: only its SHA-256 is stored; the token itself is shown once when it is created."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_id: Mapped[str] = mapped_column(sa.String(16), unique=True, doc="public id, also the token's prefix")
+    name: Mapped[str] = mapped_column(sa.Text)
+    token_sha256: Mapped[str] = mapped_column(Hash, unique=True)
+    created_utc: Mapped[datetime]
+    last_used_utc: Mapped[datetime | None]
+    revoked_utc: Mapped[datetime | None]
+
+
 # (estimate, lower, upper) column triples; the store checks lower <= upper.
 INTERVAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("conductivity_300K_mS_cm", "conductivity_300K_ci95_lo_mS_cm", "conductivity_300K_ci95_hi_mS_cm"),
@@ -227,8 +281,10 @@ INTERVAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 __all__ = [
+    "ApiToken",
     "Base",
     "Candidate",
+    "CandidateSummary",
     "INTERVAL_COLUMNS",
     "Job",
     "JobCandidate",

@@ -726,6 +726,186 @@ class Store:
 
         return self._run(work, write=False)
 
+    # ------------------------------------------------------------------ web: candidate table, candidate page
+    def refresh_summaries(self, *, force: bool = False):
+        """Update the candidate table (``candidate_summaries``) from new results; cheap when nothing changed.
+
+        Reads and ranks without a write lock, then writes the changed rows in one short transaction. The first call
+        of a Store (or ``force``) always rebuilds; later calls are skipped while no result was added.
+        """
+        from workflows.db import summaries
+
+        mark = self._run(summaries.watermark, write=False)
+        if not force and mark == getattr(self, "_summary_watermark", None):
+            return summaries.RefreshReport(False, skipped=True)
+        plan = self._run(summaries.plan_refresh, write=False)
+        report = self._run(lambda s: summaries.apply_refresh(s, self._insert, plan), write=True)
+        self._summary_watermark = mark
+        return report
+
+    def browse(self, query=None, **filters):
+        """One page of the candidate table (a ``summaries.BrowseQuery``, or its fields as keywords)."""
+        from workflows.db import summaries
+
+        query = _browse_query(query, filters)
+        return self._run(lambda s: summaries.browse(s, query, self._job), write=False)
+
+    def browse_all(self, query=None, *, limit: int = 100_000, **filters):
+        """Every row of the candidate table that matches the filters (at most ``limit``), in order (exports)."""
+        from workflows.db import summaries
+
+        query = _browse_query(query, filters)
+        return self._run(lambda s: summaries.browse_all(s, query, self._job, limit), write=False)
+
+    def summary_facets(self) -> dict[str, list[str]]:
+        """Distinct working ions and kinds in the candidate table."""
+        from workflows.db import summaries
+
+        return self._run(summaries.facets, write=False)
+
+    def summaries_for_candidate(self, candidate_id: int):
+        """The candidate's table rows (one per model), best score first."""
+        from workflows.db.models import CandidateSummary
+        from workflows.db.summaries import SummaryRecord
+
+        def work(session: Session):
+            self._candidate(session, candidate_id)
+            query = (
+                sa.select(CandidateSummary)
+                .where(CandidateSummary.candidate_id == candidate_id)
+                .order_by(CandidateSummary.score.desc().nulls_last(), CandidateSummary.id)
+            )
+            return [SummaryRecord.model_validate(r) for r in session.scalars(query)]
+
+        return self._run(work, write=False)
+
+    def results_for_candidate(self, candidate_id: int) -> list[dict[str, Any]]:
+        """Every stored result of a candidate (all models and protocols), newest first."""
+
+        def work(session: Session) -> list[dict[str, Any]]:
+            candidate = self._candidate(session, candidate_id)
+            query = sa.select(Result).where(Result.candidate_id == candidate.id).order_by(Result.id.desc())
+            return [_result_dict(r, candidate) for r in session.scalars(query)]
+
+        return self._run(work, write=False)
+
+    def get_result(self, result_id: int) -> dict[str, Any]:
+        """One result row by id (its columns plus the candidate's identity columns)."""
+
+        def work(session: Session) -> dict[str, Any]:
+            result = session.get(Result, result_id) if isinstance(result_id, int) else None
+            if result is None:
+                raise NotFoundError(f"no result {result_id!r} in the database")
+            return _result_dict(result, session.get(Candidate, result.candidate_id))
+
+        return self._run(work, write=False)
+
+    def table_counts(self) -> dict[str, int]:
+        """Rows per table (every table of the schema)."""
+        from workflows.db.models import Base
+
+        def work(session: Session) -> dict[str, int]:
+            return {
+                t.name: session.scalar(sa.select(sa.func.count()).select_from(t)) for t in Base.metadata.sorted_tables
+            }
+
+        return self._run(work, write=False)
+
+    # ------------------------------------------------------------------ web: API tokens
+    def create_token(self, name: str):
+        """Store a new API token for ``name``; returns (TokenRecord, token). The token is not stored, only its hash."""
+        from workflows.db.models import ApiToken
+        from workflows.db.tokens import NAME_PATTERN, TokenRecord, new_token, token_sha256
+
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise InputError(f"a token name is 1-64 characters of letters, digits, space, '.', '_', '@', '-' "
+                             f"starting with a letter or digit, got {name!r}")
+        token_id, token = new_token()
+
+        def work(session: Session):
+            row = ApiToken(token_id=token_id, name=name, token_sha256=token_sha256(token), created_utc=utc_now())
+            session.add(row)
+            session.flush()
+            return TokenRecord.model_validate(row)
+
+        return self._run(work, write=True), token
+
+    def list_tokens(self, *, include_revoked: bool = True):
+        """Stored tokens (never the tokens themselves), oldest first."""
+        from workflows.db.models import ApiToken
+        from workflows.db.tokens import TokenRecord
+
+        query = sa.select(ApiToken).order_by(ApiToken.created_utc, ApiToken.id)
+        if not include_revoked:
+            query = query.where(ApiToken.revoked_utc.is_(None))
+        return self._run(lambda s: [TokenRecord.model_validate(t) for t in s.scalars(query)], write=False)
+
+    def revoke_token(self, token_id_or_name: str):
+        """Revoke a token by its id (8 hex digits) or by its name when one active token has it; returns it."""
+        from workflows.db.models import ApiToken
+        from workflows.db.tokens import TokenRecord
+
+        def work(session: Session):
+            found = session.scalar(sa.select(ApiToken).where(ApiToken.token_id == token_id_or_name))
+            if found is None:
+                named = session.scalars(
+                    sa.select(ApiToken).where(ApiToken.name == token_id_or_name, ApiToken.revoked_utc.is_(None))
+                ).all()
+                if len(named) > 1:
+                    ids = ", ".join(t.token_id for t in named)
+                    raise InputError(f"{len(named)} active tokens are named {token_id_or_name!r} ({ids}); "
+                                     "revoke one by its id")
+                found = named[0] if named else None
+            if found is None:
+                raise NotFoundError(f"no token with id or active name {token_id_or_name!r}; "
+                                    "`ionscreen tokens list` shows them")
+            if found.revoked_utc is None:
+                found.revoked_utc = utc_now()
+            session.flush()
+            return TokenRecord.model_validate(found)
+
+        return self._run(work, write=True)
+
+    def verify_token(self, token: str, *, touch_after_s: float = 60.0):
+        """The active TokenRecord whose hash matches ``token``, or None. Records the use (at most once a minute)."""
+        from workflows.db.models import ApiToken
+        from workflows.db.tokens import TokenRecord, looks_like_token, token_sha256
+
+        if not looks_like_token(token):
+            return None
+        digest = token_sha256(token)
+
+        def find(session: Session):
+            found = session.scalar(
+                sa.select(ApiToken).where(ApiToken.token_sha256 == digest, ApiToken.revoked_utc.is_(None))
+            )
+            return None if found is None else TokenRecord.model_validate(found)
+
+        def touch(session: Session) -> None:
+            session.execute(sa.update(ApiToken).where(ApiToken.token_sha256 == digest).values(last_used_utc=now))
+
+        record = self._run(find, write=False)  # a read first: most requests need no write lock
+        if record is None:
+            return None
+        now = utc_now()
+        if record.last_used_utc is None or (now - record.last_used_utc).total_seconds() > touch_after_s:
+            self._run(touch, write=True)
+            record = record.model_copy(update={"last_used_utc": now})
+        return record
+
+
+def _browse_query(query, filters: dict[str, Any]):
+    from workflows.db.summaries import BrowseQuery
+
+    if query is None:
+        try:
+            return BrowseQuery(**filters)
+        except ValidationError as err:
+            raise validation_error("candidate table query", err) from err
+    if filters:
+        raise InputError("give a BrowseQuery or filter keywords, not both")
+    return query
+
 
 __all__ = [
     "Backend",

@@ -1,0 +1,244 @@
+"""Server-rendered pages for people with a browser: the ranked candidate table, a candidate's page (3D structure,
+Arrhenius, MSD and NEB plots, numbers with intervals, provenance, downloads), jobs, and the plot images."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+
+from mlip.errors import InputError
+from workflows.db.summaries import SortKey, SortOrder
+from workflows.web import plots
+from workflows.web.auth import COOKIE_NAME, require_page_read
+from workflows.web.documents import UnsafePath, load_neb, load_transport, read_profile, result_file
+from workflows.web.structures import safe_stem, viewer_cif
+from workflows.web.views import QueryError, browse_query, mlflow_run_url, query_string
+
+router = APIRouter(include_in_schema=False)
+pages = APIRouter(include_in_schema=False, dependencies=[Depends(require_page_read)])
+
+
+def _render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    return request.app.state.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+# ---------------------------------------------------------------------------------------------- the table
+_COLUMNS = (  # (label, sort key or None, css class)
+    ("#", SortKey.score, "num"),
+    ("candidate", SortKey.name, ""),
+    ("formula", SortKey.formula, ""),
+    ("ion", SortKey.working_ion, ""),
+    ("framework", SortKey.kind, ""),
+    ("σ(300 K) mS/cm [95% CI]", SortKey.conductivity, "num"),
+    ("Ea eV [95% CI]", SortKey.activation_energy, "num"),
+    ("barrier eV", SortKey.barrier, "num"),
+    ("flags", SortKey.flags, ""),
+    ("model", None, ""),
+    ("score", SortKey.score, "num"),
+)
+
+
+@pages.get("/", response_class=HTMLResponse)
+def table(request: Request):
+    store = request.app.state.store
+    error = None
+    try:
+        query = browse_query(request.query_params)
+    except QueryError as err:
+        error = err.errors
+        query = browse_query({})
+    try:
+        result = store.browse(query) if error is None else None
+    except InputError as err:  # e.g. an unknown job id
+        error = [{"loc": ["query", "job"], "msg": str(err)}]
+        result = None
+    headers = []
+    for label, key, css in _COLUMNS:
+        if key is None:
+            headers.append({"label": label, "href": None, "css": css, "active": None})
+            continue
+        active = query.sort is key and label != "#"
+        flip = SortOrder.asc if query.effective_order is SortOrder.desc else SortOrder.desc
+        href = "?" + query_string(query, sort=key, order=flip if active else None, page=1)
+        arrow = ("▼" if query.effective_order is SortOrder.desc else "▲") if active else ""
+        headers.append({"label": label, "href": href, "css": css, "active": arrow})
+    context = {
+        "query": query,
+        "result": result,
+        "errors": error,
+        "headers": headers,
+        "facets": store.summary_facets(),
+        "jobs": store.list_jobs(limit=50),
+        "csv_href": "/api/candidates.csv" + ("?" + query_string(query, page=1) if query_string(query, page=1) else ""),
+        "page_href": lambda page: "?" + query_string(query, page=page),
+        "sort_keys": list(SortKey),
+    }
+    return _render(request, "table.html", context, status_code=422 if error else 200)
+
+
+# ---------------------------------------------------------------------------------------------- a candidate
+@pages.get("/candidates/{candidate_id}", response_class=HTMLResponse)
+def candidate_page(request: Request, candidate_id: int, model: str | None = None):
+    state = request.app.state
+    store, home = state.store, state.settings.home
+    record = store.get_candidate(candidate_id)
+    summaries = store.summaries_for_candidate(candidate_id)
+    results = store.results_for_candidate(candidate_id)
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        by_model[r["model_sha256"]].append(r)
+
+    summary = next((s for s in summaries if s.model_sha256 == model), None) if model else None
+    if summary is None and summaries:
+        summary = summaries[0]
+    selected_model = summary.model_sha256 if summary else (model if model in by_model else next(iter(by_model), None))
+    by_id = {r["id"]: r for r in results}
+    transport = neb = None
+    if summary is not None:
+        transport = by_id.get(summary.transport_result_id)
+        neb = by_id.get(summary.neb_result_id)
+    elif selected_model is not None:
+        transport = next((r for r in by_model[selected_model] if r["stage"] == "transport"), None)
+        neb = next((r for r in by_model[selected_model] if r["stage"] == "neb"), None)
+    transport_view = load_transport(home, transport["document_path"]) if transport else None
+    neb_view = load_neb(home, neb["document_path"]) if neb else None
+
+    stem = safe_stem(record.name)
+    provenance = []
+    for row in (transport, neb):
+        if row is None:
+            continue
+        provenance.append({
+            "row": row,
+            "protocol_json": json.dumps(row["protocol_json"], indent=1, sort_keys=True) if row["protocol_json"] else "",
+            "mlflow_url": mlflow_run_url(state.settings, row["mlflow_run_id"]),
+        })
+    context = {
+        "c": record,
+        "meta": record.metadata_json,
+        "summaries": summaries,
+        "summary": summary,
+        "selected_model": selected_model,
+        "results": results,
+        "transport": transport,
+        "neb": neb,
+        "tv": transport_view,
+        "nv": neb_view,
+        "provenance": provenance,
+        "viewer_cif": viewer_cif(record.cif) if record.cif else None,
+        "cif_href": f"/api/candidates/{record.id}/download/{quote(stem)}.cif",
+        "poscar_href": f"/api/candidates/{record.id}/download/POSCAR",
+        "mlflow_tracking_uri": state.settings.mlflow_tracking_uri,
+    }
+    return _render(request, "candidate.html", context)
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+@pages.get("/jobs", response_class=HTMLResponse)
+def jobs_page(request: Request):
+    store = request.app.state.store
+    jobs = [(j, store.counts(j.id)) for j in store.list_jobs(limit=200)]
+    return _render(request, "jobs.html", {"jobs": jobs})
+
+
+@pages.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: str):
+    store = request.app.state.store
+    job = store.get_job(job_id)
+    tasks = store.tasks(job.id)
+    names = {c.id: c.name for c in store.candidates_for_job(job.id)}
+    return _render(request, "job.html", {"job": job, "counts": store.counts(job.id), "tasks": tasks[:500],
+                                         "n_tasks": len(tasks), "names": names,
+                                         "table_href": "/?" + urlencode({"job": job.id})})
+
+
+# ---------------------------------------------------------------------------------------------- plots and files
+def _result(request: Request, result_id: int) -> dict[str, Any]:
+    return request.app.state.store.get_result(result_id)
+
+
+@pages.get("/results/{result_id}/arrhenius.png")
+def arrhenius_plot(request: Request, result_id: int):
+    """The stored Arrhenius plot, else one drawn from the result document's numbers."""
+    home = request.app.state.settings.home
+    row = _result(request, result_id)
+    view = load_transport(home, row["document_path"]) if row["stage"] == "transport" else None
+    if view is None:
+        raise HTTPException(404, "no transport result document for this result")
+    if view.arrhenius_plot:
+        return FileResponse(view.directory / view.arrhenius_plot, media_type="image/png")
+    key = ("arrhenius", result_id, row["document_path"])
+    return Response(plots.cached_png(key, lambda: plots.arrhenius_png(view.document)), media_type="image/png")
+
+
+@pages.get("/results/{result_id}/neb/{hop_index}.png")
+def neb_plot(request: Request, result_id: int, hop_index: int):
+    """A hop's stored energy-profile plot, else one drawn from its profile JSON."""
+    home = request.app.state.settings.home
+    row = _result(request, result_id)
+    view = load_neb(home, row["document_path"]) if row["stage"] == "neb" else None
+    if view is None or not 0 <= hop_index < len(view.document.hops):
+        raise HTTPException(404, "no such NEB hop")
+    if hop_index in view.hop_plots:
+        return FileResponse(view.directory / view.hop_plots[hop_index], media_type="image/png")
+    profile = read_profile(view, hop_index)
+    if profile is None:
+        raise HTTPException(404, "this hop has no energy profile")
+    hop = view.document.hops[hop_index]
+    key = ("neb", result_id, hop_index, row["document_path"])
+    return Response(plots.cached_png(key, lambda: plots.profile_png(profile, title=hop.name)), media_type="image/png")
+
+
+@pages.get("/results/{result_id}/files/{relative:path}")
+def result_files(request: Request, result_id: int, relative: str):
+    """A plot or JSON file under the result document's directory (MSD plots, profiles, the document itself)."""
+    row = _result(request, result_id)
+    try:
+        path, media = result_file(request.app.state.settings.home, row["document_path"], relative)
+    except UnsafePath as err:
+        raise HTTPException(400, f"refused: {err}") from None
+    except FileNotFoundError:
+        raise HTTPException(404, f"no file {relative!r} for result {result_id}") from None
+    return FileResponse(path, media_type=media)
+
+
+# ---------------------------------------------------------------------------------------------- login (closed reads)
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str = "/"):
+    return _render(request, "login.html", {"next": _local(next), "error": None})
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request):
+    from urllib.parse import parse_qs
+
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    token = (form.get("token") or [""])[0].strip()
+    target = _local((form.get("next") or ["/"])[0])
+    record = request.app.state.store.verify_token(token) if token else None
+    if record is None:
+        return _render(request, "login.html", {"next": target, "error": "That token is not valid."}, status_code=403)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(COOKIE_NAME, token, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", max_age=30 * 24 * 3600)
+    return response
+
+
+@router.post("/logout")
+def logout():
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE_NAME)
+    return response
+
+
+def _local(target: str) -> str:
+    """Only same-site paths as redirect targets (no open redirect)."""
+    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
+
+
+__all__ = ["pages", "router"]

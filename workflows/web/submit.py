@@ -1,0 +1,191 @@
+"""Job submission through the REST API: the job file's schema (JSON or YAML body), a file-reference policy for
+remote callers, planning (``workflows.jobs.plan_job``) and the background launch.
+
+Everything that can be wrong with a submission is found before the database changes: body syntax, the job
+schema (errors carry key paths and lines), file references, the model (resolved and trusted) and the
+candidates. Remote callers may name structure and model files only by relative paths inside
+``$IONSCREEN_HOME/submissions`` (an operator puts files there), never by absolute or ``..`` paths, so a token
+holder cannot make the server read or probe other files.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from mlip.config import Settings
+from mlip.errors import IonscreenError
+
+SUBMISSIONS_DIR = "submissions"
+
+
+class BodyFormat(enum.StrEnum):
+    json = "json"
+    yaml = "yaml"
+
+
+#: Content types accepted by POST /api/jobs.
+CONTENT_TYPES: dict[str, BodyFormat] = {
+    "application/json": BodyFormat.json,
+    "application/yaml": BodyFormat.yaml,
+    "application/x-yaml": BodyFormat.yaml,
+    "text/yaml": BodyFormat.yaml,
+    "text/x-yaml": BodyFormat.yaml,
+}
+
+
+@dataclass
+class SubmitError(Exception):
+    """A refused submission: HTTP status and FastAPI-style error items (``loc``, ``msg``, ``type``, ``line``)."""
+
+    status_code: int
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in self.errors)
+
+
+def submissions_dir(settings: Settings) -> Path:
+    return settings.home / SUBMISSIONS_DIR
+
+
+def _loc(path: str) -> list[str | int]:
+    """``candidates[2].substitute.file`` → ["candidates", 2, "substitute", "file"]."""
+    out: list[str | int] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+        out.append(int(index) if index else name)
+    return out
+
+
+def _error(loc: list, msg: str, kind: str, line: int | None = None) -> dict[str, Any]:
+    item = {"loc": ["body", *loc], "msg": msg, "type": kind}
+    if line is not None:
+        item["line"] = line
+    return item
+
+
+def _check_file_reference(value: Any, loc: list) -> list[dict[str, Any]]:
+    if not isinstance(value, str):
+        return []  # the schema reports the type
+    parts = PurePosixPath(value.replace("\\", "/")).parts
+    if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", value) or ".." in parts or "\x00" in value:
+        return [_error(loc, f"{value!r}: files in an API submission are named relative to the server's "
+                            f"{SUBMISSIONS_DIR}/ directory (no absolute paths, no '..')", "file_not_allowed")]
+    return []
+
+
+def check_file_references(data: Any) -> list[dict[str, Any]]:
+    """Policy errors for structure-file and model-file references in a parsed job (before any file is looked at)."""
+    if not isinstance(data, dict):
+        return []
+    problems: list[dict[str, Any]] = []
+    model = data.get("model")
+    if isinstance(model, str):
+        from mlip.refs import RefKind, parse_ref
+
+        try:
+            is_path = parse_ref(model.strip()).kind is RefKind.PATH
+        except Exception:  # noqa: BLE001 - a malformed reference is the schema's to report
+            is_path = False
+        if is_path:
+            problems += _check_file_reference(model.strip(), ["model"])
+    candidates = data.get("candidates")
+    if isinstance(candidates, list):
+        for i, item in enumerate(candidates):
+            if not isinstance(item, dict):
+                continue
+            problems += _check_file_reference(item.get("file"), ["candidates", i, "file"])
+            for variant in ("substitute", "dope"):
+                inner = item.get(variant)
+                if isinstance(inner, dict):
+                    problems += _check_file_reference(inner.get("file"), ["candidates", i, variant, "file"])
+    return problems
+
+
+def parse_body(body: bytes, fmt: BodyFormat, base_dir: Path):
+    """Decode and validate a submitted job (relative files inside ``base_dir``); returns (text, JobSpec).
+    SubmitError(422) on any problem."""
+    import yaml
+
+    from workflows.spec import JobSpecError, parse_job_spec
+
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SubmitError(422, [_error([], f"the body is not UTF-8 text: {err}", "unicode_invalid")]) from None
+    if fmt is BodyFormat.json:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SubmitError(422, [_error([], f"malformed JSON: {err.msg} (line {err.lineno}, column {err.colno})",
+                                           "json_invalid", err.lineno)]) from None
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError:
+            data = None  # parse_job_spec reports the syntax error with its line
+    problems = check_file_references(data)
+    if problems:
+        raise SubmitError(422, problems)
+    try:
+        spec = parse_job_spec(text, source="request body", base_dir=base_dir)
+    except JobSpecError as err:
+        raise SubmitError(422, [_error(_loc(p.path), p.message, "job_spec", p.line) for p in err.problems]) from None
+    return text, spec
+
+
+@dataclass
+class Submitted:
+    job_id: str
+    name: str
+    n_candidates: int
+    n_tasks: int
+    candidate_failures: list[str]
+    spec_file: Path
+    driver_pid: int | None
+
+
+def submit(body: bytes, fmt: BodyFormat, *, settings: Settings, store, launcher) -> Submitted:
+    """Validate, store (``plan_job``) and launch a job. Nothing is stored when it raises SubmitError."""
+    from workflows.jobs import plan_job
+
+    directory = submissions_dir(settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    text, spec = parse_body(body, fmt, directory)
+    path = directory / f"pending-{uuid.uuid4().hex}.{fmt.value}"
+    path.write_text(text, encoding="utf-8")
+    try:
+        plan = plan_job(path, settings, store=store)
+    except IonscreenError as err:
+        path.unlink(missing_ok=True)
+        raise SubmitError(422, [_error([], str(err), type(err).__name__)]) from err
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    final = directory / f"{plan.job_id}.{fmt.value}"
+    path.rename(final)
+    try:
+        pid = launcher.launch(plan.job_id)
+    except OSError as err:
+        store.set_job_status(plan.job_id, "failed", error=f"the server could not start the job driver: {err}")
+        raise SubmitError(500, [_error([], f"job {plan.job_id} was stored but its driver could not start: {err}",
+                                       "launch_failed")]) from err
+    return Submitted(plan.job_id, spec.name, plan.n_candidates, plan.n_tasks, plan.failures, final, pid)
+
+
+__all__ = [
+    "BodyFormat",
+    "CONTENT_TYPES",
+    "SUBMISSIONS_DIR",
+    "SubmitError",
+    "Submitted",
+    "check_file_references",
+    "parse_body",
+    "submissions_dir",
+    "submit",
+]
