@@ -5,7 +5,9 @@ checkpoints positions, momenta, the random-number generator and the frame count 
 re-run in the same directory it continues *to* the target step count from the last checkpoint,
 cutting the frame log back to the checkpoint, so a killed run and an uninterrupted one produce the
 same frames. Instabilities (NaN, atoms too close, runaway temperature or energy) stop the segment
-with a reason instead of producing numbers.
+with a reason instead of producing numbers. The bookkeeping (start or resume, frames, checkpoints,
+instability) lives in ``SegmentRun``, which the lean engine's batch runner
+(:mod:`screening.transport.batch_md`) drives too, so both paths write the same files.
 """
 
 from __future__ import annotations
@@ -123,13 +125,14 @@ def _save_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _save_checkpoint(path: Path, atoms: Atoms, step: int, frames: int, rng: np.random.Generator, extra: dict) -> None:
+def _save_checkpoint(path: Path, positions: np.ndarray, momenta: np.ndarray, cell: np.ndarray, step: int, frames: int,
+                     rng: np.random.Generator, extra: dict) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(
         tmp,
-        positions=atoms.get_positions(),
-        momenta=atoms.get_momenta(),
-        cell=atoms.cell.array,
+        positions=positions,
+        momenta=momenta,
+        cell=cell,
         state=np.array(json.dumps({"step": step, "frames": frames, "rng": rng.bit_generator.state, **extra})),
     )
     with open(tmp, "rb+") as fh:
@@ -144,138 +147,196 @@ def _load_checkpoint(path: Path) -> tuple[dict, dict]:
     return arrays, state
 
 
+class SegmentRun:
+    """The bookkeeping of one segment in its work directory, apart from the dynamics that advance it.
+
+    Starting sets ``atoms`` to the checkpoint (or draws Maxwell–Boltzmann velocities); then, each step,
+    the driver asks :meth:`wants_sample` / :meth:`sample`, :meth:`wants_checkpoint` / :meth:`checkpoint`,
+    stops when :attr:`done`, advances its dynamics with :attr:`thermostat_now` and calls :meth:`advance`.
+    ``run_md`` drives one with ASE; :mod:`screening.transport.batch_md` drives many with the lean engine,
+    so both write the same checkpoints, frame logs and instability verdicts.
+    """
+
+    def __init__(self, atoms: Atoms, seg: MDSegment, workdir: str | Path):
+        seg.validate()
+        self.seg = seg
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ckpt = self.workdir / "checkpoint.npz"
+        self.t0 = time.perf_counter()
+        self.symbols = np.array(atoms.get_chemical_symbols())
+        self.mobile = np.flatnonzero(self.symbols == seg.mobile_symbol)
+        self.framework = np.flatnonzero(self.symbols != seg.mobile_symbol)
+        if len(self.mobile) == 0:
+            raise InputError(f"no {seg.mobile_symbol} atoms in {atoms.get_chemical_formula()}")
+        self.fw_species = sorted(set(self.symbols[self.framework]))
+        self.n_atoms = len(atoms)
+        self.rng = np.random.default_rng(np.random.SeedSequence([seg.seed, int(round(seg.temperature_K * 1000))]))
+        self.end = seg.equilibration_steps + seg.production_steps
+        self.resumed_from = None
+        if self.ckpt.exists():
+            arrays, state = _load_checkpoint(self.ckpt)
+            atoms.set_cell(arrays["cell"])
+            atoms.set_positions(arrays["positions"])
+            atoms.set_momenta(arrays["momenta"])
+            if state.get("segment_key") != _segment_key(seg):
+                raise InputError(
+                    f"{self.workdir} holds a checkpoint of different MD settings; use a fresh directory "
+                    "(only the production length may change between runs)"
+                )
+            self.rng.bit_generator.state = state["rng"]
+            self.step, self.frames = int(state["step"]), int(state["frames"])
+            self.resumed_from = self.step
+            if FrameLog.exists(self.workdir / "frames"):
+                self.log = FrameLog(self.workdir / "frames")
+                self.log.truncate(self.frames)
+            else:
+                self.log = None
+        else:
+            check_structure(atoms, seg.mobile_symbol)
+            MaxwellBoltzmannDistribution(atoms, temperature_K=seg.temperature_K, rng=self.rng)
+            Stationary(atoms)
+            self.step, self.frames, self.log = 0, 0, None
+        self.cell = atoms.cell.array.copy()
+        self.volume_A3 = float(atoms.get_volume())
+        self.ref_path = self.workdir / "production_reference.npz"
+        self.ref = None
+        if self.ref_path.exists():
+            with np.load(self.ref_path) as r:
+                self.ref = {k: r[k] for k in r.files}
+        self.e_start = None
+
+    @property
+    def in_production(self) -> bool:
+        return self.step >= self.seg.equilibration_steps
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.end
+
+    @property
+    def thermostat_now(self) -> Thermostat:
+        return self.seg.thermostat if self.in_production else self.seg.equilibration_thermostat
+
+    def ensure_reference(self, positions: np.ndarray) -> None:
+        """At the start of production, store the framework positions that framework MSDs refer to."""
+        if self.in_production and self.ref is None:
+            fw = self.framework
+            self.ref = {"framework": positions[fw], "centroid": positions[fw].mean(axis=0) if len(fw) else np.zeros(3)}
+            tmp = self.ref_path.with_name("production_reference.tmp.npz")
+            np.savez(tmp, **self.ref)
+            os.replace(tmp, self.ref_path)
+
+    def wants_sample(self) -> bool:
+        seg = self.seg
+        if not self.in_production or (self.step - seg.equilibration_steps) % seg.sample_every_steps:
+            return False
+        return self.frames == (self.step - seg.equilibration_steps) // seg.sample_every_steps
+
+    def sample(self, positions: np.ndarray, epot: float, ekin: float, dmin: float, rel: float) -> MDOutcome | None:
+        """Check the frame for instability (an outcome if unstable) and append it to the frame log."""
+        seg = self.seg
+        self.ensure_reference(positions)
+        k = (self.step - seg.equilibration_steps) // seg.sample_every_steps
+        if self.log is None:
+            self.log = FrameLog.create(self.workdir / "frames", {
+                "mobile_symbol": seg.mobile_symbol,
+                "mobile_indices": self.mobile.tolist(),
+                "framework_indices": self.framework.tolist(),
+                "framework_species": self.fw_species,
+                "symbols": self.symbols.tolist(),
+                "cell_A": self.cell.tolist(),
+                "volume_A3": self.volume_A3,
+                "temperature_K": seg.temperature_K,
+                "timestep_fs": seg.timestep_fs,
+                "sample_interval_fs": seg.timestep_fs * seg.sample_every_steps,
+                "segment": {**asdict(seg), "thermostat": seg.thermostat.value,
+                            "equilibration_thermostat": seg.equilibration_thermostat.value},
+            })
+        temp = 2.0 * ekin / (3.0 * self.n_atoms * units.kB)
+        if self.e_start is None:
+            self.e_start = epot
+        reason = _instability(positions, epot, self.e_start, temp, rel, dmin, self.n_atoms, seg.temperature_K)
+        if reason:
+            return self.finish(MDStatus.UNSTABLE, f"step {self.step}: {reason}")
+        fw = self.framework
+        centroid = positions[fw].mean(axis=0) if len(fw) else np.zeros(3)
+        values = {
+            "time_fs": k * seg.sample_every_steps * seg.timestep_fs,
+            "temperature_K": temp,
+            "epot_eV": epot,
+            "ekin_eV": ekin,
+            "centroid_x_A": centroid[0],
+            "centroid_y_A": centroid[1],
+            "centroid_z_A": centroid[2],
+            "min_distance_A": dmin,
+        }
+        if len(fw):
+            disp = positions[fw] - self.ref["framework"] - (centroid - self.ref["centroid"])
+            sq = (disp**2).sum(axis=1)
+            fw_symbols = self.symbols[fw]
+            for s in self.fw_species:
+                values[f"framework_msd_{s}_A2"] = float(sq[fw_symbols == s].mean())
+        self.log.append(values, positions[self.mobile])
+        self.frames += 1
+        return None
+
+    def wants_checkpoint(self) -> bool:
+        seg = self.seg
+        return self.step % seg.checkpoint_every_steps == 0 or self.step == self.end or self.step == seg.equilibration_steps
+
+    def checkpoint(self, positions: np.ndarray, momenta: np.ndarray) -> None:
+        _save_checkpoint(self.ckpt, positions, momenta, self.cell, self.step, self.frames, self.rng,
+                         {"target_steps": self.end, "segment_key": _segment_key(self.seg)})
+
+    def advance(self) -> bool:
+        """Count a step taken; True when production starts now (the driver then removes the
+        centre-of-mass momentum, which the checkpoint at this step then holds)."""
+        self.step += 1
+        return self.step == self.seg.equilibration_steps
+
+    def finish(self, status: MDStatus, reason: str) -> MDOutcome:
+        _save_json_atomic(self.workdir / "status.json", {"status": status.value, "reason": reason, "step": self.step,
+                                                          "frames": self.frames, "target_steps": self.end})
+        return MDOutcome(status, reason, self.step, self.frames, time.perf_counter() - self.t0, self.resumed_from)
+
+
 def run_md(atoms: Atoms, seg: MDSegment, workdir: str | Path) -> MDOutcome:
     """Run (or continue) one temperature's MD in ``workdir``; ``atoms`` must carry a calculator.
 
     ``atoms`` is the starting structure; when a checkpoint exists it is replaced by the checkpoint.
     """
     seg.validate()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    ckpt = workdir / "checkpoint.npz"
-    t0 = time.perf_counter()
     if atoms.calc is None:
         raise InputError("atoms need a calculator for MD")
-    symbols = np.array(atoms.get_chemical_symbols())
-    mobile = np.flatnonzero(symbols == seg.mobile_symbol)
-    framework = np.flatnonzero(symbols != seg.mobile_symbol)
-    if len(mobile) == 0:
-        raise InputError(f"no {seg.mobile_symbol} atoms in {atoms.get_chemical_formula()}")
-    fw_species = sorted(set(symbols[framework]))
-
-    rng = np.random.default_rng(np.random.SeedSequence([seg.seed, int(round(seg.temperature_K * 1000))]))
-    end = seg.equilibration_steps + seg.production_steps
-    resumed_from = None
-    if ckpt.exists():
-        arrays, state = _load_checkpoint(ckpt)
-        atoms.set_cell(arrays["cell"])
-        atoms.set_positions(arrays["positions"])
-        atoms.set_momenta(arrays["momenta"])
-        if state.get("segment_key") != _segment_key(seg):
-            raise InputError(
-                f"{workdir} holds a checkpoint of different MD settings; use a fresh directory "
-                "(only the production length may change between runs)"
-            )
-        rng.bit_generator.state = state["rng"]
-        step, frames = int(state["step"]), int(state["frames"])
-        resumed_from = step
-        if FrameLog.exists(workdir / "frames"):
-            log = FrameLog(workdir / "frames")
-            log.truncate(frames)
-        else:
-            log = None
-    else:
-        check_structure(atoms, seg.mobile_symbol)
-        MaxwellBoltzmannDistribution(atoms, temperature_K=seg.temperature_K, rng=rng)
-        Stationary(atoms)
-        step, frames, log = 0, 0, None
-
-    eq_dyn = _thermostat(seg.equilibration_thermostat, atoms, seg, rng)
-    prod_dyn = _thermostat(seg.thermostat, atoms, seg, rng)
-    ref_path = workdir / "production_reference.npz"
-    ref = None
-    if ref_path.exists():
-        with np.load(ref_path) as r:
-            ref = {k: r[k] for k in r.files}
-    e_start = None
-
-    def status(status: MDStatus, reason: str) -> MDOutcome:
-        _save_json_atomic(workdir / "status.json", {"status": status.value, "reason": reason, "step": step,
-                                                     "frames": frames, "target_steps": end})
-        return MDOutcome(status, reason, step, frames, time.perf_counter() - t0, resumed_from)
+    run = SegmentRun(atoms, seg, workdir)
+    eq_dyn = _thermostat(seg.equilibration_thermostat, atoms, seg, run.rng)
+    prod_dyn = _thermostat(seg.thermostat, atoms, seg, run.rng)
 
     while True:
-        in_production = step >= seg.equilibration_steps
-        if in_production and ref is None:
-            pos = atoms.get_positions()
-            ref = {"framework": pos[framework], "centroid": pos[framework].mean(axis=0) if len(framework) else np.zeros(3)}
-            tmp = ref_path.with_name("production_reference.tmp.npz")
-            np.savez(tmp, **ref)
-            os.replace(tmp, ref_path)
-        if in_production and (step - seg.equilibration_steps) % seg.sample_every_steps == 0:
-            k = (step - seg.equilibration_steps) // seg.sample_every_steps
-            if frames == k:
-                if log is None:
-                    log = FrameLog.create(workdir / "frames", {
-                        "mobile_symbol": seg.mobile_symbol,
-                        "mobile_indices": mobile.tolist(),
-                        "framework_indices": framework.tolist(),
-                        "framework_species": fw_species,
-                        "symbols": symbols.tolist(),
-                        "cell_A": atoms.cell.array.tolist(),
-                        "volume_A3": float(atoms.get_volume()),
-                        "temperature_K": seg.temperature_K,
-                        "timestep_fs": seg.timestep_fs,
-                        "sample_interval_fs": seg.timestep_fs * seg.sample_every_steps,
-                        "segment": {**asdict(seg), "thermostat": seg.thermostat.value,
-                                    "equilibration_thermostat": seg.equilibration_thermostat.value},
-                    })
-                try:
-                    epot = float(atoms.get_potential_energy())
-                except Exception as err:  # a model blowing up mid-run is an instability, not a crash
-                    return status(MDStatus.UNSTABLE, f"energy evaluation failed at step {step}: {err}")
-                pos = atoms.get_positions()
-                ekin = float(atoms.get_kinetic_energy())
-                temp = 2.0 * ekin / (3.0 * len(atoms) * units.kB)
-                dmin, rel = min_distance(atoms)
-                if e_start is None:
-                    e_start = epot
-                reason = _instability(pos, epot, e_start, temp, rel, dmin, len(atoms), seg.temperature_K)
-                if reason:
-                    return status(MDStatus.UNSTABLE, f"step {step}: {reason}")
-                centroid = pos[framework].mean(axis=0) if len(framework) else np.zeros(3)
-                values = {
-                    "time_fs": k * seg.sample_every_steps * seg.timestep_fs,
-                    "temperature_K": temp,
-                    "epot_eV": epot,
-                    "ekin_eV": ekin,
-                    "centroid_x_A": centroid[0],
-                    "centroid_y_A": centroid[1],
-                    "centroid_z_A": centroid[2],
-                    "min_distance_A": dmin,
-                }
-                if len(framework):
-                    disp = pos[framework] - ref["framework"] - (centroid - ref["centroid"])
-                    sq = (disp**2).sum(axis=1)
-                    fw_symbols = symbols[framework]
-                    for s in fw_species:
-                        values[f"framework_msd_{s}_A2"] = float(sq[fw_symbols == s].mean())
-                log.append(values, pos[mobile])
-                frames += 1
-        if step % seg.checkpoint_every_steps == 0 or step == end or step == seg.equilibration_steps:
-            _save_checkpoint(ckpt, atoms, step, frames, rng, {"target_steps": end, "segment_key": _segment_key(seg)})
-        if step >= end:
+        run.ensure_reference(atoms.get_positions())
+        if run.wants_sample():
+            try:
+                epot = float(atoms.get_potential_energy())
+            except Exception as err:  # a model blowing up mid-run is an instability, not a crash
+                return run.finish(MDStatus.UNSTABLE, f"energy evaluation failed at step {run.step}: {err}")
+            dmin, rel = min_distance(atoms)
+            unstable = run.sample(atoms.get_positions(), epot, float(atoms.get_kinetic_energy()), dmin, rel)
+            if unstable is not None:
+                return unstable
+        if run.wants_checkpoint():
+            run.checkpoint(atoms.get_positions(), atoms.get_momenta())
+        if run.done:
             break
         try:
-            (prod_dyn if in_production else eq_dyn).step()
+            (prod_dyn if run.in_production else eq_dyn).step()
         except Exception as err:
-            return status(MDStatus.UNSTABLE, f"MD step {step} failed: {err}")
+            return run.finish(MDStatus.UNSTABLE, f"MD step {run.step} failed: {err}")
         if not np.all(np.isfinite(atoms.get_momenta())):
-            return status(MDStatus.UNSTABLE, f"non-finite velocities at step {step}")
-        step += 1
-        if step == seg.equilibration_steps:
+            return run.finish(MDStatus.UNSTABLE, f"non-finite velocities at step {run.step}")
+        if run.advance():
             Stationary(atoms)  # production starts without centre-of-mass motion (saved in its checkpoint)
-    return status(MDStatus.COMPLETED, "")
+    return run.finish(MDStatus.COMPLETED, "")
 
 
 def _segment_key(seg: MDSegment) -> str:
