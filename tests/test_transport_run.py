@@ -65,10 +65,14 @@ def test_run_transport_writes_a_complete_result_and_resumes(soft, tmp_path):
     stages = []
     result = run_transport(li2s_cell(), calculator_factory_for(soft, "cpu"), protocol, work, "Li",
                            model_ref=soft.ref, model_sha256=soft.sha256, progress=lambda s, i: stages.append(s))
-    assert stages[0] == "relax" and stages.count("md") == 2 and stages[-1] == "analyse"
+    # the lean engine (default) runs both temperatures in one batch: one "md" stage, fractional progress
+    assert stages[0] == "relax" and stages.count("md") == 1 and stages[-1] == "analyse"
+    assert stages.count("temperature") >= 10
     assert result.n_atoms == 48 and result.supercell == (1, 1, 1) and result.ion_charge == 1
     prov = result.provenance
     assert prov.model_sha256 == soft.sha256 and prov.protocol_hash == protocol.hash and prov.seed == 0 and prov.code_version
+    assert prov.md_engine["md_engine"] == "lean" and prov.md_engine["md_batch_source"] == "measured"
+    assert 1 <= prov.md_engine["md_batch_systems"] <= 2
     for t in result.temperatures:
         assert t.md_status == "completed"
         assert t.diffusivity_cm2_s is not None and t.diffusivity_ci95_cm2_s[0] <= t.diffusivity_cm2_s <= t.diffusivity_ci95_cm2_s[1]
@@ -107,8 +111,12 @@ def test_adaptive_run_extends_until_budget_and_says_so(soft, tmp_path):
 
 def test_unstable_model_gives_flags_not_numbers(tiny_model_copy, settings, tmp_path):
     loaded = trust(str(tiny_model_copy), settings)  # random MACE without a repulsive core: collapses
-    protocol = make_protocol(**{**SMALL, "temperatures_K": (1500.0, 1800.0), "relax": False})
-    result = run_transport(li2s_cell(), calculator_factory_for(loaded, "cpu"), protocol, tmp_path / "u", "Li")
+    for engine in ("lean", "ase"):
+        protocol = make_protocol(**{**SMALL, "temperatures_K": (1500.0, 1800.0), "relax": False, "md_engine": engine})
+        result = run_transport(li2s_cell(), calculator_factory_for(loaded, "cpu"), protocol, tmp_path / engine, "Li")
+        assert result.provenance.md_engine["md_engine"] == engine
+        for t in result.temperatures:
+            assert "unstable_md" in t.flags and t.diffusivity_cm2_s is None and t.md_reason
     for t in result.temperatures:
         assert "unstable_md" in t.flags and t.diffusivity_cm2_s is None and t.md_reason
     assert result.arrhenius.activation_energy_eV is None and "few_temperatures" in result.arrhenius.flags
@@ -127,6 +135,16 @@ def test_bad_structures_fail_before_any_md(soft, tmp_path):
         with pytest.raises(InputError, match=match):
             run_transport(bad, factory, protocol, work, "Li")
         assert not list(work.glob("T*K"))
+
+
+def test_lean_engine_needs_a_mace_model(tmp_path):
+    from ase.calculators.emt import EMT
+
+    protocol = make_protocol(**{**SMALL, "relax": False})
+    with pytest.raises(InputError, match="md_engine 'lean' runs MACE models only"):
+        run_transport(li2s_cell(), lambda task, dtype=None: EMT(), protocol, tmp_path / "emt", "Li")
+    with pytest.raises(InputError, match="md_engine"):
+        make_protocol(**{**SMALL, "md_engine": "lammps"})
 
 
 def test_md_frames_agree_with_pymatgen_diffusion_analyzer(soft, tmp_path):

@@ -107,6 +107,8 @@ def md(
     temperatures_K: Annotated[Optional[str], typer.Option("--temperatures-K", help="Override temperatures, comma-separated, K.")] = None,
     production_ps: Annotated[Optional[float], typer.Option("--production-ps", help="Override production length per temperature, ps.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Override the random seed.")] = None,
+    engine: Annotated[Optional[str], typer.Option("--engine", help="Override the MD engine: lean (batched MACE engine) or ase.")] = None,
+    batch_systems: Annotated[Optional[int], typer.Option("--batch-systems", help="Lean engine: temperatures per batch (default: measured).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Work directory (re-run to resume).")] = Path("transport-run"),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     as_json: JsonFlag = False,
@@ -130,6 +132,8 @@ def md(
         overrides["production_ps"] = production_ps
     if seed is not None:
         overrides["seed"] = seed
+    if engine is not None:
+        overrides["md_engine"] = engine
     if protocol in preset_names():
         proto = preset(protocol, **overrides)
     else:
@@ -142,7 +146,8 @@ def md(
             raise InputError(f"{path} is not valid YAML: {err}") from err
         proto = make_protocol(**{**values, **overrides})
     struct = read_structure(structure)
-    loaded = load_model(model, load_settings())
+    settings = load_settings()
+    loaded = load_model(model, settings)
     loaded.check_elements([el.symbol for el in struct.composition.elements], what=f"structure {structure}")
 
     def progress(stage, info):
@@ -150,7 +155,8 @@ def md(
             typer.echo(f"[{stage}] " + " ".join(f"{k}={v}" for k, v in info.items()), err=True)
 
     result = run_transport(struct, calculator_factory_for(loaded, device), proto, out, ion,
-                           model_ref=loaded.ref, model_sha256=loaded.sha256, progress=progress)
+                           model_ref=loaded.ref, model_sha256=loaded.sha256, progress=progress,
+                           md_batch_systems=batch_systems, home=settings.ensure_home())
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
         return

@@ -123,7 +123,7 @@ def run_task(
         result = run_transport(
             candidate.structure, calculator_factory_for(loaded, device), protocol, workdir, candidate.working_ion,
             charge=candidate.working_ion_charge, model_ref=loaded.ref, model_sha256=loaded.sha256,
-            progress=lambda s, info: progress(s, info),
+            progress=lambda s, info: progress(s, info), home=home,
         )
         row = transport_row(result)
         document = workdir / "result.json"

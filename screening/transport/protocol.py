@@ -22,6 +22,11 @@ class Thermostat(enum.StrEnum):
     LANGEVIN = "langevin"  # strong coupling, for equilibration; friction slows diffusion
 
 
+class MDEngine(enum.StrEnum):
+    LEAN = "lean"  # mlip.engine: every temperature in one batched model call per step, no calculator overhead
+    ASE = "ase"  # ASE dynamics with MACE's ASE calculator, one temperature at a time (any ASE calculator)
+
+
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
@@ -69,6 +74,9 @@ class TransportProtocol(BaseModel):
     relax_fmax_eV_A: PositiveFloat = 0.05
     relax_max_steps: int = Field(300, ge=1)
     md_dtype: str = Field("float32", pattern="^float(32|64)$")
+    md_engine: MDEngine = Field(
+        MDEngine.LEAN, description="lean: the batched MACE engine (mlip.engine); ase: ASE's dynamics and calculator. "
+        "Same physics; the random streams agree but float32 rounding differs, so trajectories differ bit for bit.")
     seed: int = Field(0, ge=0)
     target_rel_half_width: float | None = Field(
         None, gt=0, description="Adaptive runs: extend production until the 95% half-width / D* is below this."

@@ -87,6 +87,8 @@ class Provenance(BaseModel):
     code_version: str
     seed: int
     mlflow_run_id: str | None = None
+    md_engine: dict | None = Field(None, description="Which MD engine ran (lean or ase) and, for lean, the batch "
+                                   "size and whether it was measured, cached or configured.")
 
 
 class TransportResult(BaseModel):

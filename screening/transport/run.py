@@ -8,6 +8,7 @@ directory (relaxed structure, one sub-directory per temperature with checkpoint 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import fcntl
 import json
@@ -29,7 +30,7 @@ from screening.transport.analysis import analyze_arrhenius, analyze_frames
 from screening.transport.framelog import FrameLog
 from screening.transport.md import MDSegment, MDStatus, check_structure, run_md
 from screening.transport.plots import plot_arrhenius, plot_msd
-from screening.transport.protocol import TransportProtocol
+from screening.transport.protocol import MDEngine, TransportProtocol
 from screening.transport.results import Flag, Provenance, TemperatureResult, TransportResult
 
 CalculatorFactory = Callable[[Task, str | None], object]
@@ -47,9 +48,29 @@ def to_atoms(structure) -> Atoms:
     return AseAtomsAdaptor.get_atoms(structure)
 
 
-def calculator_factory_for(loaded, device: str = "auto") -> CalculatorFactory:
-    """Calculators from a :class:`mlip.loader.LoadedModel`, one per task and dtype."""
-    return lambda task, dtype=None: loaded.calculator(task=task, device=device, dtype=dtype)
+class ModelEngines:
+    """What the transport protocol needs from one loaded MACE model: ASE calculators per task and dtype
+    (call it like a :data:`CalculatorFactory`) and the lean MD engine per dtype (:meth:`lean`), built once."""
+
+    def __init__(self, loaded, device: str = "auto"):
+        self.loaded = loaded
+        self.device = device
+        self._lean: dict[str, object] = {}
+
+    def __call__(self, task: Task, dtype: str | None = None):
+        return self.loaded.calculator(task=task, device=self.device, dtype=dtype)
+
+    def lean(self, dtype: str):
+        from mlip.engine import LeanMACE
+
+        if dtype not in self._lean:
+            self._lean[dtype] = LeanMACE.from_loaded(self.loaded, device=self.device, dtype=dtype)
+        return self._lean[dtype]
+
+
+def calculator_factory_for(loaded, device: str = "auto") -> ModelEngines:
+    """Calculators (and the lean MD engine) from a :class:`mlip.loader.LoadedModel`."""
+    return ModelEngines(loaded, device)
 
 
 def _relax(atoms: Atoms, protocol: TransportProtocol, calc, workdir: Path) -> Atoms:
@@ -89,21 +110,31 @@ def _segment(protocol: TransportProtocol, temperature_K: float, production_steps
     )
 
 
-def _run_temperature(
-    atoms: Atoms, protocol: TransportProtocol, temperature_K: float, ion: str, charge: int, calc, tdir: Path,
-    progress: Progress,
-) -> TemperatureResult:
-    state_path = tdir / "adaptive.json"
-    production_steps = protocol.steps(protocol.production_ps)
-    extensions = 0
-    if state_path.exists():
-        state = json.loads(state_path.read_text())
-        production_steps, extensions = state["production_steps"], state["extensions"]
-    while True:
-        md_atoms = atoms.copy()
-        md_atoms.calc = calc
-        progress("md", {"temperature_K": temperature_K, "production_steps": production_steps, "extensions": extensions})
-        outcome = run_md(md_atoms, _segment(protocol, temperature_K, production_steps, ion), tdir)
+@dataclasses.dataclass
+class _Temperature:
+    """One temperature's MD and analysis as it goes: production length (adaptive runs extend it) and verdict."""
+
+    temperature_K: float
+    tdir: Path
+    production_steps: int
+    extensions: int = 0
+    result: TemperatureResult | None = None
+    analysis: object = None
+
+    @classmethod
+    def start(cls, protocol: TransportProtocol, temperature_K: float, tdir: Path) -> "_Temperature":
+        state_path = tdir / "adaptive.json"
+        if state_path.exists():
+            state = json.loads(state_path.read_text())
+            return cls(temperature_K, tdir, state["production_steps"], state["extensions"])
+        return cls(temperature_K, tdir, protocol.steps(protocol.production_ps))
+
+    def segment(self, protocol: TransportProtocol, ion: str) -> MDSegment:
+        return _segment(protocol, self.temperature_K, self.production_steps, ion)
+
+    def judge(self, outcome, protocol: TransportProtocol, charge: int, volume_A3: float) -> None:
+        """Analyse the finished segment: set ``result``, or extend production (adaptive runs) and leave it None."""
+        tdir, temperature_K = self.tdir, self.temperature_K
         frames = FrameLog(tdir / "frames").read() if FrameLog.exists(tdir / "frames") else None
         if outcome.status is not MDStatus.COMPLETED or frames is None:
             res, _ = analyze_frames(frames, temperature_K=temperature_K, ion_charge=charge,
@@ -112,29 +143,75 @@ def _run_temperature(
             if res is None:
                 res = TemperatureResult(temperature_K=temperature_K, ion_charge=charge, n_mobile_ions=0, n_hops=0,
                                         production_ps=0.0, n_frames=0, n_blocks=protocol.analysis.n_blocks,
-                                        volume_A3=float(atoms.get_volume()), flags=[Flag.UNSTABLE_MD],
+                                        volume_A3=volume_A3, flags=[Flag.UNSTABLE_MD],
                                         md_status=outcome.status.value, md_reason=outcome.reason)
-            return res.model_copy(update={"extensions": extensions, "frame_log": "frames"})
+            self.result = res
+            return
         result, analysis = analyze_frames(frames, temperature_K=temperature_K, ion_charge=charge, settings=protocol.analysis)
-        if not protocol.adaptive:
-            break
-        rel = (analysis.tracer.rel_half_width if analysis is not None else float("inf"))
-        budget = protocol.steps(protocol.max_production_ps)
-        if rel <= protocol.target_rel_half_width:
-            break
-        if production_steps >= budget:
-            result = result.model_copy(update={"flags": result.flags + [Flag.TARGET_NOT_MET]})
-            break
-        production_steps = min(production_steps + protocol.steps(protocol.extension_ps), budget)
-        extensions += 1
-        tmp = state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"production_steps": production_steps, "extensions": extensions}))
-        os.replace(tmp, state_path)
-    update = {"extensions": extensions, "frame_log": "frames"}
-    if analysis is not None:
-        plot_msd(analysis, result, tdir / "msd.png", ion)
-        update["msd_plot"] = "msd.png"
-    return result.model_copy(update=update)
+        if protocol.adaptive:
+            rel = (analysis.tracer.rel_half_width if analysis is not None else float("inf"))
+            budget = protocol.steps(protocol.max_production_ps)
+            if rel > protocol.target_rel_half_width:
+                if self.production_steps < budget:
+                    self.production_steps = min(self.production_steps + protocol.steps(protocol.extension_ps), budget)
+                    self.extensions += 1
+                    tmp = tdir / "adaptive.tmp"
+                    tmp.write_text(json.dumps({"production_steps": self.production_steps, "extensions": self.extensions}))
+                    os.replace(tmp, tdir / "adaptive.json")
+                    return
+                result = result.model_copy(update={"flags": result.flags + [Flag.TARGET_NOT_MET]})
+        self.result, self.analysis = result, analysis
+
+    def final(self, ion: str) -> TemperatureResult:
+        update = {"extensions": self.extensions, "frame_log": f"{self.tdir.name}/frames"}
+        if self.analysis is not None:
+            plot_msd(self.analysis, self.result, self.tdir / "msd.png", ion)
+            update["msd_plot"] = f"{self.tdir.name}/msd.png"
+        return self.result.model_copy(update=update)
+
+
+def _md_ase(atoms: Atoms, protocol: TransportProtocol, states: list[_Temperature], ion: str, charge: int, calc,
+            progress: Progress) -> None:
+    """One temperature after another with ASE's dynamics and ``calc``."""
+    for index, st in enumerate(states):
+        progress("temperature", {"index": index, "temperature_K": st.temperature_K, "n_temperatures": len(states)})
+        while st.result is None:
+            md_atoms = atoms.copy()
+            md_atoms.calc = calc
+            progress("md", {"temperature_K": st.temperature_K, "production_steps": st.production_steps,
+                            "extensions": st.extensions})
+            st.judge(run_md(md_atoms, st.segment(protocol, ion), st.tdir), protocol, charge, float(atoms.get_volume()))
+
+
+def _md_lean(atoms: Atoms, protocol: TransportProtocol, states: list[_Temperature], ion: str, charge: int, engine,
+             progress: Progress, batch_systems: int | None, home: Path | None) -> dict:
+    """Every temperature at once on the lean engine (one model call per step over all of them); adaptive
+    extensions run again together. Returns how the batch size was chosen (provenance)."""
+    from mlip.engine.tuning import choose_md_batch
+    from screening.transport.batch_md import MDJob, run_md_batch
+
+    n = len(states)
+    choice = choose_md_batch(engine, [atoms] * n, home=home, configured=batch_systems)
+    log_choice = {"md_batch_systems": choice.batch_systems, "md_batch_source": choice.source}
+    total = {id(st): st.segment(protocol, ion).equilibration_steps + st.production_steps for st in states}
+    while pending := [st for st in states if st.result is None]:
+        jobs = [MDJob(atoms.copy(), st.segment(protocol, ion), st.tdir) for st in pending]
+        longest = max(total[id(st)] for st in pending)
+        done_before = sum(1 for st in states if st.result is not None)
+        progress("md", {"temperatures_K": [st.temperature_K for st in pending], "batch_systems": choice.batch_systems,
+                        "production_steps": [st.production_steps for st in pending]})
+
+        def report(running: int, steps: int, pending=pending, longest=longest, done_before=done_before) -> None:
+            if steps % max(longest // 20, 1) == 0:  # the batch's share of the temperatures, as a fractional index
+                index = done_before + len(pending) * min(steps / max(longest, 1), 1.0)
+                progress("temperature", {"index": index, "n_temperatures": n, "running": running})
+
+        outcomes = run_md_batch(jobs, engine, batch_systems=choice.batch_systems,
+                                max_batch_atoms=choice.max_batch_atoms, progress=report)
+        for st, outcome in zip(pending, outcomes):
+            st.judge(outcome, protocol, charge, float(atoms.get_volume()))
+            total[id(st)] = st.segment(protocol, ion).equilibration_steps + st.production_steps
+    return log_choice
 
 
 @contextlib.contextmanager
@@ -167,17 +244,24 @@ def run_transport(
     model_ref: str | None = None,
     model_sha256: str | None = None,
     progress: Progress | None = None,
+    md_batch_systems: int | None = None,
+    home: str | Path | None = None,
 ) -> TransportResult:
-    """Run the transport protocol for ``structure`` with the working ion ``ion``; returns the result document."""
+    """Run the transport protocol for ``structure`` with the working ion ``ion``; returns the result document.
+
+    With the lean engine, ``md_batch_systems`` caps how many temperatures advance in one batch (None: the
+    measured best for this device and model, cached under ``home``, see :mod:`mlip.engine.tuning`).
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with _exclusive(workdir):
         return _run_transport(structure, calculator_factory, protocol, workdir, ion, charge=charge,
-                              model_ref=model_ref, model_sha256=model_sha256, progress=progress)
+                              model_ref=model_ref, model_sha256=model_sha256, progress=progress,
+                              md_batch_systems=md_batch_systems, home=Path(home) if home is not None else None)
 
 
 def _run_transport(structure, calculator_factory, protocol, workdir: Path, ion, *, charge, model_ref, model_sha256,
-                   progress) -> TransportResult:
+                   progress, md_batch_systems, home) -> TransportResult:
     t0 = time.perf_counter()
     progress = progress or (lambda stage, info: None)
     charge = stated_charge(ion) if charge is None else int(charge)
@@ -189,16 +273,18 @@ def _run_transport(structure, calculator_factory, protocol, workdir: Path, ion, 
     if protocol.relax:
         progress("relax", {"n_atoms": len(atoms)})
         atoms = _relax(atoms, protocol, calculator_factory(Task.RELAX, None), workdir)
-    md_calc = calculator_factory(Task.MD, protocol.md_dtype)
-    temps = []
-    for index, temperature in enumerate(protocol.temperatures_K):
-        progress("temperature", {"index": index, "temperature_K": temperature, "n_temperatures": len(protocol.temperatures_K)})
-        tdir = workdir / f"T{temperature:g}K"
-        temps.append(_run_temperature(atoms, protocol, temperature, ion, charge, md_calc, tdir, progress))
-        temps[-1] = temps[-1].model_copy(update={
-            "frame_log": f"{tdir.name}/frames",
-            "msd_plot": f"{tdir.name}/msd.png" if temps[-1].msd_plot else None,
-        })
+    states = [_Temperature.start(protocol, t, workdir / f"T{t:g}K") for t in protocol.temperatures_K]
+    engine_info: dict = {"md_engine": protocol.md_engine.value}
+    if protocol.md_engine is MDEngine.LEAN:
+        lean = getattr(calculator_factory, "lean", None)
+        if lean is None:
+            raise InputError("md_engine 'lean' runs MACE models only; this calculator factory has no lean engine "
+                             "(use md_engine: ase for other ASE calculators)")
+        engine_info |= _md_lean(atoms, protocol, states, ion, charge, lean(protocol.md_dtype), progress,
+                                md_batch_systems, home)
+    else:
+        _md_ase(atoms, protocol, states, ion, charge, calculator_factory(Task.MD, protocol.md_dtype), progress)
+    temps = [st.final(ion) for st in states]
     progress("analyse", {})
     arrhenius, fit = analyze_arrhenius(temps, n_blocks=protocol.analysis.n_blocks, seed=protocol.seed)
     if any(t.diffusivity_cm2_s for t in temps):
@@ -214,7 +300,7 @@ def _run_transport(structure, calculator_factory, protocol, workdir: Path, ion, 
         volume_A3=float(atoms.get_volume()),
         protocol=protocol.model_dump(mode="json"),
         provenance=Provenance(model_ref=model_ref, model_sha256=model_sha256, protocol_hash=protocol.hash,
-                              code_version=code_version(), seed=protocol.seed),
+                              code_version=code_version(), seed=protocol.seed, md_engine=engine_info),
         temperatures=temps,
         arrhenius=arrhenius,
         flags=flags,
@@ -231,4 +317,4 @@ def load_result(workdir: str | Path) -> TransportResult:
     return TransportResult.model_validate_json((Path(workdir) / "result.json").read_text())
 
 
-__all__ = ["run_transport", "calculator_factory_for", "load_result", "to_atoms"]
+__all__ = ["run_transport", "calculator_factory_for", "ModelEngines", "load_result", "to_atoms"]
