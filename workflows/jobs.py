@@ -14,6 +14,7 @@ import io
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from mlip.config import Settings
 from mlip.errors import InputError
-from workflows.execute import ExecutionOptions, RunSummary, execute
+from workflows.execute import ExecutionOptions, RunSummary, execute, init_ray
+from workflows.layout import Layout
 from workflows.tasks import Stage, task_key, workdir_for
 
 SCREENING_EXPERIMENT = "ionscreen-screening"
@@ -90,18 +92,50 @@ def _candidate_from_record(record):
         os.unlink(name)
 
 
-def _options(plan: dict, address: str | None, overrides: dict) -> ExecutionOptions:
+_NO_WORK = Layout(1, 1, "nothing left to run")
+
+
+def _layout(plan: dict, payloads: dict[int, dict], address: str | None, overrides: dict, settings: Settings):
+    """Workers × threads: as configured, else filled in or measured (:mod:`workflows.layout`)."""
+    from workflows.layout import resolve_layout
+
+    r = plan["resources"]
+    workers = overrides.get("workers") or r.get("workers")
+    threads = overrides.get("threads_per_worker") or r.get("threads_per_worker")
+    cluster = bool(address or os.environ.get("RAY_ADDRESS"))
+    if cluster and (workers is None or threads is None):
+        init_ray(ExecutionOptions(address=address))
+    return resolve_layout(workers, threads, device=str(r.get("device", "auto")), cluster=cluster,
+                          model_ref=plan["model_ref"], model_sha256=plan.get("model_sha256"),
+                          structures=_layout_structures(plan, payloads), home=settings.home)
+
+
+def _layout_structures(plan: dict, payloads: dict[int, dict]):
+    """One system like the tasks' (the first transport candidate's MD supercell), for the layout measurement."""
+    from screening.candidates import Candidate
+    from screening.cells import make_supercell
+    from screening.transport.run import to_atoms
+
+    for payload in payloads.values():
+        if payload["stage"] == str(Stage.TRANSPORT):
+            atoms = to_atoms(Candidate.model_validate(payload["candidate"]).structure)
+            return [make_supercell(atoms, float(payload["protocol"]["supercell_min_length_A"]))[0]]
+    for payload in payloads.values():
+        return [to_atoms(Candidate.model_validate(payload["candidate"]).structure)]
+    return []
+
+
+def _options(plan: dict, address: str | None, overrides: dict, layout) -> ExecutionOptions:
     r = plan["resources"]
     values = dict(
         address=address,
-        workers=r.get("workers", 2),
-        threads_per_worker=r.get("threads_per_worker", 1),
         gpus_per_worker=r.get("gpus_per_worker", 0.0) or 0.0,
-        max_in_flight=r.get("max_in_flight") or 2 * r.get("workers", 2),
+        max_in_flight=r.get("max_in_flight") or 2 * layout.workers,
         max_attempts=r.get("max_attempts", 3),
         device=str(r.get("device", "auto")),
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(workers=layout.workers, threads_per_worker=layout.threads_per_worker)
     return ExecutionOptions(**values)
 
 
@@ -138,7 +172,6 @@ def run_job(
     if job.status == "cancelled":
         raise InputError(f"job {job_id} was cancelled; submit it again to rerun it")
     plan = json.loads(_plan_path(settings, job_id).read_text())
-    options = _options(plan, address, overrides)
     requeued = store.requeue_running(job_id)  # a dead driver's tasks continue from their checkpoints
     store.set_job_status(job_id, "running", driver_pid=os.getpid(), driver_host=socket.gethostname())
     mlflow_run_id = _ensure_mlflow_run(store, job_id, plan, settings)
@@ -171,6 +204,15 @@ def run_job(
             "task_key": t.task_key,
             "mlflow_run_id": mlflow_run_id,
         }
+
+    layout = _layout(plan, payloads, address, overrides, settings) if payloads else None
+    options = _options(plan, address, overrides, layout or _NO_WORK)
+    if layout is not None:
+        print(f"workers: {layout.describe()}", file=progress_stream or sys.stderr, flush=True)
+        if mlflow_run_id:
+            from mlip import registry as mlip_registry
+
+            mlip_registry.client(settings).set_tag(mlflow_run_id, "ionscreen.layout", layout.describe())
 
     def on_event(kind: str, info: dict) -> None:
         task_id = info.get("task_id")

@@ -303,16 +303,22 @@ class NebSpec(NebParameters):
 class ResourcesSpec(_Strict):
     """``resources:`` — how the job is spread over Ray workers."""
 
-    workers: int = Field(1, ge=1, le=4096, description="Model-holding actors.")
-    threads_per_worker: int = Field(1, ge=1, le=256, description="CPU threads per actor (torch intra-op).")
+    workers: int | None = Field(None, ge=1, le=4096, description="Model-holding actors; auto (or unset): measured.")
+    threads_per_worker: int | None = Field(None, ge=1, le=256, description="CPU threads per actor (torch intra-op); "
+                                           "auto (or unset): measured.")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs requested per actor from Ray (fractions below 1 allowed).")
     max_in_flight: int | None = Field(None, ge=1, description="Bounded queue of submitted tasks (default 2 × workers).")
     max_attempts: int = Field(3, ge=1, le=100, description="Tries of a task whose worker died.")
     device: Device = Field(Device.AUTO, description="auto | cpu | cuda.")
 
+    @field_validator("workers", "threads_per_worker", mode="before")
+    @classmethod
+    def _auto(cls, value):
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
+
     @model_validator(mode="after")
     def _sane(self):
-        if self.max_in_flight is not None and self.max_in_flight < self.workers:
+        if self.max_in_flight is not None and self.workers is not None and self.max_in_flight < self.workers:
             raise _keyed(("max_in_flight",), f"max_in_flight ({self.max_in_flight}) must be at least workers "
                                              f"({self.workers}), or some workers never get work")
         if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
@@ -322,8 +328,11 @@ class ResourcesSpec(_Strict):
         return self
 
     @property
-    def in_flight_limit(self) -> int:
-        return self.max_in_flight if self.max_in_flight is not None else 2 * self.workers
+    def in_flight_limit(self) -> int | None:
+        """The bound on submitted tasks; None while the number of workers is still to be measured."""
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        return 2 * self.workers if self.workers is not None else None
 
 
 # ---------------------------------------------------------------------------------------------- the job
