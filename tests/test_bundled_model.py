@@ -99,3 +99,32 @@ def test_short_hot_md_stays_intact(loaded):
     per_p = np.bincount(i[ps], minlength=len(atoms))[symbols == "P"]
     assert (per_p == 4).all(), f"P-S coordination after MD: {per_p.tolist()}"
     assert atoms.get_temperature() < 1500
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known defect of the shipped bundled:lipscl-demo (issue 6): both candidates "
+                   "collapse (atoms < 1 A apart) within ~1 ps at 1100 K; strict, so a model that fixes it turns this red "
+                   "until the marker goes")
+@pytest.mark.parametrize("name", ["Li6PS5Cl", "beta-Li3PS4"])
+def test_demo_candidates_stay_stable_at_the_quick_protocols_top_temperature(name, tmp_path, settings):
+    """What the demo runs, at its hottest: the library structure relaxed, 1100 K, 2 fs steps, lean engine.
+
+    The shipped model collapses both within 0.6–1.6 ps (atoms 0.2–0.9 Å apart), which is why the demo
+    shows them flagged ``unstable_md``; a retrained model (with ZBL core, 191 frames) was worse: Li–Li
+    collapse within 100 fs at 600 K. 1.5 ps must run to the end without an instability verdict.
+    """
+    from screening.candidates import build_candidate
+    from screening.transport.protocol import preset
+    from screening.transport.run import calculator_factory_for, run_transport
+
+    from mlip.loader import load_model
+
+    loaded = load_model("bundled:lipscl-demo", settings)
+    protocol = preset("quick", temperatures_K=(1100.0,), equilibration_ps=0.3, production_ps=1.2)
+    candidate = build_candidate(name)
+    result = run_transport(candidate.structure, calculator_factory_for(loaded, "cpu"), protocol, tmp_path / name, "Li",
+                           model_ref=loaded.ref, model_sha256=loaded.sha256)
+    t = result.temperatures[0]
+    assert t.md_status == "completed", t.md_reason
+    assert "unstable_md" not in t.flags, t.flags
+    assert abs(t.mean_temperature_K - 1100.0) < 0.1 * 1100.0
