@@ -160,6 +160,17 @@ def test_a_batch_that_does_not_fit_is_split_with_a_message(soft_module, tmp_path
         run_md_batch(_good_jobs(tmp_path / "never"), tiny)
 
 
+def test_progress_is_monotonic_across_batches(soft_module, tmp_path):
+    """Progress counts finished jobs plus each running system's share of its steps, whatever the batching."""
+    reports = []
+    outcomes = run_md_batch(_good_jobs(tmp_path), LeanMACE(soft_module), batch_systems=1,
+                            progress=lambda units, n_jobs, running: reports.append((units, n_jobs, running)))
+    assert [o.status for o in outcomes] == [MDStatus.COMPLETED] * 2
+    units = [u for u, _, _ in reports]
+    assert len(units) >= 10 and units == sorted(units) and 0 <= units[0] < 0.2 and 1.8 < units[-1] <= 2.0
+    assert {n for _, n, _ in reports} == {2} and {r for _, _, r in reports} == {1}
+
+
 def test_chunking_by_systems_and_atoms():
     assert chunk_jobs([48, 48, 12, 100], max_atoms=100) == [[0, 1], [2], [3]]
     assert chunk_jobs([48, 48, 12]) == [[0, 1, 2]]

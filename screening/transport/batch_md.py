@@ -44,7 +44,9 @@ class MDJob:
     workdir: Path | str
 
 
-Progress = Callable[[int, int], None]  # (systems still running, steps taken by the batch)
+# (jobs done so far counting each running system's fraction of its steps, number of jobs, systems running):
+# monotonic over the whole call, whatever the batching
+Progress = Callable[[float, int, int], None]
 
 
 def chunk_jobs(sizes: Sequence[int], max_systems: int | None = None, max_atoms: int | None = None) -> list[list[int]]:
@@ -89,7 +91,14 @@ def run_md_batch(jobs: Sequence[MDJob], model: LeanMACE, *, skin_A: float = DEFA
     while pending:
         group = pending.pop(0)
         try:
-            outcomes.update(_run_group(jobs, group, model, skin_A, progress))
+            report = None
+            if progress is not None:
+                done_before = len(outcomes)
+
+                def report(runs, done_in_group, done_before=done_before):
+                    units = done_before + done_in_group + sum(min(run.step / max(run.end, 1), 1.0) for _, run in runs)
+                    progress(units, len(jobs), len(runs))
+            outcomes.update(_run_group(jobs, group, model, skin_A, report))
         except BatchTooLarge as err:
             if len(group) == 1:
                 raise BatchTooLarge(f"one system of {len(jobs[group[0]].atoms)} atoms does not fit in the device's "
@@ -105,7 +114,7 @@ def run_md_batch(jobs: Sequence[MDJob], model: LeanMACE, *, skin_A: float = DEFA
 
 
 def _run_group(jobs: Sequence[MDJob], group: list[int], model: LeanMACE, skin_A: float,
-               progress: Progress | None) -> dict[int, MDOutcome]:
+               progress: Callable | None) -> dict[int, MDOutcome]:
     outcomes: dict[int, MDOutcome] = {}
     runs, specs = [], []
     for i in group:
@@ -186,8 +195,8 @@ def _run_group(jobs: Sequence[MDJob], group: list[int], model: LeanMACE, skin_A:
         for k, (_, run) in enumerate(runs):
             if run.advance():
                 batch.remove_com_momentum(k)  # as run_md's Stationary when production starts
-        if progress is not None:
-            progress(len(runs), steps)
+        if progress is not None and steps % 10 == 0:
+            progress(runs, len(outcomes))
     return outcomes
 
 

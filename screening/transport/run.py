@@ -193,24 +193,23 @@ def _md_lean(atoms: Atoms, protocol: TransportProtocol, states: list[_Temperatur
     n = len(states)
     choice = choose_md_batch(engine, [atoms] * n, home=home, configured=batch_systems)
     log_choice = {"md_batch_systems": choice.batch_systems, "md_batch_source": choice.source}
-    total = {id(st): st.segment(protocol, ion).equilibration_steps + st.production_steps for st in states}
     while pending := [st for st in states if st.result is None]:
         jobs = [MDJob(atoms.copy(), st.segment(protocol, ion), st.tdir) for st in pending]
-        longest = max(total[id(st)] for st in pending)
-        done_before = sum(1 for st in states if st.result is not None)
+        done_before = n - len(pending)
         progress("md", {"temperatures_K": [st.temperature_K for st in pending], "batch_systems": choice.batch_systems,
                         "production_steps": [st.production_steps for st in pending]})
+        last = [-1.0]
 
-        def report(running: int, steps: int, pending=pending, longest=longest, done_before=done_before) -> None:
-            if steps % max(longest // 20, 1) == 0:  # the batch's share of the temperatures, as a fractional index
-                index = done_before + len(pending) * min(steps / max(longest, 1), 1.0)
-                progress("temperature", {"index": index, "n_temperatures": n, "running": running})
+        def report(units: float, n_jobs: int, running: int, done_before=done_before, last=last) -> None:
+            index = done_before + units  # temperatures done, as a fractional index
+            if index - last[0] >= 0.05 * n:
+                last[0] = index
+                progress("temperature", {"index": round(index, 3), "n_temperatures": n, "running": running})
 
         outcomes = run_md_batch(jobs, engine, batch_systems=choice.batch_systems,
                                 max_batch_atoms=choice.max_batch_atoms, progress=report)
         for st, outcome in zip(pending, outcomes):
             st.judge(outcome, protocol, charge, float(atoms.get_volume()))
-            total[id(st)] = st.segment(protocol, ion).equilibration_steps + st.production_steps
     return log_choice
 
 
