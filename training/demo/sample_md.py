@@ -6,6 +6,10 @@ command line and model hash are recorded in every trajectory.
 
     python -m training.demo.sample_md --model models:/lipscl-demo@production \\
         --temperatures-K 500 800 1100 --ps 1.5 --out training/datasets/lipscl-cp2k/md-round2
+
+``--library Li6PS5Cl beta-Li3PS4`` samples the built-in library's candidates instead, built as a
+screening job builds them (ordered, in the ``quick`` protocol's supercell of every width ≥ 8 Å), so the
+next round covers the structures the demo actually simulates.
 """
 
 from __future__ import annotations
@@ -24,15 +28,31 @@ from mlip.loader import load_model
 from training.demo.make_configs import PARENTS, min_distance
 
 
+def library_parents(names: list[str], min_length_A: float = 8.0) -> dict:
+    """Parents from the candidate library, in the supercell a transport run would use."""
+    from types import SimpleNamespace
+
+    from screening.candidates import build_candidate
+    from screening.cells import make_supercell
+    from screening.transport.run import to_atoms
+
+    parents = {}
+    for name in names:
+        atoms, _ = make_supercell(to_atoms(build_candidate(name).structure), min_length_A)
+        label = f"{name}_{len(atoms)}"
+        parents[label] = SimpleNamespace(name=f"library:{label}", build=atoms.copy)
+    return parents
+
+
 def sample(model_ref: str, temperatures_K: list[float], ps: float, out: Path, *, timestep_fs: float = 1.0,
-           write_every_fs: float = 50.0, seed: int = 0) -> list[Path]:
+           write_every_fs: float = 50.0, seed: int = 0, parents: dict | None = None) -> list[Path]:
     loaded = load_model(model_ref, load_settings())
     calc = loaded.calculator(task="md")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     n_steps = int(round(ps * 1000 / timestep_fs))
     every = int(round(write_every_fs / timestep_fs))
-    for p_i, parent in enumerate(PARENTS.values()):
+    for p_i, parent in enumerate((parents or PARENTS).values()):
         for t_i, temperature in enumerate(temperatures_K):
             atoms = parent.build()
             atoms.calc = calc
@@ -54,7 +74,7 @@ def sample(model_ref: str, temperatures_K: list[float], ps: float, out: Path, *,
                         break
                 if step < n_steps:
                     dyn.step()
-            path = out / f"{parent.name}_{temperature:g}K.extxyz"
+            path = out / f"{parent.name.replace('library:', 'library-')}_{temperature:g}K.extxyz"
             write(path, frames)
             paths.append(path)
             print(f"{path.name}: {len(frames)} frames")
@@ -69,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timestep-fs", type=float, default=1.0)
     ap.add_argument("--write-every-fs", type=float, default=50.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--library", nargs="+", default=None, help="sample these library candidates instead of the parents")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     sample(args.model, args.temperatures_K, args.ps, args.out, timestep_fs=args.timestep_fs,
-           write_every_fs=args.write_every_fs, seed=args.seed)
+           write_every_fs=args.write_every_fs, seed=args.seed,
+           parents=library_parents(args.library) if args.library else None)
     return 0
 
 
