@@ -23,7 +23,7 @@ from pathlib import Path
 from mlip.config import Settings
 from mlip.errors import InputError
 from workflows.execute import ExecutionOptions, RunSummary, execute, init_ray
-from workflows.layout import Layout
+from workflows.layout import Layout, resolve_layout
 from workflows.tasks import Stage, task_key, workdir_for
 
 SCREENING_EXPERIMENT = "ionscreen-screening"
@@ -96,33 +96,36 @@ _NO_WORK = Layout(1, 1, "nothing left to run")
 
 
 def _layout(plan: dict, payloads: dict[int, dict], address: str | None, overrides: dict, settings: Settings):
-    """Workers × threads: as configured, else filled in or measured (:mod:`workflows.layout`)."""
-    from workflows.layout import resolve_layout
+    """Workers × threads: as configured, else filled in or measured (:mod:`workflows.layout`).
 
+    A measurement that fails (it spawns processes) must not strand the job: one worker per core, said so."""
     r = plan["resources"]
     workers = overrides.get("workers") or r.get("workers")
     threads = overrides.get("threads_per_worker") or r.get("threads_per_worker")
     cluster = bool(address or os.environ.get("RAY_ADDRESS"))
     if cluster and (workers is None or threads is None):
         init_ray(ExecutionOptions(address=address))
-    return resolve_layout(workers, threads, device=str(r.get("device", "auto")), cluster=cluster,
-                          model_ref=plan["model_ref"], model_sha256=plan.get("model_sha256"),
-                          structures=_layout_structures(plan, payloads), home=settings.home)
+    try:
+        return resolve_layout(workers, threads, device=str(r.get("device", "auto")), cluster=cluster,
+                              model_ref=plan["model_ref"], model_sha256=plan.get("model_sha256"),
+                              structures=_layout_structures(payloads), home=settings.home)
+    except Exception as err:  # noqa: BLE001 - any failure of the measurement falls back, loudly
+        cores = os.cpu_count() or 1
+        return Layout(workers or cores, threads or 1, f"measurement failed ({type(err).__name__}: {err}); default")
 
 
-def _layout_structures(plan: dict, payloads: dict[int, dict]):
-    """One system like the tasks' (the first transport candidate's MD supercell), for the layout measurement."""
+def _layout_structures(payloads: dict[int, dict]):
+    """One system like the tasks' (the first transport candidate's MD supercell, else the first candidate)."""
     from screening.candidates import Candidate
     from screening.cells import make_supercell
     from screening.transport.run import to_atoms
 
-    for payload in payloads.values():
-        if payload["stage"] == str(Stage.TRANSPORT):
-            atoms = to_atoms(Candidate.model_validate(payload["candidate"]).structure)
-            return [make_supercell(atoms, float(payload["protocol"]["supercell_min_length_A"]))[0]]
-    for payload in payloads.values():
-        return [to_atoms(Candidate.model_validate(payload["candidate"]).structure)]
-    return []
+    transport = [p for p in payloads.values() if p["stage"] == str(Stage.TRANSPORT)]
+    payload = (transport or list(payloads.values()))[0]
+    atoms = to_atoms(Candidate.model_validate(payload["candidate"]).structure)
+    if transport:
+        atoms = make_supercell(atoms, float(payload["protocol"]["supercell_min_length_A"]))[0]
+    return [atoms]
 
 
 def _options(plan: dict, address: str | None, overrides: dict, layout) -> ExecutionOptions:
