@@ -21,24 +21,18 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 BUNDLED = Path(__file__).resolve().parents[2] / "mlip" / "bundled"
 
 
-def test_split_errors(model_file: Path, dataset_dir: Path) -> dict:
-    """Energy and force MAE on the dataset's test split (no isolated atoms), float64."""
-    from mlip.loader import load_model
+def held_out_errors(loaded, dataset_dir: Path) -> dict:
+    """Energy and force MAE on the dataset's test split (no isolated atoms), float64, by training.evaluate."""
     from training.data import load_dataset
-    from training.evaluate import is_isolated_atom, predict
+    from training.evaluate import evaluate_frames, is_isolated_atom
 
-    loaded = load_model(str(model_file))
     frames = [a for a in load_dataset(dataset_dir).split("test") if not is_isolated_atom(a)]
-    pred = predict(loaded.module, frames, dtype="float64")
-    e_err = [abs(pred.energies_eV[k] - a.info["REF_energy"]) / len(a) for k, a in enumerate(frames)]
-    f_err = np.concatenate([np.abs(pred.forces_eV_A[k] - a.arrays["REF_forces"]).ravel() for k, a in enumerate(frames)])
-    return {"energy_mae_meV_per_atom": round(1000 * float(np.mean(e_err)), 3),
-            "force_mae_meV_per_A": round(1000 * float(np.mean(f_err)), 2), "n_test_frames": len(frames)}
+    report, _ = evaluate_frames(loaded, frames, dataset_dir=str(dataset_dir), split="test", dtype="float64")
+    return {"energy_mae_meV_per_atom": round(report.overall.energy_mae_meV_atom.value, 3),
+            "force_mae_meV_per_A": round(report.overall.force_mae_meV_A.value, 2), "n_test_frames": len(frames)}
 
 
 def bundle(out_dir: Path, name: str, dataset_dir: Path, description: str, bundled: Path = BUNDLED) -> dict:
@@ -54,7 +48,7 @@ def bundle(out_dir: Path, name: str, dataset_dir: Path, description: str, bundle
     from mlip.config import load_settings
 
     loaded = trust(str(model_file), load_settings())  # a file we just trained: trusted for this evaluation
-    errors = test_split_errors(model_file, dataset_dir)
+    errors = held_out_errors(loaded, dataset_dir)
     dataset_hash = json.loads((dataset_dir / "manifest.json").read_text())["dataset_hash"]
     if card_json.get("dataset_hash") not in (None, dataset_hash):
         raise SystemExit(f"{out_dir} was trained on dataset {card_json['dataset_hash'][:12]}, "
