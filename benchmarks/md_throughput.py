@@ -229,7 +229,8 @@ def main() -> None:
             if mode == "engine":
                 notes = (f"batch {r['batch_systems']} systems ({r['batch_source']}; tuning "
                          + ", ".join(f"{k}: {v:.0f}" for k, v in r["tuning_atom_steps_per_s"].items())
-                         + f" atom-steps/s in {r['tuning_s']} s), fused kernel in {len(r['fused_kernel'])} block(s)")
+                         + f" atom-steps/s in {r['tuning_s']} s); kernels: "
+                         + (", ".join(r["fused_kernel"]) or "mace-torch's"))
             print(f"{res['case']:<5} {res['hidden_irreps']:<13} {mode:<7} {r['atom_steps_per_s']:13.1f} "
                   f"{r['peak_memory_bytes'] / 2**20:9.0f}  {notes}")
         print(f"{res['case']:<5} ratio: {res['ratio']:.2f}")

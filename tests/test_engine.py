@@ -248,3 +248,36 @@ def test_fused_kernel_is_only_used_where_it_matches_e3nn(rough_model, monkeypatc
     module = copy.deepcopy(rough_model)
     assert kernels.accelerate(module) == []
     assert not any(hasattr(block, "conv_fusion") for block in module.interactions)
+
+
+def test_tabulated_radial_functions_reproduce_the_exact_model(rough_model):
+    """The radial MLPs, tabulated, give the model's energies and forces to ~1e-7 (float64 evaluation of the
+    tables, so the comparison sees the interpolation error and not float32 rounding)."""
+    import torch
+
+    from mlip.engine import kernels
+
+    module = copy.deepcopy(rough_model).to(torch.float64)
+    swapped = kernels.tabulate_radial(module)
+    assert swapped == ["interactions.0.radial_table", "interactions.1.radial_table"]
+    assert isinstance(module.radial_embedding, kernels.LengthsAsRadialFeatures)
+    exact = LeanMACE(rough_model, dtype="float64", accelerated=False)
+    tabulated = LeanMACE(module, dtype="float64", accelerated=False)
+    atoms_list = [lipscl_cell(rattle_seed=s) for s in (3, 4)]
+    for (e_ref, f_ref), (e, f) in zip(exact.evaluate(atoms_list), tabulated.evaluate(atoms_list)):
+        assert abs(e - e_ref) < 1e-7 * max(1.0, abs(e_ref))
+        assert np.abs(f_ref).max() > 0.01
+        assert np.abs(f - f_ref).max() < 1e-6 * np.abs(f_ref).max()
+    # the float32 engine uses them; float64 (the reference) keeps the exact functions
+    assert "interactions.0.radial_table" in LeanMACE(rough_model, dtype="float32").accelerated
+    assert not any("radial" in name for name in LeanMACE(rough_model, dtype="float64").accelerated)
+
+
+def test_a_coarse_radial_table_is_refused(rough_model, monkeypatch):
+    from mlip.engine import kernels
+
+    monkeypatch.setattr(kernels, "RADIAL_KNOTS", 32)  # interpolation error ~1e-3: must not be used
+    module = copy.deepcopy(rough_model)
+    assert kernels.tabulate_radial(module) == []
+    assert not isinstance(module.radial_embedding, kernels.LengthsAsRadialFeatures)
+    assert not any(isinstance(b.conv_tp_weights, kernels.TabulatedRadial) for b in module.interactions)

@@ -112,7 +112,7 @@ class LeanMACE:
         import_mace()
         import torch
 
-        from mlip.engine.kernels import accelerate
+        from mlip.engine.kernels import accelerate, tabulate_radial
 
         if not hasattr(module, "atomic_numbers") or not hasattr(module, "r_max"):
             raise InputError(f"{type(module).__name__} is not a MACE model (no atomic_numbers / r_max)")
@@ -122,6 +122,8 @@ class LeanMACE:
         # dtype conversion and device moves are in place: the caller's module stays untouched
         self.module = copy.deepcopy(module)
         self.accelerated = accelerate(self.module) if accelerated else []
+        if accelerated and dtype == "float32":  # float64 is the reference: exact radial functions there
+            self.accelerated += tabulate_radial(self.module)
         self.module = self.module.to(device=device, dtype=self.torch_dtype)
         self.module.eval()
         for param in self.module.parameters():
