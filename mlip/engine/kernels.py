@@ -40,18 +40,18 @@ class FusedEdgeConvolution(torch.nn.Module):
             raise ValueError("only per-edge (external, unshared) weights are supported")
         self.dim_in1 = ins1.dim
         self.dim_out = out.dim
-        slices1, slices2, slices_out = ins1.slices(), ins2.slices(), out.slices()
+        slices2 = ins2.slices()
         self.weight_numel = tp.weight_numel
         groups: dict[int, list] = {}
-        w_offset = 0
-        for ins in tp.instructions:
+        self._weight_split = []  # per instruction, its columns of the per-edge weights (in order)
+        for w_index, ins in enumerate(tp.instructions):
             if ins.connection_mode != "uvu" or not ins.has_weight:
                 raise ValueError(f"unsupported instruction {ins}")
-            mul = ins1[ins.i_in1].mul
-            groups.setdefault(ins.i_in1, []).append((ins, w_offset))
-            w_offset += mul
-        if w_offset != tp.weight_numel:
+            groups.setdefault(ins.i_in1, []).append((ins, w_index))
+            self._weight_split.append(ins1[ins.i_in1].mul)
+        if sum(self._weight_split) != tp.weight_numel:
             raise ValueError("weight layout not understood")
+        self._in1_split = [mul_ir.dim for mul_ir in ins1]
         # per group (input irrep): its slice of the node features, the coupling of the edge harmonics
         # with the 3j symbols for all its paths at once, and per path (output irrep, columns, weights)
         self._groups = []
@@ -62,7 +62,7 @@ class FusedEdgeConvolution(torch.nn.Module):
             coupling = torch.zeros(ins2.dim, d1, k_total, dtype=torch.float64)
             paths = []
             k = 0
-            for ins, w_off in members:
+            for ins, w_index in members:
                 l1, l2, l3 = ins1[ins.i_in1].ir.l, ins2[ins.i_in2].ir.l, out[ins.i_out].ir.l
                 d3 = 2 * l3 + 1
                 w3j = _wigner_3j(tp, l1, l2, l3)  # (d1, d2, d3)
@@ -71,11 +71,10 @@ class FusedEdgeConvolution(torch.nn.Module):
                 if ins.i_out in block_of_output:
                     raise ValueError("each output irrep must come from exactly one path")
                 block_of_output[ins.i_out] = (g_index, len(paths))
-                paths.append((k, d3, w_off))
+                paths.append((d3, w_index))
                 k += d3
-            s1 = slices1[i1]
             self.register_buffer(f"coupling_{g_index}", coupling.reshape(ins2.dim, d1 * k_total))
-            self._groups.append((s1.start, s1.stop, mul, d1, k_total, paths))
+            self._groups.append((i1, mul, d1, k_total, paths, [d3 for d3, _ in paths]))
         if sorted(block_of_output) != list(range(len(out))):
             raise ValueError("output layout not covered")
         self._output_order = [block_of_output[i_out] for i_out in range(len(out))]
@@ -84,21 +83,23 @@ class FusedEdgeConvolution(torch.nn.Module):
         sender, receiver = edge_index[0], edge_index[1]
         x1 = node_feats.index_select(0, sender)
         n_edges = x1.shape[0]
+        # split, not sliced: the backward of a split is one concatenation, that of each slice a zero-filled copy
+        x_parts = x1.split(self._in1_split, dim=1) if len(self._in1_split) > 1 else (x1,)
+        w_parts = tp_weights.split(self._weight_split, dim=1) if len(self._weight_split) > 1 else (tp_weights,)
         blocks = []  # per group, per path: (E, mul * d3) in e3nn's mul-major layout
-        for g_index, (start, stop, mul, d1, k_total, paths) in enumerate(self._groups):
+        for g_index, (i1, mul, d1, k_total, paths, k_split) in enumerate(self._groups):
             coupling = getattr(self, f"coupling_{g_index}").to(edge_attrs.dtype)
             yc = (edge_attrs @ coupling).view(n_edges, d1, k_total)
-            x = x1[:, start:stop]
+            x = x_parts[i1]
             group_blocks = []
             if d1 == 1:  # scalars in: weight the features first (E × mul), then one outer product per path
-                for k0, d3, w_off in paths:
-                    xw = x * tp_weights[:, w_off:w_off + mul]
-                    group_blocks.append((xw.unsqueeze(2) * yc[:, :, k0:k0 + d3]).reshape(n_edges, mul * d3))
+                for (d3, w_index), y in zip(paths, yc.split(k_split, dim=2)):
+                    xw = x * w_parts[w_index]
+                    group_blocks.append((xw.unsqueeze(2) * y).reshape(n_edges, mul * d3))
             else:
                 prod = torch.bmm(x.reshape(n_edges, mul, d1), yc)  # (E, mul, K)
-                for k0, d3, w_off in paths:
-                    w = tp_weights[:, w_off:w_off + mul].unsqueeze(2)
-                    group_blocks.append((prod[:, :, k0:k0 + d3] * w).reshape(n_edges, mul * d3))
+                for (d3, w_index), p in zip(paths, prod.split(k_split, dim=2)):
+                    group_blocks.append((p * w_parts[w_index].unsqueeze(2)).reshape(n_edges, mul * d3))
             blocks.append(group_blocks)
         ordered = [blocks[g][p] for g, p in self._output_order]
         edge_out = torch.cat(ordered, dim=1) if len(ordered) > 1 else ordered[0]
