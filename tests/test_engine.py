@@ -250,17 +250,20 @@ def test_fused_kernel_is_only_used_where_it_matches_e3nn(rough_model, monkeypatc
     assert not any(hasattr(block, "conv_fusion") for block in module.interactions)
 
 
-def test_tabulated_radial_functions_reproduce_the_exact_model(rough_model):
+@pytest.mark.parametrize("head_ratio", [2.0, 0.1])  # 0.1: tabulate the hidden layer, keep the last linear one
+def test_tabulated_radial_functions_reproduce_the_exact_model(rough_model, head_ratio, monkeypatch):
     """The radial MLPs, tabulated, give the model's energies and forces to ~1e-7 (float64 evaluation of the
     tables, so the comparison sees the interpolation error and not float32 rounding)."""
     import torch
 
     from mlip.engine import kernels
 
+    monkeypatch.setattr(kernels, "RADIAL_HEAD_RATIO", head_ratio)
     module = copy.deepcopy(rough_model).to(torch.float64)
     swapped = kernels.tabulate_radial(module)
     assert swapped == ["interactions.0.radial_table", "interactions.1.radial_table"]
     assert isinstance(module.radial_embedding, kernels.LengthsAsRadialFeatures)
+    assert all((b.conv_tp_weights.head is not None) == (head_ratio < 1) for b in module.interactions)
     exact = LeanMACE(rough_model, dtype="float64", accelerated=False)
     tabulated = LeanMACE(module, dtype="float64", accelerated=False)
     atoms_list = [lipscl_cell(rattle_seed=s) for s in (3, 4)]

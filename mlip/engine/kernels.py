@@ -190,6 +190,7 @@ def accelerate(module) -> list[str]:
 
 RADIAL_KNOTS = 2048
 RADIAL_TOLERANCE = 1e-7  # relative to the largest weight (and derivative) over the range; float32 resolves ~1e-7
+RADIAL_HEAD_RATIO = 2.0  # tabulate the last hidden layer instead when the weights are this many times wider
 _RADIAL_BLOCKS = ("RealAgnosticInteractionBlock", "RealAgnosticResidualInteractionBlock")  # edge_feats → conv_tp_weights only
 
 
@@ -215,10 +216,16 @@ class _HermiteLookup(torch.autograd.Function):
 
 class TabulatedRadial(torch.nn.Module):
     """Drop-in for an interaction block's ``conv_tp_weights`` that takes the edge length (E, 1) instead of
-    the radial features and returns the block's convolution weights, cutoff included."""
+    the radial features and returns the block's convolution weights, cutoff included.
 
-    def __init__(self, exact, r_max: float, n_knots: int = RADIAL_KNOTS):
+    ``exact`` maps r to what is tabulated: the weights themselves, or, with ``head`` (the MLP's last, linear
+    layer, kept as it is), the last hidden layer, when the weights are much wider than it (an L=1 model has
+    448 weights per edge and 64 hidden units: gathering 64 columns and one matrix product beats gathering 448).
+    """
+
+    def __init__(self, exact, r_max: float, n_knots: int = RADIAL_KNOTS, head: torch.nn.Module | None = None):
         super().__init__()
+        self.head = head
         h = r_max / n_knots
         r = torch.arange(n_knots + 1, dtype=torch.float64).mul_(h).clamp_(min=1e-3 * h).unsqueeze(-1)
         r.requires_grad_(True)
@@ -232,7 +239,8 @@ class TabulatedRadial(torch.nn.Module):
         self.inv_h = 1.0 / h
 
     def forward(self, lengths):
-        return _HermiteLookup.apply(lengths, self.table.to(lengths.dtype), self.inv_h)
+        values = _HermiteLookup.apply(lengths, self.table.to(lengths.dtype), self.inv_h)
+        return self.head(values) if self.head is not None else values
 
 
 class LengthsAsRadialFeatures(torch.nn.Module):
@@ -259,6 +267,17 @@ def _exact_radial(embedding, mlp):
     return f
 
 
+def _split_last_layer(mlp):
+    """(hidden layers as one callable, last layer) of an e3nn FullyConnectedNet whose last layer is linear and
+    at least twice as wide as the hidden one (the cutoff commutes with it); else None."""
+    if type(mlp).__name__ != "FullyConnectedNet" or len(getattr(mlp, "hs", [])) < 3:
+        return None
+    layers = list(mlp.children())
+    if len(layers) != len(mlp.hs) - 1 or getattr(layers[-1], "act", 0) is not None or mlp.hs[-1] < RADIAL_HEAD_RATIO * mlp.hs[-2]:
+        return None
+    return torch.nn.Sequential(*layers[:-1]), layers[-1]
+
+
 def tabulate_radial(module, n_knots: int | None = None) -> list[str]:
     """Swap tabulated radial functions into ``module`` (in place) when every interaction block qualifies and
     each table reproduces its exact function and derivative to ``RADIAL_TOLERANCE``; names of the swapped
@@ -282,8 +301,13 @@ def tabulate_radial(module, n_knots: int | None = None) -> list[str]:
     gen = torch.Generator().manual_seed(0)
     probe = (0.3 + (r_max - 0.3) * torch.rand(4000, 1, generator=gen, dtype=torch.float64))
     for index, block in enumerate(blocks):
-        exact = _exact_radial(embedding64, copy.deepcopy(block.conv_tp_weights).to(torch.float64))
-        table = TabulatedRadial(exact, r_max, n_knots)
+        mlp64 = copy.deepcopy(block.conv_tp_weights).to(torch.float64)
+        exact = _exact_radial(embedding64, mlp64)
+        split = _split_last_layer(mlp64)
+        if split is not None:
+            table = TabulatedRadial(_exact_radial(embedding64, split[0]), r_max, n_knots, head=split[1])
+        else:
+            table = TabulatedRadial(exact, r_max, n_knots)
         r1, r2 = probe.clone().requires_grad_(True), probe.clone().requires_grad_(True)
         want, got = exact(r1), table(r2)
         weights = torch.randn(want.shape, generator=gen, dtype=torch.float64)
