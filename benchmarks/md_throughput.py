@@ -10,7 +10,7 @@ memory are printed. Only the dynamics are timed (no frame logs, no checkpoints);
 force evaluation happens before the clock starts, for both. Usage:
 
     python benchmarks/md_throughput.py [--device cpu|cuda] [--systems 16] [--steps 20] [--models a,b]
-                                       [--ase-systems N] [--tune-steps 3] [--workers-threads] [--json]
+                                       [--ase-systems N] [--repeats 3] [--tune-steps 3] [--workers-threads] [--json]
 
 Step counts are small by default so that a run takes minutes on a CPU; raise --steps on a quiet machine.
 """
@@ -148,6 +148,15 @@ def bench_engine(module, systems, device: str, dtype: str, steps: int, temperatu
             "fused_kernel": model.accelerated, "neighbour_rebuilds": rebuilds}
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median atom-steps/s (its other figures with it); peak memory is the largest seen."""
+    ordered = sorted(runs, key=lambda r: r["atom_steps_per_s"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    median["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in runs)
+    median["atom_steps_per_s_all"] = [r["atom_steps_per_s"] for r in runs]
+    return median
+
+
 def bench_workers_threads(module, systems, dtype: str, steps: int, home: Path) -> dict:
     from mlip.engine.tuning import choose_workers_threads
     from mlip.loader import trust
@@ -168,6 +177,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed MD steps per system")
     parser.add_argument("--ase-systems", type=int, default=None,
                         help="time the ASE baseline on the first N systems only (its rate is per system anyway)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternate baseline and engine this many times; the medians are compared")
     parser.add_argument("--tune-steps", type=int, default=3, help="steps per batch size in the autotuner's measurement")
     parser.add_argument("--batch-systems", type=int, default=None, help="skip the autotuner and use this batch size")
     parser.add_argument("--models", default="a,b", help="a = 32x0e, b = 64x0e+64x1o")
@@ -206,12 +217,17 @@ def main() -> None:
         label, irreps = MODELS[key]
         module = build_mace(LIPSCL, hidden_irreps=irreps, r_max=5.0, seed=0, pair_repulsion=True,
                             interaction_scale=0.02, dtype="float64")
-        ase = bench_ase(module, systems[: args.ase_systems or len(systems)], device, args.dtype, args.steps,
-                        args.temperature_K)
-        engine = bench_engine(module, systems, device, args.dtype, args.steps, args.temperature_K, args.tune_steps,
-                              home, args.batch_systems)
+        ase_runs, engine_runs = [], []
+        for _ in range(args.repeats):  # alternated, so that a machine that speeds up or slows down hits both
+            ase_runs.append(bench_ase(module, systems[: args.ase_systems or len(systems)], device, args.dtype,
+                                      args.steps, args.temperature_K))
+            engine_runs.append(bench_engine(module, systems, device, args.dtype, args.steps, args.temperature_K,
+                                            args.tune_steps, home, args.batch_systems))
+        ase, engine = _median_run(ase_runs), _median_run(engine_runs)
         res = {"case": key, "model": label, "hidden_irreps": irreps, "ase": ase, "engine": engine,
-               "ratio": engine["atom_steps_per_s"] / ase["atom_steps_per_s"]}
+               "ratio": engine["atom_steps_per_s"] / ase["atom_steps_per_s"],
+               "ratios_per_repeat": [e["atom_steps_per_s"] / a["atom_steps_per_s"]
+                                     for a, e in zip(ase_runs, engine_runs)]}
         if args.workers_threads and key == "a" and device == "cpu":
             res["workers_threads"] = bench_workers_threads(module, systems[:2], args.dtype, max(2, args.steps // 2), home)
         results.append(res)
@@ -233,7 +249,8 @@ def main() -> None:
                          + (", ".join(r["fused_kernel"]) or "mace-torch's"))
             print(f"{res['case']:<5} {res['hidden_irreps']:<13} {mode:<7} {r['atom_steps_per_s']:13.1f} "
                   f"{r['peak_memory_bytes'] / 2**20:9.0f}  {notes}")
-        print(f"{res['case']:<5} ratio: {res['ratio']:.2f}")
+        print(f"{res['case']:<5} ratio: {res['ratio']:.2f}  (medians of {len(res['ratios_per_repeat'])} alternated "
+              f"repeats; per repeat " + ", ".join(f"{r:.2f}" for r in res["ratios_per_repeat"]) + ")")
         if "workers_threads" in res:
             wt = res["workers_threads"]
             print(f"{res['case']:<5} workers x threads: chosen {wt['chosen']} ({wt['source']}; "
