@@ -201,7 +201,10 @@ def demo(
         path = Path(tmp) / "demo-job.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
         plan = plan_job(path, settings, store=store)
-    typer.echo(f"demo job {plan.job_id}: {plan.n_candidates} candidates with {spec['model']}, quick protocol "
+    transport = spec.get("transport") or {}
+    temperatures = (transport.get("overrides") or {}).get("temperatures_K") if isinstance(transport, dict) else None
+    at = f" at {'/'.join(f'{t:g}' for t in temperatures)} K" if temperatures else ""
+    typer.echo(f"demo job {plan.job_id}: {plan.n_candidates} candidates with {spec['model']}, quick protocol{at} "
                f"(results in {settings.home})", err=True)
     summary = run_job(plan.job_id, settings, address=address, workers=workers)
     typer.echo(f"done in {summary.wall_s / 60:.1f} min: {summary.done} computed, {summary.failed} failed", err=True)
