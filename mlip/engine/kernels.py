@@ -84,8 +84,8 @@ class FusedEdgeConvolution(torch.nn.Module):
         x1 = node_feats.index_select(0, sender)
         n_edges = x1.shape[0]
         # split, not sliced: the backward of a split is one concatenation, that of each slice a zero-filled copy
-        x_parts = x1.split(self._in1_split, dim=1) if len(self._in1_split) > 1 else (x1,)
-        w_parts = tp_weights.split(self._weight_split, dim=1) if len(self._weight_split) > 1 else (tp_weights,)
+        x_parts = x1.split(self._in1_split, dim=1)
+        w_parts = tp_weights.split(self._weight_split, dim=1)
         blocks = []  # per group, per path: (E, mul * d3) in e3nn's mul-major layout
         for g_index, (i1, mul, d1, k_total, paths, k_split) in enumerate(self._groups):
             coupling = getattr(self, f"coupling_{g_index}").to(edge_attrs.dtype)
@@ -228,11 +228,8 @@ class TabulatedRadial(torch.nn.Module):
         self.head = head
         h = r_max / n_knots
         r = torch.arange(n_knots + 1, dtype=torch.float64).mul_(h).clamp_(min=1e-3 * h).unsqueeze(-1)
-        r.requires_grad_(True)
-        values = exact(r)
-        slopes = torch.stack([torch.autograd.grad(values[:, w].sum(), r, retain_graph=True)[0][:, 0]
-                              for w in range(values.shape[1])], dim=1)
-        y, m = values.detach(), slopes * h
+        values, slopes = torch.func.jvp(exact, (r,), (torch.ones_like(r),))  # every column's df/dr in one pass
+        y, m = values.detach(), slopes.detach() * h
         y0, y1, m0, m1 = y[:-1], y[1:], m[:-1], m[1:]
         table = torch.stack([y0, m0, 3.0 * (y1 - y0) - 2.0 * m0 - m1, 2.0 * (y0 - y1) + m0 + m1], dim=1)
         self.register_buffer("table", table)  # (n_knots, 4, W)
@@ -320,8 +317,7 @@ def tabulate_radial(module, n_knots: int | None = None) -> list[str]:
             log.warning("interaction %d: tabulated radial function differs by %.1e; keeping the exact ones", index, err)
             return []
         tables.append(table)
-    dtype = next(embedding.parameters(), torch.zeros((), dtype=torch.float64)).dtype
-    for block, table in zip(blocks, tables):
-        block.conv_tp_weights = table.to(dtype)
+    for block, table in zip(blocks, tables):  # float64 here; the caller moves the module to its dtype
+        block.conv_tp_weights = table
     module.radial_embedding = LengthsAsRadialFeatures(embedding)
     return [f"interactions.{k}.radial_table" for k in range(len(blocks))]
