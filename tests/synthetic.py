@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -87,3 +89,125 @@ def write_aimd_vasprun(path, symbols, cell, frac_frames, *, potim_fs: float, teb
     parts += [structure(frac_frames[-1], "finalpos"), "</modeling>"]
     with open(path, "w") as fh:
         fh.write("\n".join(parts) + "\n")
+
+
+# --- caged, sparse hopping with a known long-time diffusivity -------------------------------------------------
+
+_CUBIC_DIRECTIONS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=float)
+_TETRAHEDRON = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=float) / np.sqrt(3.0)
+
+
+@dataclass(frozen=True)
+class CagedHopping:
+    """Ions that vibrate inside a cage of sub-sites, hop between lattice sites, often hop straight back,
+    and sometimes hop in concerted pairs. Times in fs, lengths in Å.
+
+    Each ion renews: it rests at its site for an exponential time (mean ``rest_fs``); then, with
+    probability ``back_hop_probability``, it visits a neighbouring site for an exponential time
+    (mean ``back_dwell_fs``) and returns (a correlated back-hop: no net displacement); otherwise it
+    moves to a neighbouring site for good. Neighbours are the six of a simple cubic site lattice with
+    spacing ``hop_A``. Paired ions (0-1, 2-3, ...) also share a Poisson process (rate
+    ``pair_rate_per_fs``) of concerted hops that move both by the same vector. On top: a sub-site in
+    a tetrahedral cage of radius ``cage_radius_A`` (re-drawn at rate ``cage_rate_per_fs``), an
+    underdamped thermal vibration (``vibration_A`` per axis, period ``vibration_period_fs``, damping
+    time ``vibration_damping_fs``: the MSD rises ballistically first, as in MD) and a drift of the
+    whole cell.
+
+    Long-time diffusivities (renewal-reward: displacements of successive renewals are independent
+    with zero mean, and everything else is bounded):
+    D* = (1 − p) a² / (6 (rest + p·dwell)) + f_pair · rate_pair · a² / 6, and the collective
+    D_σ = |Σ Δr|² / (6 N t) adds the pair term twice, since a concerted pair moves the sum by 2a.
+    """
+
+    rest_fs: float
+    hop_A: float = 2.4
+    back_hop_probability: float = 0.0
+    back_dwell_fs: float = 300.0
+    pair_rate_per_fs: float = 0.0
+    cage_radius_A: float = 0.5
+    cage_rate_per_fs: float = 1.0 / 300.0
+    vibration_A: float = 0.15
+    vibration_period_fs: float = 150.0
+    vibration_damping_fs: float = 100.0
+    drift_A: float = 0.02
+
+    def _own_d(self) -> float:
+        p = self.back_hop_probability
+        return (1.0 - p) * self.hop_A**2 / (6.0 * (self.rest_fs + p * self.back_dwell_fs))
+
+    def paired_fraction(self, n_ions: int) -> float:
+        return 2 * (n_ions // 2) / n_ions if self.pair_rate_per_fs > 0 else 0.0
+
+    def tracer_d_A2_fs(self, n_ions: int) -> float:
+        return self._own_d() + self.paired_fraction(n_ions) * self.pair_rate_per_fs * self.hop_A**2 / 6.0
+
+    def charge_d_A2_fs(self, n_ions: int) -> float:
+        return self._own_d() + 2.0 * self.paired_fraction(n_ions) * self.pair_rate_per_fs * self.hop_A**2 / 6.0
+
+    def hops_per_ion(self, duration_fs: float) -> float:
+        """Expected net (not returned) hops per ion in ``duration_fs``."""
+        p = self.back_hop_probability
+        return duration_fs * ((1.0 - p) / (self.rest_fs + p * self.back_dwell_fs) + self.pair_rate_per_fs)
+
+    def site_path(self, n_ions: int, times_fs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Site (plus back-hop excursion) displacement of each ion at ``times_fs``: (frames, ions, 3)."""
+        p, a = self.back_hop_probability, self.hop_A
+        end = float(times_fs[-1])
+        burn = 10.0 * (self.rest_fs + p * self.back_dwell_fs)  # start from the stationary renewal phase
+        out = np.zeros((len(times_fs), n_ions, 3))
+        for ion in range(n_ions):
+            change_t, change_v = [], []  # times at which the offset changes, and the new offset
+            t, site = -burn, np.zeros(3)
+            while t < end:
+                t += rng.exponential(self.rest_fs)
+                step = a * _CUBIC_DIRECTIONS[rng.integers(6)]
+                if rng.random() < p:
+                    change_t.append(t)
+                    change_v.append(site + step)
+                    t += rng.exponential(self.back_dwell_fs)
+                    change_t.append(t)
+                    change_v.append(site.copy())
+                else:
+                    site = site + step
+                    change_t.append(t)
+                    change_v.append(site.copy())
+            idx = np.searchsorted(np.array(change_t), times_fs, side="right") - 1
+            values = np.concatenate([np.zeros((1, 3)), np.array(change_v)])
+            path = values[idx + 1]
+            out[:, ion] = path - path[0]
+        if self.pair_rate_per_fs > 0:
+            for first in range(0, n_ions - 1, 2):
+                n_events = rng.poisson(self.pair_rate_per_fs * end)
+                event_t = np.sort(rng.uniform(0.0, end, n_events))
+                jumps = a * _CUBIC_DIRECTIONS[rng.integers(6, size=n_events)]
+                cum = np.concatenate([np.zeros((1, 3)), np.cumsum(jumps, axis=0)])
+                moved = cum[np.searchsorted(event_t, times_fs, side="right")]
+                out[:, first] += moved
+                out[:, first + 1] += moved
+        return out
+
+    def trajectory(self, *, n_ions: int, n_frames: int, frame_dt_fs: float, seed: int):
+        """Mobile positions (frames, ions, 3), times (fs) and the framework centroid (frames, 3)."""
+        from scipy.signal import lfilter
+
+        rng = np.random.default_rng(seed)
+        times = np.arange(n_frames) * frame_dt_fs
+        sites = self.site_path(n_ions, times, rng)
+        # cage: a sub-site re-drawn (uniformly, possibly the same one) at Poisson times
+        redraw = rng.random((n_frames, n_ions)) < -np.expm1(-self.cage_rate_per_fs * frame_dt_fs)
+        redraw[0] = True
+        choice = rng.integers(4, size=(n_frames, n_ions))
+        last = np.maximum.accumulate(np.where(redraw, np.arange(n_frames)[:, None], 0), axis=0)
+        cage = self.cage_radius_A * _TETRAHEDRON[np.take_along_axis(choice, last, axis=0)]
+        # damped oscillator driven by noise, sampled exactly at the frames: an AR(2) process whose
+        # stationary variance is vibration_A² per axis; a burn-in forgets the start
+        r = np.exp(-frame_dt_fs / self.vibration_damping_fs)
+        phi1, phi2 = 2 * r * np.cos(2 * np.pi * frame_dt_fs / self.vibration_period_fs), -r * r
+        var_per_kick = (1 + phi2) * ((1 - phi2) ** 2 - phi1**2) / (1 - phi2)
+        burn = int(10 * self.vibration_damping_fs / frame_dt_fs) + 2
+        kicks = rng.normal(0.0, self.vibration_A * np.sqrt(var_per_kick), size=(n_frames + burn, n_ions, 3))
+        vib = lfilter([1.0], [1.0, -phi1, -phi2], kicks, axis=0)[burn:]
+        drift = np.concatenate([np.zeros((1, 3)), np.cumsum(rng.normal(0, self.drift_A, size=(n_frames - 1, 3)), axis=0)])
+        origin = rng.uniform(0, 10, size=(1, n_ions, 3))
+        mobile = origin + sites + cage + vib + drift[:, None, :]
+        return mobile, times, drift

@@ -45,35 +45,50 @@ def test_interval_coverage_and_bias_on_random_walks(hops):
 
 
 def test_drift_correction_is_needed_and_works():
-    mobile, times, drift = random_walk(d_A2_fs=D_A2_FS, n_ions=16, n_frames=1500, frame_dt_fs=10.0, seed=7, drift_A=0.4)
-    corrected = analyze_diffusion(mobile, times, framework_centroid_A=drift)
-    raw = analyze_diffusion(mobile, times)
-    assert corrected.tracer.ci95[0] <= D_TRUE <= corrected.tracer.ci95[1]
-    assert raw.tracer.value > 2 * D_TRUE  # the common drift inflates an uncorrected estimate
+    """Over ten drifting runs the corrected interval covers D (a 95% interval may miss once), the raw one never does."""
+    covered = 0
+    for seed in range(10):
+        mobile, times, drift = random_walk(d_A2_fs=D_A2_FS, n_ions=16, n_frames=1500, frame_dt_fs=10.0, seed=seed,
+                                           drift_A=0.4)
+        corrected = analyze_diffusion(mobile, times, framework_centroid_A=drift)
+        raw = analyze_diffusion(mobile, times)
+        covered += corrected.tracer.ci95[0] <= D_TRUE <= corrected.tracer.ci95[1]
+        # the common drift inflates an uncorrected estimate (or the bound given in its place)
+        assert (raw.tracer.value or raw.tracer.upper_bound) > 2 * D_TRUE
+    assert covered >= 8, covered
 
 
 def test_directional_components_resolve_anisotropy():
-    rng = np.random.default_rng(3)
+    """D_x, D_y, D_z a factor 30 apart: over 100 runs each axis's 95% interval covers its own D at ≥ 85% (measured:
+    ~92% per axis; the jackknife t-interval over 16 skewed per-ion slopes runs a little short) and the estimates
+    are unbiased to 5%."""
     n_frames, dt = 1500, 10.0
     d_axes = np.array([3e-4, 1e-4, 1e-5])  # Å²/fs
-    steps = rng.normal(0, 1, size=(n_frames - 1, 16, 3)) * np.sqrt(2 * d_axes * dt)
-    mobile = np.concatenate([np.zeros((1, 16, 3)), np.cumsum(steps, axis=0)])
-    a = analyze_diffusion(mobile, np.arange(n_frames) * dt)
-    for k in range(3):
-        lo, hi = a.components[k].ci95
-        assert lo <= d_axes[k] * A2_PER_FS_TO_CM2_PER_S <= hi
-    assert a.tracer.value == pytest.approx(sum(c.value for c in a.components) / 3, rel=1e-9)
+    covered = np.zeros(3, dtype=int)
+    ratios = []
+    for seed in range(100):
+        rng = np.random.default_rng(3 + seed)
+        steps = rng.normal(0, 1, size=(n_frames - 1, 16, 3)) * np.sqrt(2 * d_axes * dt)
+        mobile = np.concatenate([np.zeros((1, 16, 3)), np.cumsum(steps, axis=0)])
+        a = analyze_diffusion(mobile, np.arange(n_frames) * dt)
+        for k in range(3):
+            lo, hi = a.components[k].ci95
+            covered[k] += lo <= d_axes[k] * A2_PER_FS_TO_CM2_PER_S <= hi
+        ratios.append([a.components[k].value / (d_axes[k] * A2_PER_FS_TO_CM2_PER_S) for k in range(3)])
+        assert a.tracer.value == pytest.approx(sum(c.value for c in a.components) / 3, rel=1e-9)
+    assert np.all(covered >= 85), covered
+    np.testing.assert_allclose(np.mean(ratios, axis=0), 1.0, atol=0.05)
 
 
 def test_uncorrelated_ions_have_haven_ratio_near_one_and_correlated_ions_do_not():
     mobile, times, _ = random_walk(d_A2_fs=D_A2_FS, n_ions=32, n_frames=3000, frame_dt_fs=10.0, seed=11, vibration_A=0.0)
-    a = analyze_diffusion(mobile, times, n_blocks=5)
+    a = analyze_diffusion(mobile, times)
     assert a.charge.ci95[0] <= a.tracer.value <= a.charge.ci95[1]  # H = 1 within the charge interval
     # all ions moving together (a perfectly concerted hop): D_σ = N·D*, H = 1/N
     rng = np.random.default_rng(2)
     common = np.cumsum(rng.normal(0, np.sqrt(2 * D_A2_FS * 10.0), size=(3000, 1, 3)), axis=0)
     together = np.repeat(common, 8, axis=1)
-    b = analyze_diffusion(together, times, n_blocks=5)
+    b = analyze_diffusion(together, times)
     assert b.haven_ratio == pytest.approx(1 / 8, rel=1e-6)
 
 
@@ -91,7 +106,8 @@ def test_agrees_with_pymatgen_diffusion_analyzer():
     pmg = DiffusionAnalyzer(structure, np.transpose(positions - positions[0], (1, 0, 2)), "Li", 800, int(dt), 1,
                             smoothed="max", min_obs=160)
     lags = np.rint(pmg.dt / dt).astype(int)  # the same fitting window
-    ours = analyze_diffusion(mobile, times, framework_centroid_A=framework.mean(axis=1), lag_indices=lags)
+    ours = analyze_diffusion(mobile, times, framework_centroid_A=framework.mean(axis=1), lag_indices=lags,
+                              weighting="inverse_lag")
     sigma = ours.tracer.value * nernst_einstein_factor(n_ions, structure.volume, 1, 800)
     assert ours.tracer.value == pytest.approx(pmg.diffusivity, rel=0.01)
     assert ours.charge.value == pytest.approx(pmg.chg_diffusivity, rel=0.01)

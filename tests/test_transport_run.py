@@ -168,7 +168,7 @@ def test_md_frames_agree_with_pymatgen_diffusion_analyzer(soft, tmp_path):
     pmg = DiffusionAnalyzer(structure, np.transpose(positions - positions[0], (1, 0, 2)), "Li", 700, int(dt), 1,
                             smoothed="max", min_obs=n_li * 2)  # lags 1-2 ps
     ours = analyze_diffusion(data.mobile_A, data.times_fs, framework_centroid_A=data.framework_centroid_A,
-                             n_blocks=2, lag_indices=np.rint(pmg.dt / dt).astype(int))
+                             lag_indices=np.rint(pmg.dt / dt).astype(int), weighting="inverse_lag")
     factor = nernst_einstein_factor(n_li, lattice.volume, 1, 700)
     assert ours.tracer.value == pytest.approx(pmg.diffusivity, rel=0.01)
     assert ours.charge.value == pytest.approx(pmg.chg_diffusivity, rel=0.01)

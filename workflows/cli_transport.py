@@ -22,19 +22,34 @@ def _fmt(value, ci=None, unit=""):
     return f"{text} {unit}".rstrip()
 
 
+def _value_or_bound(value, ci, bound, unit=""):
+    return f"< {bound:.3g} {unit}".rstrip() if value is None and bound is not None else _fmt(value, ci, unit)
+
+
 def _print_temperature_table(temps) -> None:
-    typer.echo(f"{'T (K)':>7}  {'D* (cm²/s) [95% CI]':<34} {'D_σ (cm²/s)':<11} {'H':>5}  {'σ (mS/cm) [95% CI]':<32} {'hops':>6}  flags")
+    typer.echo(f"{'T (K)':>7}  {'D* (cm²/s) [95% CI]':<34} {'D_σ (cm²/s)':<11} {'H':>5}  {'σ (mS/cm) [95% CI]':<32} "
+               f"{'hops':>6}  {'window (ps)':<12} flags")
     for t in temps:
+        window = f"{t.fit_window_ps[0]:.3g}-{t.fit_window_ps[1]:.3g}" if t.fit_window_ps else "—"
         typer.echo(
-            f"{t.temperature_K:>7.0f}  {_fmt(t.diffusivity_cm2_s, t.diffusivity_ci95_cm2_s):<34} "
+            f"{t.temperature_K:>7.0f}  {_value_or_bound(t.diffusivity_cm2_s, t.diffusivity_ci95_cm2_s, t.diffusivity_upper_bound_cm2_s):<34} "
             f"{_fmt(t.charge_diffusivity_cm2_s):<11} {_fmt(t.haven_ratio):>5}  "
-            f"{_fmt(t.conductivity_mS_cm, t.conductivity_ci95_mS_cm):<32} {t.n_hops:>6}  {','.join(t.flags) or '-'}"
+            f"{_value_or_bound(t.conductivity_mS_cm, t.conductivity_ci95_mS_cm, t.conductivity_upper_bound_mS_cm):<32} "
+            f"{t.n_hops:>6}  {window:<12} {','.join(t.flags) or '-'}"
         )
+    for t in temps:
+        if t.analysis_note:
+            typer.echo(f"{t.temperature_K:.0f} K: upper bound only: {t.analysis_note}")
 
 
 def _print_arrhenius(a) -> None:
     if a.activation_energy_eV is None:
         typer.echo(f"Arrhenius: no fit ({', '.join(a.flags)})")
+        if a.diffusivity_300K_upper_bound_cm2_s is not None:
+            typer.echo(f"300 K: D* < {a.diffusivity_300K_upper_bound_cm2_s:.3g} cm²/s   "
+                       f"σ < {a.conductivity_300K_upper_bound_mS_cm:.3g} mS/cm")
+        if a.activation_energy_lower_bound_eV is not None:
+            typer.echo(f"Ea > {a.activation_energy_lower_bound_eV:.3g} eV")
         return
     typer.echo(f"Ea = {_fmt(a.activation_energy_eV, a.activation_energy_ci95_eV, 'eV')}   "
                f"D0 = {_fmt(a.prefactor_cm2_s, a.prefactor_ci95_cm2_s, 'cm²/s')}")
@@ -49,7 +64,7 @@ def analyze(
     temperature_K: Annotated[Optional[float], typer.Option("--temperature-K", help="Temperature (K) when the file does not state it.")] = None,
     timestep_fs: Annotated[Optional[float], typer.Option("--timestep-fs", help="Time between consecutive frames in the file, fs.")] = None,
     ion_charge: Annotated[Optional[int], typer.Option("--ion-charge", help="Override the working ion's charge (e).")] = None,
-    n_blocks: Annotated[int, typer.Option(help="Time blocks for the 95% intervals.")] = 5,
+    n_blocks: Annotated[int, typer.Option(help="Time blocks of the temperature-stationarity check.")] = 5,
     plots: Annotated[Optional[Path], typer.Option("--plots", help="Directory for MSD and Arrhenius PNGs.")] = None,
     as_json: JsonFlag = False,
 ) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from mlip.errors import InputError
-from screening.transport.arrhenius import fit_arrhenius
-from screening.transport.diffusion import DiffusionAnalysis, FitWindow, analyze_diffusion, nernst_einstein_factor
+from screening.transport.arrhenius import KB_EV_K, fit_arrhenius
+from screening.transport.diffusion import DiffusionAnalysis, Estimate, analyze_diffusion, nernst_einstein_factor
 from screening.transport.framelog import FrameData
 from screening.transport.protocol import AnalysisSettings
 from screening.transport.results import ArrheniusResult, Flag, TemperatureResult
@@ -15,10 +15,16 @@ ROOM_TEMPERATURE_K = 300.0
 
 #: Flags that make a temperature unusable for the Arrhenius fit.
 EXCLUDE_FROM_FIT = {Flag.UNSTABLE_MD, Flag.FRAMEWORK_MELTED, Flag.NOT_DIFFUSIVE}
+#: Flags that make a temperature's numbers (bounds included) meaningless.
+UNUSABLE = {Flag.UNSTABLE_MD, Flag.FRAMEWORK_MELTED}
 
 
 def _scaled(interval, factor):
-    return (interval[0] * factor, interval[1] * factor)
+    return None if interval is None else (interval[0] * factor, interval[1] * factor)
+
+
+def _diffusivity_fields(prefix: str, e: Estimate) -> dict:
+    return {f"{prefix}_cm2_s": e.value, f"{prefix}_ci95_cm2_s": e.ci95}
 
 
 def analyze_frames(
@@ -30,7 +36,7 @@ def analyze_frames(
     md_status: str = "completed",
     md_reason: str = "",
 ) -> tuple[TemperatureResult, DiffusionAnalysis | None]:
-    """Analyse one temperature's frames; numbers that cannot be trusted come back flagged or absent."""
+    """Analyse one temperature's frames; numbers that cannot be trusted come back flagged, bounded or absent."""
     settings = settings or AnalysisSettings()
     volume = float(data.meta["volume_A3"])
     n_mobile = data.mobile_A.shape[1]
@@ -50,14 +56,12 @@ def analyze_frames(
     if md_status != "completed":
         flags.append(Flag.UNSTABLE_MD)
         return TemperatureResult(**base, n_hops=0, flags=flags), None
-    window = FitWindow(settings.fit_start_fraction, settings.fit_end_fraction, settings.fit_min_start_fs)
     try:
         da = analyze_diffusion(
             data.mobile_A,
             data.times_fs,
             framework_centroid_A=data.framework_centroid_A if len(data.meta.get("framework_indices", [])) else None,
-            n_blocks=settings.n_blocks,
-            window=window,
+            window=settings.fit_window(),
             hop_distance_A=settings.hop_distance_A,
             framework_msd_A2=data.framework_msd_A2[-1] if data.framework_msd_A2.size else None,
         )
@@ -68,10 +72,10 @@ def analyze_frames(
 
     factor = nernst_einstein_factor(n_mobile, volume, ion_charge, temperature_K)
     if da.n_hops < settings.min_hops:
-        flags += [Flag.FEW_HOPS, Flag.NOT_DIFFUSIVE]
-    elif da.linearity_ratio < settings.min_linearity:
-        flags.append(Flag.NOT_DIFFUSIVE)
-    if da.tracer.rel_half_width > settings.max_rel_half_width:
+        flags.append(Flag.FEW_HOPS)
+    if not da.diffusive:
+        flags += [Flag.NOT_DIFFUSIVE, Flag.UPPER_BOUND]
+    elif da.tracer.rel_half_width > settings.max_rel_half_width:
         flags.append(Flag.SHORT_RUN)
     if da.framework_max_msd_A2 is not None and da.framework_max_msd_A2 > settings.framework_msd_limit_A2:
         flags.append(Flag.FRAMEWORK_MELTED)
@@ -81,53 +85,108 @@ def analyze_frames(
         se = block_means.std(ddof=1) / np.sqrt(len(block_means))
         if abs(base["mean_temperature_K"] - temperature_K) > settings.thermostat_tolerance * temperature_K + 3 * se:
             flags.append(Flag.THERMOSTAT_OFF)
-    lags = da.curves.lags_fs
+    tracer, charge = da.tracer, da.charge
+    window_fs = da.fit_window_fs
     result = TemperatureResult(
         **base,
-        diffusivity_cm2_s=da.tracer.value,
-        diffusivity_ci95_cm2_s=da.tracer.ci95,
-        diffusivity_std_error_cm2_s=da.tracer.std_error,
-        diffusivity_components_cm2_s=tuple(c.value for c in da.components),
+        **_diffusivity_fields("diffusivity", tracer),
+        diffusivity_std_error_cm2_s=tracer.std_error,
+        diffusivity_dof=tracer.dof,
+        diffusivity_upper_bound_cm2_s=tracer.upper_bound,
+        diffusivity_components_cm2_s=tuple(c.value for c in da.components) if da.diffusive else None,
         diffusivity_components_ci95_cm2_s=tuple(c.ci95 for c in da.components),
-        charge_diffusivity_cm2_s=da.charge.value,
-        charge_diffusivity_ci95_cm2_s=da.charge.ci95,
+        **_diffusivity_fields("charge_diffusivity", charge),
         haven_ratio=da.haven_ratio,
-        conductivity_mS_cm=da.tracer.value * factor,
-        conductivity_ci95_mS_cm=_scaled(da.tracer.ci95, factor),
-        charge_conductivity_mS_cm=da.charge.value * factor,
-        charge_conductivity_ci95_mS_cm=_scaled(da.charge.ci95, factor),
+        haven_ratio_ci95=da.haven_ratio_ci95,
+        conductivity_mS_cm=None if tracer.value is None else tracer.value * factor,
+        conductivity_ci95_mS_cm=_scaled(tracer.ci95, factor),
+        conductivity_upper_bound_mS_cm=None if tracer.upper_bound is None else tracer.upper_bound * factor,
+        charge_conductivity_mS_cm=None if charge.value is None else charge.value * factor,
+        charge_conductivity_ci95_mS_cm=_scaled(charge.ci95, factor),
         n_hops=da.n_hops,
-        fit_window_fs=(float(lags[0]), float(lags[-1])),
+        fit_window_fs=window_fs,
+        fit_window_ps=(window_fs[0] / 1000.0, window_fs[1] / 1000.0),
+        msd_relaxation_ps=None if da.relaxation is None or da.relaxation.time_fs is None else da.relaxation.time_fs / 1000.0,
+        msd_plateau_A2=da.plateau_A2,
         msd_linearity=da.linearity_ratio,
+        analysis_note=da.note,
         framework_max_msd_A2=da.framework_max_msd_A2,
         flags=[str(f) for f in flags],
     )
     return result, da
 
 
+def _upper_ends(temperatures: list[TemperatureResult]) -> list[tuple[float, float]]:
+    """(T, upper end of D*) for every temperature whose D* has a value or a bound and is not meaningless."""
+    out = []
+    for t in temperatures:
+        if set(t.flags) & {str(f) for f in UNUSABLE} or not t.diffusivity_ci95_cm2_s:
+            continue
+        if t.diffusivity_cm2_s is not None or t.diffusivity_upper_bound_cm2_s is not None:
+            out.append((t.temperature_K, t.diffusivity_ci95_cm2_s[1]))
+    return out
+
+
+def _activation_energy_lower_bound(usable: list[TemperatureResult], bounds: list[TemperatureResult]) -> float | None:
+    """Ea ≥ kB ln(D_lo(T_hi) / D_bound(T_lo)) / (1/T_lo − 1/T_hi) for a value above a bound in temperature."""
+    best = None
+    for hot in usable:
+        lo = hot.diffusivity_ci95_cm2_s[0]
+        for cold in bounds:
+            if cold.temperature_K >= hot.temperature_K or lo <= 0:
+                continue
+            ea = KB_EV_K * np.log(lo / cold.diffusivity_upper_bound_cm2_s) / (1 / cold.temperature_K - 1 / hot.temperature_K)
+            if ea > 0 and (best is None or ea > best):
+                best = float(ea)
+    return best
+
+
 def analyze_arrhenius(
     temperatures: list[TemperatureResult],
     *,
-    n_blocks: int,
+    n_blocks: int | None = None,
     seed: int = 0,
 ) -> tuple[ArrheniusResult, object | None]:
-    """Arrhenius fit over the usable temperatures (those without disqualifying flags), extrapolated to 300 K."""
-    usable = [
-        t for t in temperatures
-        if t.diffusivity_cm2_s and t.diffusivity_std_error_cm2_s and not (set(t.flags) & {str(f) for f in EXCLUDE_FROM_FIT})
-    ]
+    """Arrhenius fit over the temperatures with values, extrapolated to 300 K; bounds stay bounds.
+
+    D* grows with temperature (Ea ≥ 0), so D*(300 K) lies below every measured temperature's upper end: a bound
+    at any temperature caps the 300 K interval, and with fewer than two values the answer is that cap alone.
+    ``n_blocks`` gives the degrees of freedom of results that do not state theirs (older documents).
+    """
+    excluded = {str(f) for f in EXCLUDE_FROM_FIT}
+    usable = [t for t in temperatures
+              if t.diffusivity_cm2_s and t.diffusivity_std_error_cm2_s and not (set(t.flags) & excluded)]
+    bounds = [t for t in temperatures if t.diffusivity_upper_bound_cm2_s is not None
+              and not (set(t.flags) & {str(f) for f in UNUSABLE})]
+    ceiling = min((hi for _, hi in _upper_ends(temperatures)), default=None)
+    ref = usable[0] if usable else (temperatures[0] if temperatures else None)
+    factor = (nernst_einstein_factor(ref.n_mobile_ions, ref.volume_A3, ref.ion_charge, ROOM_TEMPERATURE_K)
+              if ref is not None and ref.n_mobile_ions > 0 else None)
     if len(usable) < 2:
-        return ArrheniusResult(temperatures_K=[t.temperature_K for t in usable], flags=[Flag.FEW_TEMPERATURES]), None
+        flags = [Flag.FEW_TEMPERATURES]
+        extra = {}
+        if ceiling is not None and factor is not None:
+            flags.append(Flag.UPPER_BOUND)
+            extra = dict(diffusivity_300K_ci95_cm2_s=(0.0, ceiling), diffusivity_300K_upper_bound_cm2_s=ceiling,
+                         conductivity_300K_ci95_mS_cm=(0.0, ceiling * factor),
+                         conductivity_300K_upper_bound_mS_cm=ceiling * factor,
+                         activation_energy_lower_bound_eV=_activation_energy_lower_bound(usable, bounds))
+        return ArrheniusResult(temperatures_K=[t.temperature_K for t in usable], flags=flags, **extra), None
+    dofs = [t.diffusivity_dof if t.diffusivity_dof else (n_blocks or 5) - 1 for t in usable]
     fit = fit_arrhenius(
         [t.temperature_K for t in usable],
         [t.diffusivity_cm2_s for t in usable],
         [t.diffusivity_std_error_cm2_s for t in usable],
-        n_blocks - 1,
+        dofs,
         seed=seed,
     )
+    flags = list(fit.flags)
     d300, d300_ci = fit.diffusivity_at(ROOM_TEMPERATURE_K)
-    ref = usable[0]
-    factor = nernst_einstein_factor(ref.n_mobile_ions, ref.volume_A3, ref.ion_charge, ROOM_TEMPERATURE_K)
+    if bounds and ceiling is not None and ceiling < d300_ci[1]:
+        if ceiling >= d300:
+            d300_ci = (d300_ci[0], ceiling)
+        elif Flag.NON_ARRHENIUS not in flags:
+            flags.append(str(Flag.NON_ARRHENIUS))  # the line passes above a temperature's measured bound
     return ArrheniusResult(
         temperatures_K=fit.temperatures_K,
         activation_energy_eV=fit.activation_energy_eV,
@@ -139,5 +198,5 @@ def analyze_arrhenius(
         conductivity_300K_mS_cm=d300 * factor,
         conductivity_300K_ci95_mS_cm=_scaled(d300_ci, factor),
         reduced_chi2=fit.reduced_chi2,
-        flags=list(fit.flags),
+        flags=flags,
     ), fit

@@ -3,20 +3,47 @@
 Inputs are unwrapped Cartesian positions (Å) of the mobile ions per frame, the frame times (fs), and
 the framework's centroid displacement per frame (for drift correction). Everything is plain numpy.
 
-Uncertainty. The point estimate is a weighted least-squares fit of the time-origin-averaged MSD over
-a lag window (weights ∝ 1/lag, intercept free, the same estimator as pymatgen-analysis-diffusion's
-``DiffusionAnalyzer`` with ``smoothed="max"``). Its uncertainty comes from block averaging: the run
-is cut into ``n_blocks`` contiguous time windows, the same fit over the same lags is made in each,
-and the spread of the block estimates gives the standard error (σ_blocks/√B) with a Student-t
-quantile on B−1 degrees of freedom. For a Markovian hopper, displacements in disjoint time windows
-are independent, so the blocks are independent samples whatever the correlations between ions —
-which is why this also works for the collective (charge) diffusivity, where per-ion statistics do
-not exist. The lag-fitted slope is linear in squared displacements, so the estimate is unbiased; the
-interval's calibration is tested on synthetic random walks (tests/test_diffusion_calibration.py).
+Why not a fixed window. Real conductors at screening temperatures are caged: an ion rattles inside its
+site, often hops to a neighbour and straight back, and leaves for good only now and then. The MSD then
+rises steeply at short lags (cage filling, back-hops) and turns linear only after those correlations
+have died out. A fit at short lags measures the cage, not diffusion (on the LGPS AIMD of
+pymatgen-analysis-diffusion's tests, 3.6× too high with a confident interval). So:
+
+1. **Window from the data.** The local slope of the mean tracer MSD is measured on logarithmic lag bins.
+   After its peak (the end of the ballistic rise) it relaxes towards the diffusive slope; one or two
+   exponential modes fitted to it, over the lags where it is measured to 10%, give the relaxation
+   times. The fit starts 4 slowest relaxation times past the peak (what is left is then e⁻⁴ ≈ 2% of
+   the amplitude), and never before ``min_start_fraction`` (10%) of the run, which is what analysts
+   choose by eye for runs of tens of ps (kinisi's ``start_dt``): on caged hopping the slower modes
+   (back-hops) are rarely resolved, and starting at the resolved fast mode biases D by 15-40%. Only
+   when the slope shows no relaxation at all right after its peak, where it is known best (a plain
+   random walk), does the fit start right after the ballistic regime. It ends at ``end_fraction``
+   (half) of the run.
+2. **Point estimate.** A weighted least-squares line (free intercept: the cage plateau) through the
+   time-origin-averaged MSD at evenly spaced lags of the window, each lag weighted by the exact
+   variance of an all-origin MSD point of a random walk. The fit is linear in each ion's MSD, so D*
+   is the mean of per-ion estimates, and D_σ the same fit of |Σ Δr|²/N.
+3. **Interval.** A delete-one-ion jackknife of the fit in the chosen window: each ion's whole
+   trajectory is one sample, so the correlations between overlapping windows and between lags,
+   sparse non-Gaussian hopping and the cage noise are all inside the spread, with no model of them;
+   a Student-t quantile on N−1 degrees of freedom. The collective (charge) diffusivity is a quadratic
+   form over ions; the jackknife is valid for it too (tested with concerted pair hops).
+4. **Say when the data cannot tell.** The diffusive regime counts as reached only when the window
+   exists (its start before half its end), the interval of D* excludes zero, and the growth of the
+   MSD over the window, 6·D*·(t_end − t_start), is at least the cage plateau (the fitted intercept):
+   otherwise a slow bounded relaxation could look like diffusion. When it is not reached, D* is given
+   as an upper bound only: the one-sided 97.5% bound of MSD(t_end)/(6 t_end). For a caged process the
+   MSD is concave, so its chord from the origin never falls below the diffusive slope, and the bound
+   holds whatever the cage does.
+
+Calibration (coverage ≥ 90%, bias ≤ 15% where the regime is reached) is tested on synthetic caged,
+sparse and concerted hopping with known long-time D (tests/synthetic.py) and on the LGPS AIMD; the
+side-by-side comparison with kinisi and pymatgen is ``benchmarks/diffusion_estimators.py``.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,6 +98,26 @@ def windowed_msd(x: np.ndarray) -> np.ndarray:
     return np.maximum(s1 - 2.0 * s2, 0.0)
 
 
+class Weighting(enum.StrEnum):
+    RANDOM_WALK = "random_walk"  # each lag weighted by the exact variance of an all-origin MSD point of a random walk
+    INVERSE_LAG = "inverse_lag"  # weights ∝ 1/lag (pymatgen-analysis-diffusion's smoothed="max" fit)
+
+
+def _random_walk_msd_variance(lags: np.ndarray, n_frames: int) -> np.ndarray:
+    """Variance (up to a constant) of the all-origin MSD at each lag (frames) of a random walk in ``n_frames`` frames.
+
+    Two windows of length l whose origins are δ apart share max(l − |δ|, 0) steps; their squared displacements
+    covary as the square of that overlap, so the variance is Σ_δ count(δ)·(l − |δ|)² / (n − l)².
+    """
+    out = np.empty(len(lags))
+    for i, lag in enumerate(np.asarray(lags, dtype=float)):
+        n_origins = n_frames - lag
+        d = np.arange(-lag, lag + 1)
+        count = np.clip(n_origins - np.abs(d), 0, None)
+        out[i] = np.sum(count * (lag - np.abs(d)) ** 2) / n_origins**2
+    return out
+
+
 def fit_slope(lags_fs: np.ndarray, msd: np.ndarray) -> float:
     """Slope (Å²/fs) of MSD against lag, weighted least squares with weights 1/lag and free intercept."""
     w = 1.0 / np.sqrt(lags_fs)
@@ -81,28 +128,122 @@ def fit_slope(lags_fs: np.ndarray, msd: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class FitWindow:
-    """Which lags enter the MSD fit, as fractions of a block's length (the same lags in every block)."""
+    """How the lags of the MSD fit are chosen from the data (see the module docstring)."""
 
-    start_fraction: float = 0.1
-    end_fraction: float = 0.5
-    min_start_fs: float = 0.0
-    max_lags: int = 200
+    end_fraction: float = 0.5  # last lag fitted, fraction of the run
+    min_start_fraction: float = 0.1  # never start before this fraction of the run
+    min_start_fs: float = 0.0  # nor before this (ballistic regime), fs
+    relaxation_multiple: float = 4.0  # start = peak of the local slope + this × its relaxation time
+    n_lags: int = 24  # evenly spaced lags in the fit
+    rel_precision: float = 0.1  # the relaxation is fitted where the local slope is known to this
+    bias_tolerance: float = 0.02  # an earlier start is fine when the relaxation left would bias D by less
+    relaxation_min_delta_chi2: float = 25.0  # a relaxation counts when it fits this much better than no relaxation
 
-    def lag_indices(self, block_frames: int, frame_dt_fs: float) -> np.ndarray:
-        start = max(int(np.ceil(self.start_fraction * block_frames)), int(np.ceil(self.min_start_fs / frame_dt_fs)), 1)
-        end = int(self.end_fraction * block_frames)
-        if end - start < 3:
-            raise InputError(
-                f"too few frames to fit an MSD: a block of {block_frames} frames gives lags {start}..{end}; "
-                "run longer, sample more often, or use fewer blocks"
-            )
-        step = max((end - start) // self.max_lags, 1)
-        return np.arange(start, end + 1, step)
+    def end_lag(self, n_frames: int) -> int:
+        return int(self.end_fraction * (n_frames - 1))
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """What the local slope of the MSD says about the cage: its peak, relaxation time and where the fit starts."""
+
+    peak_fs: float
+    time_fs: float | None  # None: no relaxation resolved
+    start_lag: int | None  # None: the relaxation does not die out within the run
+
+
+def _log_edges(end_lag: int) -> np.ndarray:
+    return np.unique(np.geomspace(1, max(end_lag, 2), 22).astype(int))
+
+
+def _relaxation_modes(x: np.ndarray, s: np.ndarray, sw: np.ndarray, dt: float, min_delta_chi2: float):
+    """Fit s(x) = s∞ + Σ A_i exp(−x/τ_i) with one or two modes (A_i ≥ 0) on a grid of τ, weights ``sw`` = 1/σ.
+
+    The first mode is kept only when it lowers χ² by ``min_delta_chi2`` below a flat slope (the local
+    slopes of neighbouring bins share time origins, so χ² runs high); a second, once a relaxation is
+    established, by a third of that (≈ 3σ). Returns (s∞, amplitudes, τs) or None.
+    """
+    if len(x) < 3:
+        return None
+    # a relaxation is resolved only when the slope is seen for three relaxation times after the peak;
+    # a slower "mode" is indistinguishable from the correlated noise of the late bins
+    taus = np.geomspace(dt, max(x[-1] / 3.0, 2 * dt), 32)
+    ones = np.ones((1, len(x)))
+
+    def best_fit(designs: np.ndarray):
+        weighted = designs * sw[None, :, None]
+        gram = np.einsum("pki,pkj->pij", weighted, weighted) + 1e-12 * np.eye(designs.shape[2])
+        coef = np.linalg.solve(gram, np.einsum("pki,k->pi", weighted, s * sw)[..., None])[..., 0]
+        chi2 = ((sw[None] * (s[None] - np.einsum("pki,pi->pk", designs, coef))) ** 2).sum(axis=1)
+        chi2[(coef[:, 1:] < 0).any(axis=1)] = np.inf
+        p = int(np.argmin(chi2))
+        return float(chi2[p]), coef[p], p
+
+    flat = float(np.sum((sw * (s - np.sum(sw**2 * s) / np.sum(sw**2))) ** 2))
+    one = np.stack([np.repeat(ones, len(taus), 0), np.exp(-x[None] / taus[:, None])], axis=-1)
+    chi1, coef1, p1 = best_fit(one)
+    if not np.isfinite(chi1) or flat - chi1 < min_delta_chi2:
+        return None
+    result = (float(coef1[0]), coef1[1:2], taus[p1:p1 + 1])
+    if len(x) >= 5:
+        i, j = np.triu_indices(len(taus), 1)
+        two = np.stack([np.ones((len(i), len(x))), np.exp(-x[None] / taus[i, None]), np.exp(-x[None] / taus[j, None])], -1)
+        chi2, coef2, p2 = best_fit(two)
+        if np.isfinite(chi2) and chi1 - chi2 >= min_delta_chi2 / 3.0:
+            result = (float(coef2[0]), coef2[1:], np.array([taus[i[p2]], taus[j[p2]]]))
+    return result
+
+
+def choose_fit_start(msd: np.ndarray, local_se: np.ndarray, edges: np.ndarray, frame_dt_fs: float,
+                     window: FitWindow, n_frames: int) -> Relaxation:
+    """Relaxation of the local MSD slope and the first lag past it (``msd`` per lag, ``local_se`` per bin).
+
+    The peak is the bin whose slope is highest by its lower 2σ end (a noisy late bin cannot pose as the
+    peak). After it, one or two exponential modes are fitted where the slope is known to
+    ``rel_precision``; a relaxation counts only when it fits clearly better than a flat slope.
+    - No relaxation in four or more precise bins after the peak (a cage would show there first, as a
+      decline): nothing cages, and the fit starts after the ballistic regime (``min_start_fs``).
+    - Otherwise the start is ``relaxation_multiple`` times the slowest relaxation time past the peak
+      (earlier if what is left would bias the slope by less than ``bias_tolerance``), and never before
+      the conservative floor: slower modes of the same cage hide in the noise of all but the best data.
+    """
+    dt = frame_dt_fs
+    slope = np.diff(msd[edges]) / (np.diff(edges) * dt)
+    mid = np.sqrt(edges[:-1] * edges[1:]) * dt
+    k = int(np.argmax(slope - 2.0 * local_se))
+    imprecise = np.flatnonzero(local_se[k:] > window.rel_precision * np.abs(slope[k:]))
+    stop = k + (imprecise[0] if len(imprecise) else len(slope) - k)
+    stop = max(stop, min(k + 4, len(slope)))
+    t, s = mid[k:stop], slope[k:stop]
+    sw = 1.0 / np.maximum(local_se[k:stop], 1e-300)
+    modes = _relaxation_modes(t - t[0], s, sw, dt, window.relaxation_min_delta_chi2)
+    ballistic = max(int(np.ceil(window.min_start_fs / dt)), 1)
+    conservative = max(int(np.ceil(window.min_start_fraction * (n_frames - 1))), ballistic)
+    end = window.end_lag(n_frames)
+    if modes is None:
+        # a cage shows as a decline right after the peak, where the slope is known best: none in four or more
+        # precise bins means none at all (a random walk); fewer bins cannot tell
+        start = ballistic if len(t) >= 4 else conservative
+        return Relaxation(peak_fs=float(t[0]), time_fs=None, start_lag=start if start <= end / 2 else None)
+    s_inf, amplitudes, taus = modes
+    tau = float(max(taus))
+    # a resolved relaxation never brings the start before the conservative floor: slower modes of the same
+    # cage hide in the noise of all but the best data (tested on caged hopping with back-hops)
+    start = max(int(np.ceil((t[0] + window.relaxation_multiple * tau) / dt)), ballistic)
+    if s_inf > 0:
+        for lag in range(ballistic, start):
+            # MSD still to come from the relaxation (Å²) against the diffusive growth over the rest of the window
+            left = float(np.sum(amplitudes * taus * np.exp(-(lag * dt - t[0]) / taus)))
+            if left <= window.bias_tolerance * s_inf * (end - lag) * dt:
+                start = lag
+                break
+    start = max(start, conservative)
+    return Relaxation(peak_fs=float(t[0]), time_fs=tau, start_lag=start if start <= end / 2 else None)
 
 
 @dataclass
 class MSDCurves:
-    """MSD curves of one stretch of trajectory (Å², against lag in fs)."""
+    """MSD curves of the run (Å², against lag in fs), from the first lag to the end of the fit window."""
 
     lags_fs: np.ndarray
     tracer: np.ndarray  # mean over mobile ions, summed over axes
@@ -110,40 +251,24 @@ class MSDCurves:
     charge: np.ndarray  # |Σ_i Δr_i|² / N
 
 
-def msd_curves(mobile: np.ndarray, lag_idx: np.ndarray, frame_dt_fs: float) -> MSDCurves:
-    """MSDs of the drift-corrected mobile positions ``mobile`` (n_frames, n_mobile, 3)."""
-    per_ion = windowed_msd(np.transpose(mobile, (1, 0, 2)))[:, lag_idx]  # (ions, lags, 3)
-    summed = mobile.sum(axis=1)[None]  # (1, frames, 3)
-    charge = windowed_msd(summed)[0, lag_idx].sum(axis=-1) / mobile.shape[1]
-    return MSDCurves(
-        lags_fs=lag_idx * frame_dt_fs,
-        tracer=per_ion.sum(axis=-1).mean(axis=0),
-        components=per_ion.mean(axis=0),
-        charge=charge,
-    )
-
-
 @dataclass
 class Estimate:
-    """A diffusivity (cm²/s) with its block standard error and 95% interval."""
+    """A diffusivity (cm²/s) with its jackknife standard error and 95% interval, or an upper bound only.
 
-    value: float
-    std_error: float
+    With ``upper_bound`` set, ``value`` and ``std_error`` are None and ``ci95`` is (0, bound).
+    """
+
+    value: float | None
+    std_error: float | None
     ci95: tuple[float, float]
-    block_values: list[float]
+    dof: int
+    upper_bound: float | None = None
 
     @property
     def rel_half_width(self) -> float:
-        if self.value <= 0:
+        if self.value is None or self.value <= 0:
             return float("inf")
         return (self.ci95[1] - self.ci95[0]) / 2.0 / self.value
-
-
-def _estimate(full: float, blocks: np.ndarray) -> Estimate:
-    b = len(blocks)
-    se = float(np.std(blocks, ddof=1) / np.sqrt(b))
-    q = float(stats.t.ppf(0.975, b - 1))
-    return Estimate(full, se, (max(full - q * se, 0.0), full + q * se), [float(v) for v in blocks])
 
 
 @dataclass
@@ -154,16 +279,20 @@ class DiffusionAnalysis:
     charge: Estimate
     components: list[Estimate]  # D_x, D_y, D_z
     haven_ratio: float | None
+    haven_ratio_ci95: tuple[float, float] | None
+    diffusive: bool  # the diffusive regime was reached (else every diffusivity is an upper bound)
+    note: str  # why not, when not
     n_hops: int
     n_mobile: int
     duration_fs: float
     frame_dt_fs: float
     curves: MSDCurves
-    linearity_ratio: float  # slope over the late half of the window / early half
+    fit_window_fs: tuple[float, float]
+    plateau_A2: float  # intercept of the tracer fit: the cage's bounded displacement
+    relaxation: Relaxation | None
+    linearity_ratio: float  # slope over the late half of the window / early half (diagnostic)
     framework_max_msd_A2: float | None = None
-    n_blocks: int = 5
     window: FitWindow = field(default_factory=FitWindow)
-
 
 def count_hops(mobile: np.ndarray, frame_dt_fs: float, hop_distance_A: float = 1.5, smoothing_fs: float = 300.0) -> int:
     """Distinct ion hops: moves of more than ``hop_distance_A`` from the last resting point.
@@ -193,33 +322,64 @@ def count_hops(mobile: np.ndarray, frame_dt_fs: float, hop_distance_A: float = 1
     return hops
 
 
+def _line_weights(lag_frames: np.ndarray, n_frames: int, frame_dt_fs: float, weighting: Weighting) -> np.ndarray:
+    """(2, n_lags): rows give slope (Å²/fs) and intercept (Å²) of the weighted line as dot products with MSD."""
+    t = np.asarray(lag_frames, dtype=float) * frame_dt_fs
+    variance = t if weighting is Weighting.INVERSE_LAG else _random_walk_msd_variance(lag_frames, n_frames)
+    scale = 1.0 / np.sqrt(variance)
+    design = np.stack([t, np.ones_like(t)], axis=1) * scale[:, None]
+    return np.linalg.pinv(design) * scale[None, :]
+
+
+@dataclass
+class _Fit:
+    components: np.ndarray  # (3,) Å²/fs
+    tracer: float  # Å²/fs
+    charge: float  # Å²/fs
+    plateau: float  # Å²
+
+
+def _t95(dof: int) -> float:
+    return float(stats.t.ppf(0.975, dof))
+
+
+def _jackknife(full: np.ndarray, replicates: np.ndarray) -> np.ndarray:
+    """Delete-one jackknife standard error of ``full`` (any shape) from replicates (N, *shape)."""
+    n = replicates.shape[0]
+    pseudo = n * full[None] - (n - 1) * replicates
+    return pseudo.std(axis=0, ddof=1) / np.sqrt(n)
+
+
 def analyze_diffusion(
     mobile_A: np.ndarray,
     times_fs: np.ndarray,
     *,
     framework_centroid_A: np.ndarray | None = None,
-    n_blocks: int = 5,
     window: FitWindow | None = None,
     hop_distance_A: float = 1.5,
     framework_msd_A2: np.ndarray | None = None,
     lag_indices: np.ndarray | None = None,
+    weighting: Weighting | str = Weighting.RANDOM_WALK,
 ) -> DiffusionAnalysis:
-    """Tracer/charge/directional diffusivities with block-averaged intervals for one temperature.
+    """Tracer/charge/directional diffusivities with jackknife intervals, or upper bounds, for one temperature.
 
     ``mobile_A``: (n_frames, n_mobile, 3) unwrapped Cartesian positions; ``times_fs``: evenly spaced
     frame times; ``framework_centroid_A``: (n_frames, 3) framework centroid (for drift correction).
-    ``lag_indices`` overrides the window (lags in frames; every block must be longer than the last).
+    ``lag_indices`` fixes the fitted lags (frames) instead of choosing them; the caller then owns the
+    window, and the numbers are reported without the diffusive-regime decision.
     """
     mobile = np.asarray(mobile_A, dtype=float)
     times = np.asarray(times_fs, dtype=float)
     if mobile.ndim != 3 or mobile.shape[2] != 3 or mobile.shape[0] != times.shape[0]:
         raise InputError(f"positions must be (frames, ions, 3) matching {times.shape[0]} times; got {mobile.shape}")
-    if mobile.shape[1] == 0:
+    n_ions = mobile.shape[1]
+    if n_ions == 0:
         raise InputError("no mobile ions to analyse")
+    if n_ions < 2:
+        raise InputError("one mobile ion: the interval comes from the spread over ions, so at least 2 are needed; "
+                         "simulate a supercell that holds more of them")
     if not np.all(np.isfinite(mobile)):
         raise InputError("positions contain NaN or infinity")
-    if n_blocks < 2:
-        raise InputError("n_blocks must be at least 2 to estimate an uncertainty")
     dts = np.diff(times)
     if len(dts) < 2 or np.any(dts <= 0) or not np.allclose(dts, dts[0], rtol=1e-6, atol=1e-9):
         raise InputError("frame times must be strictly increasing and evenly spaced")
@@ -228,48 +388,133 @@ def analyze_diffusion(
         centroid = np.asarray(framework_centroid_A, dtype=float)
         mobile = mobile - (centroid - centroid[0])[:, None, :]
     window = window or FitWindow()
-
+    weighting = Weighting(weighting)
     n_frames = mobile.shape[0]
-    block_frames = n_frames // n_blocks
+
     if lag_indices is None:
-        lag_idx = window.lag_indices(block_frames, dt)
+        end = window.end_lag(n_frames)
+        if end < 8:
+            raise InputError(f"too few frames to fit an MSD: {n_frames} frames give lags up to {end}; "
+                             "run longer or sample more often")
     else:
-        lag_idx = np.asarray(lag_indices, dtype=int)
-        if lag_idx.min() < 1 or lag_idx.max() >= block_frames:
-            raise InputError(f"lags must lie in 1..{block_frames - 1} frames for {n_blocks} blocks")
+        fixed = np.asarray(lag_indices, dtype=int)
+        if fixed.size < 3 or fixed.min() < 1 or fixed.max() >= n_frames:
+            raise InputError(f"lags must be at least 3 values in 1..{n_frames - 1} frames")
+        end = int(fixed.max())
+
+    per_ion = windowed_msd(np.transpose(mobile, (1, 0, 2)))[:, : end + 1]  # (ions, lags, 3)
+    per_ion_total = per_ion.sum(axis=-1)
+    summed = mobile.sum(axis=1)
+    if lag_indices is None:
+        edges = _log_edges(end)
+        local = np.diff(per_ion_total[:, edges], axis=1) / (np.diff(edges) * dt)
+        local_se = local.std(axis=0, ddof=1) / np.sqrt(n_ions)
+    msd_all = per_ion_total.mean(axis=0)
+    if lag_indices is None:
+        relaxation = choose_fit_start(msd_all, local_se, edges, dt, window, n_frames)
+        start = relaxation.start_lag if relaxation.start_lag is not None else end // 2
+        lags = np.unique(np.linspace(start, end, window.n_lags).astype(int))
+    else:
+        relaxation, lags = None, fixed
+    w_slope, w_intercept = _line_weights(lags, n_frames, dt, weighting)
+
+    def fit(keep: np.ndarray, collective: np.ndarray) -> _Fit:
+        components = np.einsum("ilk,l->k", per_ion[keep][:, lags], w_slope) / len(keep) / 2.0
+        charge_msd = windowed_msd(collective[None])[0, lags].sum(axis=-1) / len(keep)
+        msd = per_ion_total[keep][:, lags].mean(axis=0)
+        return _Fit(components, float(components.sum() / 3.0), float(w_slope @ charge_msd / 6.0),
+                    float(w_intercept @ msd))
+
+    # The window is chosen once, from all ions, and held in the replicates: a choice that flips between
+    # replicates would be amplified N-fold by the jackknife (it is not a smooth statistic).
+    everyone = np.arange(n_ions)
+    full = fit(everyone, summed)
+    replicates = [fit(np.delete(everyone, a), summed - mobile[:, a]) for a in range(n_ions)]
+    dof = n_ions - 1
+    q = _t95(dof)
     to_cgs = A2_PER_FS_TO_CM2_PER_S
 
-    def fit_all(curves: MSDCurves) -> tuple[float, float, list[float]]:
-        tracer = fit_slope(curves.lags_fs, curves.tracer) / 6.0 * to_cgs
-        charge = fit_slope(curves.lags_fs, curves.charge) / 6.0 * to_cgs
-        comps = [fit_slope(curves.lags_fs, curves.components[:, k]) / 2.0 * to_cgs for k in range(3)]
-        return tracer, charge, comps
+    def estimate(value: float, reps: np.ndarray) -> Estimate:
+        se = float(_jackknife(np.asarray(value), reps)) * to_cgs
+        v = value * to_cgs
+        return Estimate(v, se, (max(v - q * se, 0.0), v + q * se), dof)
 
-    full_curves = msd_curves(mobile, lag_idx, dt)
-    full = fit_all(full_curves)
-    per_block = [fit_all(msd_curves(mobile[b * block_frames:(b + 1) * block_frames], lag_idx, dt)) for b in range(n_blocks)]
-    tracer = _estimate(full[0], np.array([p[0] for p in per_block]))
-    charge = _estimate(full[1], np.array([p[1] for p in per_block]))
-    comps = [_estimate(full[2][k], np.array([p[2][k] for p in per_block])) for k in range(3)]
+    tracer = estimate(full.tracer, np.array([r.tracer for r in replicates]))
+    window_fs = (float(lags[0] * dt), float(lags[-1] * dt))
+    growth = 6.0 * full.tracer * (window_fs[1] - window_fs[0])
+    note = ""
+    if lag_indices is None:
+        if relaxation.start_lag is None:
+            note = (f"the MSD's local slope is still relaxing at half the fit window (relaxation time "
+                    f"{relaxation.time_fs / 1000:.2g} ps): the run is too short to leave the cage regime behind")
+        elif tracer.ci95[0] <= 0.0:
+            note = "D* is not significantly above zero over the fit window"
+        elif growth < full.plateau:
+            note = (f"the MSD grows by {growth:.2g} Å² over the fit window, less than the cage plateau "
+                    f"({full.plateau:.2g} Å²): diffusion cannot be told apart from a slow cage relaxation")
+    diffusive = not note
 
-    half = len(lag_idx) // 2
-    early = fit_slope(full_curves.lags_fs[: half + 1], full_curves.tracer[: half + 1])
-    late = fit_slope(full_curves.lags_fs[half:], full_curves.tracer[half:])
-    linearity = late / early if early > 0 else 0.0
+    if diffusive:
+        charge = estimate(full.charge, np.array([r.charge for r in replicates]))
+        components = [estimate(full.components[k], np.array([r.components[k] for r in replicates])) for k in range(3)]
+        haven, haven_ci = None, None
+        charge_reps = np.array([r.charge for r in replicates])
+        if full.charge > 0 and full.tracer > 0:
+            haven = full.tracer / full.charge
+            tracer_reps = np.array([r.tracer for r in replicates])
+            if np.all(charge_reps > 0) and np.all(tracer_reps > 0):
+                se_log = float(_jackknife(np.log(np.asarray(haven)), np.log(tracer_reps / charge_reps)))
+                haven_ci = (haven * float(np.exp(-q * se_log)), haven * float(np.exp(q * se_log)))
+    else:
+        # one-sided 97.5% upper bounds from the chord MSD(t_end) / (6 t_end), jackknifed over ions
+        t_end = end * dt
+        chord_axes = per_ion[:, end] / (2.0 * t_end)  # (ions, 3), Å²/fs per axis
+        collective_sq = ((summed[end:] - summed[:-end]) ** 2).sum(axis=-1).mean()
+
+        def bound(value: float, reps: np.ndarray) -> Estimate:
+            upper = (value + q * float(_jackknife(np.asarray(value), reps))) * to_cgs
+            return Estimate(None, None, (0.0, upper), dof, upper_bound=upper)
+
+        def leave_out_mean(values: np.ndarray) -> np.ndarray:
+            return (values.sum(axis=0)[None] - values) / (n_ions - 1)
+
+        tracer_chord = chord_axes.sum(axis=1) / 3.0
+        tracer = bound(float(tracer_chord.mean()), leave_out_mean(tracer_chord))
+        components = [bound(float(chord_axes[:, k].mean()), leave_out_mean(chord_axes[:, k])) for k in range(3)]
+        charge_reps = np.array([
+            (((summed[end:] - summed[:-end]) - (mobile[end:, a] - mobile[:-end, a])) ** 2).sum(axis=-1).mean()
+            / (n_ions - 1) / (6.0 * t_end) for a in range(n_ions)])
+        charge = bound(float(collective_sq / n_ions / (6.0 * t_end)), charge_reps)
+        haven, haven_ci = None, None
+
+    lags_all = np.arange(1, end + 1)
+    collective_msd = windowed_msd(summed[None])[0, 1: end + 1].sum(axis=-1) / n_ions
+    curves = MSDCurves(lags_fs=lags_all * dt, tracer=per_ion_total[:, 1:].mean(axis=0),
+                       components=per_ion[:, 1:].mean(axis=0), charge=collective_msd)
+    msd_window = msd_all[lags]
+    half = len(lags) // 2
+    lags_fs = lags * dt
+    early = fit_slope(lags_fs[: half + 1], msd_window[: half + 1])
+    late = fit_slope(lags_fs[half:], msd_window[half:])
 
     return DiffusionAnalysis(
         tracer=tracer,
         charge=charge,
-        components=comps,
-        haven_ratio=(tracer.value / charge.value) if charge.value > 0 else None,
+        components=components,
+        haven_ratio=haven,
+        haven_ratio_ci95=haven_ci,
+        diffusive=diffusive,
+        note=note,
         n_hops=count_hops(mobile, dt, hop_distance_A),
-        n_mobile=mobile.shape[1],
+        n_mobile=n_ions,
         duration_fs=float(times[-1] - times[0]),
         frame_dt_fs=dt,
-        curves=full_curves,
-        linearity_ratio=float(linearity),
+        curves=curves,
+        fit_window_fs=window_fs,
+        plateau_A2=full.plateau,
+        relaxation=relaxation,
+        linearity_ratio=float(late / early) if early > 0 else 0.0,
         framework_max_msd_A2=None if framework_msd_A2 is None else float(np.max(framework_msd_A2)),
-        n_blocks=n_blocks,
         window=window,
     )
 

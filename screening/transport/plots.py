@@ -28,12 +28,18 @@ def plot_msd(analysis, result, path: str | Path, ion: str) -> Path:
     for k, axis in enumerate("xyz"):
         ax.plot(lags_ps, 3 * c.components[:, k], lw=1, alpha=0.7, label=f"3×MSD_{axis}")
     ax.plot(lags_ps, c.charge, lw=1.2, ls="--", color="tab:purple", label="charge (|ΣΔr|²/N)")
-    d_a2_fs = result.diffusivity_cm2_s / 0.1
-    w = 1.0 / np.sqrt(c.lags_fs)
-    a = np.stack([c.lags_fs, np.ones_like(c.lags_fs)], axis=1) * w[:, None]
-    (_, intercept), *_ = np.linalg.lstsq(a, c.tracer * w, rcond=None)
-    ax.plot(lags_ps, 6 * d_a2_fs * c.lags_fs + intercept, color="tab:red", lw=1,
-            label=f"fit: D* = {result.diffusivity_cm2_s:.2e} cm²/s")
+    start_fs, end_fs = analysis.fit_window_fs
+    ax.axvspan(start_fs / 1000.0, end_fs / 1000.0, color="tab:red", alpha=0.08, lw=0, label="fit window")
+    inside = (c.lags_fs >= start_fs) & (c.lags_fs <= end_fs)
+    if result.diffusivity_cm2_s is not None:
+        d_a2_fs = result.diffusivity_cm2_s / 0.1
+        ax.plot(lags_ps[inside], 6 * d_a2_fs * c.lags_fs[inside] + analysis.plateau_A2, color="tab:red", lw=1,
+                label=f"fit: D* = {result.diffusivity_cm2_s:.2e} cm²/s")
+    elif result.diffusivity_upper_bound_cm2_s is not None:
+        bound = 6 * result.diffusivity_upper_bound_cm2_s / 0.1 * c.lags_fs
+        ax.plot(lags_ps, bound, color="tab:red", lw=1, ls=":",
+                label=f"bound: D* < {result.diffusivity_upper_bound_cm2_s:.2e} cm²/s")
+        ax.set_ylim(0, 1.1 * max(c.tracer.max(), c.charge.max()))
     ax.set_xlabel("lag time (ps)")
     ax.set_ylabel("MSD (Å²)")
     flags = f"  [{', '.join(result.flags)}]" if result.flags else ""
@@ -50,6 +56,10 @@ def plot_arrhenius(temperatures, arrhenius, fit, path: str | Path, ion: str) -> 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
     for t in temperatures:
+        if t.diffusivity_upper_bound_cm2_s and not t.diffusivity_cm2_s:
+            ax.plot(1000.0 / t.temperature_K, np.log10(t.diffusivity_upper_bound_cm2_s), "v", color="0.4",
+                    label="upper bound" if "upper bound" not in ax.get_legend_handles_labels()[1] else None)
+            continue
         if not t.diffusivity_cm2_s or not t.diffusivity_ci95_cm2_s:
             continue
         used = t.temperature_K in arrhenius.temperatures_K

@@ -15,6 +15,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlip.errors import InputError
+from screening.transport.diffusion import FitWindow
 
 
 class Thermostat(enum.StrEnum):
@@ -35,22 +36,22 @@ class AnalysisSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    n_blocks: int = Field(5, ge=3, le=50, description="Time blocks for the block-averaged 95% intervals.")
-    fit_start_fraction: float = Field(0.1, ge=0, lt=1, description="Start of the MSD fit window, fraction of a block.")
-    fit_end_fraction: float = Field(0.5, gt=0, le=1, description="End of the MSD fit window, fraction of a block.")
-    fit_min_start_fs: float = Field(200.0, ge=0, description="Never fit lags shorter than this (ballistic regime), fs.")
+    n_blocks: int = Field(5, ge=3, le=50, description="Time blocks of the temperature-stationarity check (thermostat_off).")
+    fit_end_fraction: float = Field(0.5, gt=0.1, le=0.9, description="Last lag of the MSD fit, fraction of the run.")
+    fit_min_start_fraction: float = Field(
+        0.1, ge=0, lt=0.5, description="The MSD fit never starts before this fraction of the run.")
+    fit_min_start_fs: float = Field(200.0, ge=0, description="Nor before this lag (ballistic regime), fs.")
+    relaxation_multiple: float = Field(
+        4.0, gt=0, le=20, description="The MSD fit starts this many relaxation times of its local slope past the cage peak.")
     hop_distance_A: float = Field(1.5, gt=0, description="Displacement from the resting point that counts as a hop, Å.")
-    min_hops: int = Field(20, ge=0, description="Fewer hops than this at a temperature → not_diffusive.")
-    min_linearity: float = Field(0.5, gt=0, le=1, description="Late/early MSD slope ratio below this → not_diffusive.")
+    min_hops: int = Field(20, ge=0, description="Fewer hops than this at a temperature → few_hops.")
     max_rel_half_width: float = Field(0.5, gt=0, description="95% interval half-width / D above this → short_run.")
     framework_msd_limit_A2: float = Field(2.0, gt=0, description="Framework MSD above this (Å²) → framework_melted.")
     thermostat_tolerance: float = Field(0.05, gt=0, lt=1, description="Mean T off target by more (fraction) → thermostat_off.")
 
-    @model_validator(mode="after")
-    def _window(self):
-        if self.fit_end_fraction <= self.fit_start_fraction:
-            raise ValueError("fit_end_fraction must exceed fit_start_fraction")
-        return self
+    def fit_window(self) -> FitWindow:
+        return FitWindow(end_fraction=self.fit_end_fraction, min_start_fraction=self.fit_min_start_fraction,
+                         min_start_fs=self.fit_min_start_fs, relaxation_multiple=self.relaxation_multiple)
 
 
 class TransportProtocol(BaseModel):

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class Flag(enum.StrEnum):
     """Quality flags. A number carrying one of these is not ranked as if it were certain."""
 
-    NOT_DIFFUSIVE = "not_diffusive"  # MSD not linear in the fitted window, or too few hops
+    NOT_DIFFUSIVE = "not_diffusive"  # the run never reached the diffusive regime: D is an upper bound only
     FEW_HOPS = "few_hops"  # fewer distinct hops than the protocol's minimum
     UNSTABLE_MD = "unstable_md"  # atoms too close, exploding energy or temperature, NaN
     FRAMEWORK_MELTED = "framework_melted"  # framework atoms diffuse
@@ -19,6 +19,7 @@ class Flag(enum.StrEnum):
     TARGET_NOT_MET = "target_not_met"  # adaptive run spent its budget before reaching the target
     FEW_TEMPERATURES = "few_temperatures"  # fewer than two usable temperatures: no Arrhenius fit
     NON_ARRHENIUS = "non_arrhenius"  # points scatter beyond their error bars around the Arrhenius line
+    UPPER_BOUND = "upper_bound"  # only an upper bound could be given (value None, interval (0, bound))
 
 
 Interval = tuple[float, float]
@@ -32,17 +33,25 @@ class TemperatureResult(BaseModel):
     temperature_K: float = Field(description="Target (thermostat) temperature, K.")
     mean_temperature_K: float | None = Field(None, description="Mean kinetic temperature over production, K.")
     diffusivity_cm2_s: float | None = Field(None, description="Tracer diffusivity D* of the working ion, cm²/s.")
-    diffusivity_ci95_cm2_s: Interval | None = Field(None, description="95% interval of D* (block averaging), cm²/s.")
-    diffusivity_std_error_cm2_s: float | None = Field(None, description="Block standard error of D*, cm²/s.")
+    diffusivity_ci95_cm2_s: Interval | None = Field(
+        None, description="95% interval of D* (jackknife over ions), cm²/s; (0, upper bound) when only a bound is known.")
+    diffusivity_std_error_cm2_s: float | None = Field(None, description="Jackknife standard error of D*, cm²/s.")
+    diffusivity_dof: int | None = Field(None, description="Degrees of freedom of the D* interval (ions − 1).")
+    diffusivity_upper_bound_cm2_s: float | None = Field(
+        None, description="One-sided 97.5% upper bound of D* when the run never reached the diffusive regime "
+        "(then D* itself is None), cm²/s.")
     diffusivity_components_cm2_s: tuple[float, float, float] | None = Field(None, description="D*_x, D*_y, D*_z along Cartesian axes, cm²/s.")
     diffusivity_components_ci95_cm2_s: tuple[Interval, Interval, Interval] | None = None
     charge_diffusivity_cm2_s: float | None = Field(None, description="Collective (charge) diffusivity D_σ, cm²/s.")
     charge_diffusivity_ci95_cm2_s: Interval | None = None
     haven_ratio: float | None = Field(None, description="H = D*/D_σ (dimensionless).")
+    haven_ratio_ci95: Interval | None = Field(None, description="95% interval of H (jackknife of ln H over ions).")
     conductivity_mS_cm: float | None = Field(None, description="Nernst–Einstein conductivity from D* (H = 1), mS/cm.")
     conductivity_ci95_mS_cm: Interval | None = None
     charge_conductivity_mS_cm: float | None = Field(None, description="Nernst–Einstein conductivity from D_σ, mS/cm.")
     charge_conductivity_ci95_mS_cm: Interval | None = None
+    conductivity_upper_bound_mS_cm: float | None = Field(
+        None, description="Nernst–Einstein σ of the D* upper bound when only a bound is known, mS/cm.")
     ion_charge: int = Field(description="Formal charge of the working ion, e (stated, never guessed).")
     n_mobile_ions: int
     n_hops: int = Field(description="Distinct ion hops counted over the production run.")
@@ -50,7 +59,12 @@ class TemperatureResult(BaseModel):
     n_frames: int
     n_blocks: int
     fit_window_fs: Interval | None = Field(None, description="Lag window of the MSD fit, fs.")
+    fit_window_ps: Interval | None = Field(None, description="Lag window of the MSD fit, chosen from the data, ps.")
+    msd_relaxation_ps: float | None = Field(
+        None, description="Relaxation time of the MSD's local slope after the cage peak, ps (None: none resolved).")
+    msd_plateau_A2: float | None = Field(None, description="Intercept of the MSD fit: the cage's bounded displacement, Å².")
     msd_linearity: float | None = Field(None, description="Late/early MSD slope ratio in the window (1 = linear).")
+    analysis_note: str = Field("", description="Why the diffusivities are bounds only, when they are.")
     framework_max_msd_A2: float | None = Field(None, description="Largest framework-species MSD at the end, Å².")
     volume_A3: float
     flags: list[str] = Field(default_factory=list)
@@ -73,6 +87,12 @@ class ArrheniusResult(BaseModel):
     diffusivity_300K_ci95_cm2_s: Interval | None = None
     conductivity_300K_mS_cm: float | None = Field(None, description="σ at 300 K (Nernst–Einstein from extrapolated D*), mS/cm.")
     conductivity_300K_ci95_mS_cm: Interval | None = None
+    diffusivity_300K_upper_bound_cm2_s: float | None = Field(
+        None, description="Upper bound of D*(300 K) when fewer than two temperatures gave a value; D* grows with T, so "
+        "no temperature's bound or interval is exceeded at 300 K, cm²/s.")
+    conductivity_300K_upper_bound_mS_cm: float | None = Field(None, description="σ(300 K) of that bound, mS/cm.")
+    activation_energy_lower_bound_eV: float | None = Field(
+        None, description="95% lower bound of Ea from a value at a higher temperature and a bound at a lower one, eV.")
     reduced_chi2: float | None = None
     flags: list[str] = Field(default_factory=list)
     plot: str | None = None
