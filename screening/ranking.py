@@ -62,7 +62,8 @@ FLAG_PENALTIES: dict[str, float] = {
     # transport (screening.transport.results.Flag)
     "unstable_md": 3.0,  # atoms too close / exploding / NaN: the numbers may be artefacts
     "framework_melted": 3.0,  # the framework diffuses: σ describes a melt, not the solid
-    "not_diffusive": 1.0,  # MSD not linear or too few hops at some temperature: D is ill-defined there
+    "not_diffusive": 1.0,  # the run never reached the diffusive regime at some temperature: D is a bound there
+    "upper_bound": 0.0,  # the number is a bound; its interval starts at zero, which already ranks it pessimistically
     "few_temperatures": 1.0,  # fewer than two usable temperatures: no Arrhenius fit behind σ(300 K) / Ea
     "non_arrhenius": 0.5,  # points scatter beyond their errors around the line: the 300 K extrapolation is shaky
     "few_hops": 0.5,  # too few distinct hops for good statistics

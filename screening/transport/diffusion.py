@@ -29,9 +29,14 @@ pymatgen-analysis-diffusion's tests, 3.6× too high with a confident interval). 
    a Student-t quantile on N−1 degrees of freedom. The collective (charge) diffusivity is a quadratic
    form over ions; the jackknife is valid for it too (tested with concerted pair hops).
 4. **Say when the data cannot tell.** The diffusive regime counts as reached only when the window
-   exists (its start before half its end), the interval of D* excludes zero, and the growth of the
-   MSD over the window, 6·D*·(t_end − t_start), is at least the cage plateau (the fitted intercept):
-   otherwise a slow bounded relaxation could look like diffusion. When it is not reached, D* is given
+   exists (its start before half its end), the interval of D* excludes zero, the MSD does not bend
+   over inside the window (the slope of its first half does not exceed that of its second by 3
+   standard errors, ion by ion), and it at least doubles over the window (its growth from t_start to
+   t_end is no less than what it had reached at t_start, cage included): a bounded cage
+   relaxation that is still under way inside the window can only look like diffusion while it
+   rises by less than it already has. And the growth must be carried by hops: at least half the
+   number of hops it implies if each were ``max_hop_A`` (4 Å) long must be seen as moves of more
+   than ``hop_distance_A`` from a resting point (``count_hops``). When it is not reached, D* is given
    as an upper bound only: the one-sided 97.5% bound of MSD(t_end)/(6 t_end). For a caged process the
    MSD is concave, so its chord from the origin never falls below the diffusive slope, and the bound
    holds whatever the cage does.
@@ -138,6 +143,8 @@ class FitWindow:
     rel_precision: float = 0.1  # the relaxation is fitted where the local slope is known to this
     bias_tolerance: float = 0.02  # an earlier start is fine when the relaxation left would bias D by less
     relaxation_min_delta_chi2: float = 25.0  # a relaxation counts when it fits this much better than no relaxation
+    bend_z: float = 3.0  # the window's early slope above its late one by this many SE → still relaxing
+    max_hop_A: float = 4.0  # longest hop expected: the MSD growth implies at least N·6D·T / this² hops
 
     def end_lag(self, n_frames: int) -> int:
         return int(self.end_fraction * (n_frames - 1))
@@ -291,6 +298,7 @@ class DiffusionAnalysis:
     plateau_A2: float  # intercept of the tracer fit: the cage's bounded displacement
     relaxation: Relaxation | None
     linearity_ratio: float  # slope over the late half of the window / early half (diagnostic)
+    bend_z: float  # (early − late half slope) / its jackknife SE: > window.bend_z means still relaxing
     framework_max_msd_A2: float | None = None
     window: FitWindow = field(default_factory=FitWindow)
 
@@ -441,7 +449,20 @@ def analyze_diffusion(
 
     tracer = estimate(full.tracer, np.array([r.tracer for r in replicates]))
     window_fs = (float(lags[0] * dt), float(lags[-1] * dt))
-    growth = 6.0 * full.tracer * (window_fs[1] - window_fs[0])
+    growth = float(msd_all[lags[-1]] - msd_all[lags[0]])  # measured, not fitted: a bending MSD fits steep
+    # curvature: slope over the first half of the window against the second, ion by ion (a saturating,
+    # bounded MSD bends over; a diffusive one does not)
+    half = len(lags) // 2
+    w_early = _line_weights(lags[: half + 1], n_frames, dt, weighting)[0]
+    w_late = _line_weights(lags[half:], n_frames, dt, weighting)[0]
+    early_ions = per_ion_total[:, lags[: half + 1]] @ w_early
+    late_ions = per_ion_total[:, lags[half:]] @ w_late
+    early_slope, late_slope = float(early_ions.mean()), float(late_ions.mean())
+    bend_se = float((early_ions - late_ions).std(ddof=1) / np.sqrt(n_ions))
+    bend_z = (early_slope - late_slope) / bend_se if bend_se > 0 else 0.0
+    n_hops = count_hops(mobile, dt, hop_distance_A)
+    duration_fs = float(times[-1] - times[0])
+    hops_needed = n_ions * 6.0 * max(full.tracer, 0.0) * duration_fs / window.max_hop_A**2
     note = ""
     if lag_indices is None:
         if relaxation.start_lag is None:
@@ -449,9 +470,17 @@ def analyze_diffusion(
                     f"{relaxation.time_fs / 1000:.2g} ps): the run is too short to leave the cage regime behind")
         elif tracer.ci95[0] <= 0.0:
             note = "D* is not significantly above zero over the fit window"
-        elif growth < full.plateau:
-            note = (f"the MSD grows by {growth:.2g} Å² over the fit window, less than the cage plateau "
-                    f"({full.plateau:.2g} Å²): diffusion cannot be told apart from a slow cage relaxation")
+        elif bend_z > window.bend_z:
+            note = (f"the MSD bends over inside the fit window (slope {early_slope * to_cgs / 6:.2g} → "
+                    f"{late_slope * to_cgs / 6:.2g} cm²/s from its first half to its second, {bend_z:.1f} standard "
+                    "errors): still relaxing, not diffusive")
+        elif n_hops < 0.5 * hops_needed:
+            note = (f"the MSD grows as if {hops_needed:.0f} hops of up to {window.max_hop_A:g} Å had happened, but only "
+                    f"{n_hops} moves of more than {hop_distance_A:g} Å from a resting point did: the growth is "
+                    "not carried by hops")
+        elif growth < msd_all[lags[0]]:
+            note = (f"the MSD grows by {growth:.2g} Å² over the fit window, less than it had reached at its start "
+                    f"({msd_all[lags[0]]:.2g} Å²): diffusion cannot be told apart from a slow cage relaxation")
     diffusive = not note
 
     if diffusive:
@@ -491,11 +520,6 @@ def analyze_diffusion(
     collective_msd = windowed_msd(summed[None])[0, 1: end + 1].sum(axis=-1) / n_ions
     curves = MSDCurves(lags_fs=lags_all * dt, tracer=per_ion_total[:, 1:].mean(axis=0),
                        components=per_ion[:, 1:].mean(axis=0), charge=collective_msd)
-    msd_window = msd_all[lags]
-    half = len(lags) // 2
-    lags_fs = lags * dt
-    early = fit_slope(lags_fs[: half + 1], msd_window[: half + 1])
-    late = fit_slope(lags_fs[half:], msd_window[half:])
 
     return DiffusionAnalysis(
         tracer=tracer,
@@ -505,15 +529,16 @@ def analyze_diffusion(
         haven_ratio_ci95=haven_ci,
         diffusive=diffusive,
         note=note,
-        n_hops=count_hops(mobile, dt, hop_distance_A),
+        n_hops=n_hops,
         n_mobile=n_ions,
-        duration_fs=float(times[-1] - times[0]),
+        duration_fs=duration_fs,
         frame_dt_fs=dt,
         curves=curves,
         fit_window_fs=window_fs,
         plateau_A2=full.plateau,
         relaxation=relaxation,
-        linearity_ratio=float(late / early) if early > 0 else 0.0,
+        linearity_ratio=late_slope / early_slope if early_slope > 0 else 0.0,
+        bend_z=float(bend_z),
         framework_max_msd_A2=None if framework_msd_A2 is None else float(np.max(framework_msd_A2)),
         window=window,
     )
