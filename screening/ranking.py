@@ -64,6 +64,7 @@ FLAG_PENALTIES: dict[str, float] = {
     "framework_melted": 3.0,  # the framework diffuses: σ describes a melt, not the solid
     "not_diffusive": 1.0,  # the run never reached the diffusive regime at some temperature: D is a bound there
     "upper_bound": 0.0,  # the number is a bound; its interval starts at zero, which already ranks it pessimistically
+    "partly_diffusive": 0.25,  # diffusive along some axes only (a 1D/2D conductor, or caged axes within the run)
     "few_temperatures": 1.0,  # fewer than two usable temperatures: no Arrhenius fit behind σ(300 K) / Ea
     "non_arrhenius": 0.5,  # points scatter beyond their errors around the line: the 300 K extrapolation is shaky
     "few_hops": 0.5,  # too few distinct hops for good statistics

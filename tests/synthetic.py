@@ -115,7 +115,8 @@ class CagedHopping:
 
     Long-time diffusivities (renewal-reward: displacements of successive renewals are independent
     with zero mean, and everything else is bounded):
-    D* = (1 − p) a² / (6 (rest + p·dwell)) + f_pair · rate_pair · a² / 6, and the collective
+    D* = (1 − p) a² / (6 (rest + p·dwell)) + f_pair · rate_pair · a² / 6 (whatever ``hop_axes``: a hop
+    adds a² to the squared displacement; along a single axis, D_axis = 3 D*), and the collective
     D_σ = |Σ Δr|² / (6 N t) adds the pair term twice, since a concerted pair moves the sum by 2a.
     """
 
@@ -130,6 +131,7 @@ class CagedHopping:
     vibration_period_fs: float = 150.0
     vibration_damping_fs: float = 100.0
     drift_A: float = 0.02
+    hop_axes: str = "xyz"  # hops along these axes only (e.g. "z": a one-dimensional channel)
 
     def _own_d(self) -> float:
         p = self.back_hop_probability
@@ -152,6 +154,7 @@ class CagedHopping:
     def site_path(self, n_ions: int, times_fs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Site (plus back-hop excursion) displacement of each ion at ``times_fs``: (frames, ions, 3)."""
         p, a = self.back_hop_probability, self.hop_A
+        directions = _CUBIC_DIRECTIONS[[i for i in range(6) if "xyz"[i // 2] in self.hop_axes]]
         end = float(times_fs[-1])
         burn = 10.0 * (self.rest_fs + p * self.back_dwell_fs)  # start from the stationary renewal phase
         out = np.zeros((len(times_fs), n_ions, 3))
@@ -160,7 +163,7 @@ class CagedHopping:
             t, site = -burn, np.zeros(3)
             while t < end:
                 t += rng.exponential(self.rest_fs)
-                step = a * _CUBIC_DIRECTIONS[rng.integers(6)]
+                step = a * directions[rng.integers(len(directions))]
                 if rng.random() < p:
                     change_t.append(t)
                     change_v.append(site + step)
@@ -179,7 +182,7 @@ class CagedHopping:
             for first in range(0, n_ions - 1, 2):
                 n_events = rng.poisson(self.pair_rate_per_fs * end)
                 event_t = np.sort(rng.uniform(0.0, end, n_events))
-                jumps = a * _CUBIC_DIRECTIONS[rng.integers(6, size=n_events)]
+                jumps = a * directions[rng.integers(len(directions), size=n_events)]
                 cum = np.concatenate([np.zeros((1, 3)), np.cumsum(jumps, axis=0)])
                 moved = cum[np.searchsorted(event_t, times_fs, side="right")]
                 out[:, first] += moved
@@ -211,3 +214,16 @@ class CagedHopping:
         origin = rng.uniform(0, 10, size=(1, n_ions, 3))
         mobile = origin + sites + cage + vib + drift[:, None, :]
         return mobile, times, drift
+
+
+#: Caged-hopping regimes with 20 ions over 20 ps (frames 20 fs apart, like the LGPS AIMD), from ~0.4 net hops per ion
+#: to ~27: back-hops half the time (excursions of 200-400 fs), a sub-site cage, vibration; the two busier regimes
+#: also hop in concerted pairs, so D_σ ≠ D*. Shared by tests/test_diffusion_realistic.py and
+#: benchmarks/diffusion_estimators.py.
+CAGED_REGIMES = {
+    "lgps-like": CagedHopping(rest_fs=25000, back_hop_probability=0.5, back_dwell_fs=400),
+    "sparse": CagedHopping(rest_fs=8000, back_hop_probability=0.5, back_dwell_fs=400),
+    "caged": CagedHopping(rest_fs=2000, back_hop_probability=0.5, back_dwell_fs=300, pair_rate_per_fs=1 / 40000),
+    "moderate": CagedHopping(rest_fs=400, back_hop_probability=0.4, back_dwell_fs=200, pair_rate_per_fs=1 / 8000),
+}
+REGIME_IONS, REGIME_FRAMES, REGIME_FRAME_DT_FS = 20, 1000, 20.0

@@ -73,9 +73,11 @@ def analyze_frames(
     factor = nernst_einstein_factor(n_mobile, volume, ion_charge, temperature_K)
     if da.n_hops < settings.min_hops:
         flags.append(Flag.FEW_HOPS)
-    if not da.diffusive:
+    if not da.diffusive_axes:
         flags += [Flag.NOT_DIFFUSIVE, Flag.UPPER_BOUND]
-    elif da.tracer.rel_half_width > settings.max_rel_half_width:
+    elif not da.diffusive:
+        flags.append(Flag.PARTLY_DIFFUSIVE)
+    if da.diffusive_axes and da.tracer.rel_half_width > settings.max_rel_half_width:
         flags.append(Flag.SHORT_RUN)
     if da.framework_max_msd_A2 is not None and da.framework_max_msd_A2 > settings.framework_msd_limit_A2:
         flags.append(Flag.FRAMEWORK_MELTED)
@@ -93,7 +95,7 @@ def analyze_frames(
         diffusivity_std_error_cm2_s=tracer.std_error,
         diffusivity_dof=tracer.dof,
         diffusivity_upper_bound_cm2_s=tracer.upper_bound,
-        diffusivity_components_cm2_s=tuple(c.value for c in da.components) if da.diffusive else None,
+        diffusivity_components_cm2_s=tuple(c.value for c in da.components) if da.diffusive_axes else None,
         diffusivity_components_ci95_cm2_s=tuple(c.ci95 for c in da.components),
         **_diffusivity_fields("charge_diffusivity", charge),
         haven_ratio=da.haven_ratio,

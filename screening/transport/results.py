@@ -20,6 +20,7 @@ class Flag(enum.StrEnum):
     FEW_TEMPERATURES = "few_temperatures"  # fewer than two usable temperatures: no Arrhenius fit
     NON_ARRHENIUS = "non_arrhenius"  # points scatter beyond their error bars around the Arrhenius line
     UPPER_BOUND = "upper_bound"  # only an upper bound could be given (value None, interval (0, bound))
+    PARTLY_DIFFUSIVE = "partly_diffusive"  # diffusive along some axes only; the others add their bound to the interval
 
 
 Interval = tuple[float, float]
@@ -40,7 +41,8 @@ class TemperatureResult(BaseModel):
     diffusivity_upper_bound_cm2_s: float | None = Field(
         None, description="One-sided 97.5% upper bound of D* when the run never reached the diffusive regime "
         "(then D* itself is None), cm²/s.")
-    diffusivity_components_cm2_s: tuple[float, float, float] | None = Field(None, description="D*_x, D*_y, D*_z along Cartesian axes, cm²/s.")
+    diffusivity_components_cm2_s: tuple[float | None, float | None, float | None] | None = Field(
+        None, description="D*_x, D*_y, D*_z along Cartesian axes, cm²/s (None along an axis that only has a bound).")
     diffusivity_components_ci95_cm2_s: tuple[Interval, Interval, Interval] | None = None
     charge_diffusivity_cm2_s: float | None = Field(None, description="Collective (charge) diffusivity D_σ, cm²/s.")
     charge_diffusivity_ci95_cm2_s: Interval | None = None
