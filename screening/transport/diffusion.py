@@ -377,6 +377,121 @@ def _jackknife(full: np.ndarray, replicates: np.ndarray) -> np.ndarray:
     return pseudo.std(axis=0, ddof=1) / np.sqrt(n)
 
 
+class _WindowFits:
+    """The weighted-line fit of one window, per axis, for every ion, the collective and each delete-one-ion
+    replicate, with the checks of the diffusive regime and the estimates or bounds built from them.
+
+    Slopes are of the MSD per axis (Å²/fs; D_k = slope/2). Sums over ``axes`` are reported as shares of the 3D
+    diffusivity (Σ_axes D_k / 3) unless ``share=False`` (one axis: D_k itself). The window is chosen once, from
+    all ions, and held in the replicates: a choice that flipped between replicates would be amplified N-fold by
+    the jackknife (it is not a smooth statistic).
+    """
+
+    def __init__(self, mobile, summed, per_ion, lags, end, dt, weighting, window, hop_distance_A, duration_fs):
+        n_frames, n_ions = mobile.shape[:2]
+        self.n_ions, self.per_ion, self.lags, self.window = n_ions, per_ion, lags, window
+        self.hop_distance_A, self.duration_fs = hop_distance_A, duration_fs
+        w_slope = _line_weights(lags, n_frames, dt, weighting)[0]
+        half = len(lags) // 2
+        self.w_early = _line_weights(lags[: half + 1], n_frames, dt, weighting)[0]
+        self.w_late = _line_weights(lags[half:], n_frames, dt, weighting)[0]
+        self.half = half
+        self.collective_msd = windowed_msd(summed[None])[0, : end + 1]  # (lags, 3)
+        leave_one_out = [windowed_msd((summed - mobile[:, a])[None])[0, : end + 1] for a in range(n_ions)]
+        self.ion_slopes = np.einsum("ilk,l->ik", per_ion[:, lags], w_slope)  # (ions, 3)
+        self.tracer = self._ion_mean(self.ion_slopes / 2.0)
+        self.charge = (w_slope @ self.collective_msd[lags] / n_ions / 2.0,
+                       np.array([w_slope @ m[lags] for m in leave_one_out]) / (n_ions - 1) / 2.0)
+        # chords MSD_k(t_end) / (2 t_end): a caged MSD is concave, so they never fall below the diffusive slope
+        t_end = end * dt
+        self.chord = self._ion_mean(per_ion[:, end] / (2.0 * t_end))
+        self.charge_chord = (self.collective_msd[end] / n_ions / (2.0 * t_end),
+                             np.array([m[end] for m in leave_one_out]) / (n_ions - 1) / (2.0 * t_end))
+        self.n_hops = count_hops(mobile, dt, hop_distance_A)
+        self.dof = n_ions - 1
+        self.q = _t95(self.dof)
+
+    def _ion_mean(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean over ions, delete-one-ion means) of per-ion values (ions, 3)."""
+        return values.mean(axis=0), (values.sum(axis=0)[None] - values) / (self.n_ions - 1)
+
+    @staticmethod
+    def _sum(pair, axes, share: bool = True) -> tuple[float, np.ndarray]:
+        full, reps = pair
+        scale = 3.0 if share else 1.0
+        return float(full[axes].sum() / scale), reps[:, axes].sum(axis=1) / scale
+
+    def _upper(self, pair, axes, share: bool = True) -> float:
+        value, reps = self._sum(pair, axes, share)
+        return value + self.q * float(_jackknife(np.asarray(value), reps))
+
+    def curvature(self, axes) -> tuple[float, float, float]:
+        """Early- and late-half slopes of the window (MSD over ``axes``, Å²/fs) and how many SEs apart, ion by ion."""
+        msd_axes = self.per_ion[:, :, axes].sum(axis=-1)
+        early = msd_axes[:, self.lags[: self.half + 1]] @ self.w_early
+        late = msd_axes[:, self.lags[self.half:]] @ self.w_late
+        se = float((early - late).std(ddof=1) / np.sqrt(self.n_ions))
+        z = float((early.mean() - late.mean()) / se) if se > 0 else 0.0
+        return float(early.mean()), float(late.mean()), z
+
+    def why_not(self, axes, relaxation: Relaxation) -> tuple[str, str]:
+        """Which check the MSD along ``axes`` fails in the window, and why; ("", "") when it is diffusive."""
+        window, lags = self.window, self.lags
+        if relaxation.start_lag is None:
+            return "relaxing", (f"the MSD's local slope is still relaxing at half the fit window (relaxation time "
+                                f"{relaxation.time_fs / 1000:.2g} ps): the run is too short to leave the cage regime "
+                                "behind")
+        value, reps = self._sum(self.tracer, axes)
+        if value - self.q * float(_jackknife(np.asarray(value), reps)) <= 0.0:
+            return "zero", "D* is not significantly above zero over the fit window"
+        early, late, z = self.curvature(axes)
+        if z > window.bend_z:
+            return "bends", (f"the MSD bends over inside the fit window (its slope falls by {1 - late / early:.0%} "
+                             f"from the first half to the second, {z:.1f} standard errors): still relaxing, not diffusive")
+        hops_needed = self.n_ions * 6.0 * value * self.duration_fs / window.max_hop_A**2
+        if self.n_hops < 0.5 * hops_needed:
+            return "hops", (f"the MSD grows as if {hops_needed:.0f} hops of up to {window.max_hop_A:g} Å had happened, "
+                            f"but only {self.n_hops} moves of more than {self.hop_distance_A:g} Å from a resting point "
+                            "did: the growth is not carried by hops")
+        msd_axes = self.per_ion[:, :, axes].sum(axis=-1).mean(axis=0)
+        growth, reached = float(msd_axes[lags[-1]] - msd_axes[lags[0]]), float(msd_axes[lags[0]])
+        if growth < reached:
+            return "growth", (f"the MSD grows by {growth:.2g} Å² over the fit window, less than it had reached at its "
+                              f"start ({reached:.2g} Å²): diffusion cannot be told apart from a slow cage relaxation")
+        return "", ""
+
+    def estimate(self, pair, axes, *, bounded=None, per_ion=None, share: bool = True) -> Estimate:
+        """The diffusivity of the diffusive ``axes`` (cm²/s); the other axes add their chord bound (``bounded``) to
+        the upper end. With ``per_ion`` slopes (a mean over ions) the interval is bootstrap-t, else jackknife-t."""
+        value, reps = self._sum(pair, axes, share)
+        se = float(_jackknife(np.asarray(value), reps))
+        rest = [k for k in range(3) if k not in axes]
+        extra = self._upper(bounded, rest, share) if rest and bounded is not None else 0.0
+        lo_q = hi_q = self.q
+        if per_ion is not None:
+            lo_q, hi_q = _bootstrap_t_quantiles(per_ion[:, axes].sum(axis=1))
+        v, se_c = value * A2_PER_FS_TO_CM2_PER_S, se * A2_PER_FS_TO_CM2_PER_S
+        return Estimate(v, se_c, (max(v - lo_q * se_c, 0.0), v + (hi_q * se + extra) * A2_PER_FS_TO_CM2_PER_S),
+                        self.dof)
+
+    def bound(self, pair, axes, *, share: bool = True) -> Estimate:
+        """Only a one-sided 97.5% upper bound (cm²/s), from the chords."""
+        upper = self._upper(pair, axes, share) * A2_PER_FS_TO_CM2_PER_S
+        return Estimate(None, None, (0.0, upper), self.dof, upper_bound=upper)
+
+    def haven_ratio(self, axes) -> tuple[float | None, tuple[float, float] | None]:
+        """H = D*/D_σ over ``axes``, with a jackknife interval of ln H when every replicate is positive."""
+        t_value, t_reps = self._sum(self.tracer, axes)
+        c_value, c_reps = self._sum(self.charge, axes)
+        if c_value <= 0 or t_value <= 0:
+            return None, None
+        haven = t_value / c_value
+        if not (np.all(c_reps > 0) and np.all(t_reps > 0)):
+            return haven, None
+        se_log = float(_jackknife(np.log(np.asarray(haven)), np.log(t_reps / c_reps)))
+        return haven, (haven * float(np.exp(-self.q * se_log)), haven * float(np.exp(self.q * se_log)))
+
+
 def analyze_diffusion(
     mobile_A: np.ndarray,
     times_fs: np.ndarray,
@@ -388,7 +503,7 @@ def analyze_diffusion(
     lag_indices: np.ndarray | None = None,
     weighting: Weighting | str = Weighting.RANDOM_WALK,
 ) -> DiffusionAnalysis:
-    """Tracer/charge/directional diffusivities with jackknife intervals, or upper bounds, for one temperature.
+    """Tracer/charge/directional diffusivities with intervals from the spread over ions, or upper bounds, at one T.
 
     ``mobile_A``: (n_frames, n_mobile, 3) unwrapped Cartesian positions; ``times_fs``: evenly spaced
     frame times; ``framework_centroid_A``: (n_frames, 3) framework centroid (for drift correction).
@@ -432,146 +547,45 @@ def analyze_diffusion(
     per_ion = windowed_msd(np.transpose(mobile, (1, 0, 2)))[:, : end + 1]  # (ions, lags, 3)
     per_ion_total = per_ion.sum(axis=-1)
     summed = mobile.sum(axis=1)
+    msd_all = per_ion_total.mean(axis=0)
     if lag_indices is None:
         edges = _log_edges(end)
         local = np.diff(per_ion_total[:, edges], axis=1) / (np.diff(edges) * dt)
         local_se = local.std(axis=0, ddof=1) / np.sqrt(n_ions)
-    msd_all = per_ion_total.mean(axis=0)
-    if lag_indices is None:
         relaxation = choose_fit_start(msd_all, local_se, edges, dt, window, n_frames)
         start = relaxation.start_lag if relaxation.start_lag is not None else end // 2
         lags = np.unique(np.linspace(start, end, window.n_lags).astype(int))
     else:
         relaxation, lags = None, fixed
-    w_slope, w_intercept = _line_weights(lags, n_frames, dt, weighting)
 
-    # Per-axis slopes (Å²/fs, D_k = slope/2) of every ion and of the collective, for all ions and for each
-    # delete-one-ion replicate. The window is chosen once, from all ions, and held in the replicates: a choice
-    # that flipped between replicates would be amplified N-fold by the jackknife (it is not a smooth statistic).
-    collective_msd = windowed_msd(summed[None])[0, : end + 1]  # (lags, 3)
-    ion_slopes = np.einsum("ilk,l->ik", per_ion[:, lags], w_slope)  # (ions, 3)
-    tracer_full = ion_slopes.mean(axis=0) / 2.0
-    tracer_reps = (ion_slopes.sum(axis=0)[None] - ion_slopes) / (n_ions - 1) / 2.0
-    leave_one_out = [windowed_msd((summed - mobile[:, a])[None])[0, : end + 1] for a in range(n_ions)]
-    charge_full = w_slope @ collective_msd[lags] / n_ions / 2.0
-    charge_reps = np.array([w_slope @ m[lags] for m in leave_one_out]) / (n_ions - 1) / 2.0
-    plateau = float(w_intercept @ msd_all[lags])
-    dof = n_ions - 1
-    q = _t95(dof)
-    to_cgs = A2_PER_FS_TO_CM2_PER_S
-    window_fs = (float(lags[0] * dt), float(lags[-1] * dt))
-    n_hops = count_hops(mobile, dt, hop_distance_A)
-    duration_fs = float(times[-1] - times[0])
-    half = len(lags) // 2
-    w_early = _line_weights(lags[: half + 1], n_frames, dt, weighting)[0]
-    w_late = _line_weights(lags[half:], n_frames, dt, weighting)[0]
-
-    def axes_sum(full: np.ndarray, reps: np.ndarray, axes) -> tuple[float, np.ndarray]:
-        """D over ``axes`` as a share of the 3D D (Σ_axes D_k / 3), for all ions and per replicate."""
-        return float(full[axes].sum() / 3.0), reps[:, axes].sum(axis=1) / 3.0
-
-    def curvature(axes) -> tuple[float, float, float]:
-        """Early- and late-half slopes of the window (Å²/fs of the MSD over ``axes``) and how many SEs apart."""
-        msd_axes = per_ion[:, :, axes].sum(axis=-1)
-        early = msd_axes[:, lags[: half + 1]] @ w_early
-        late = msd_axes[:, lags[half:]] @ w_late
-        se = float((early - late).std(ddof=1) / np.sqrt(n_ions))
-        z = float((early.mean() - late.mean()) / se) if se > 0 else 0.0
-        return float(early.mean()), float(late.mean()), z
-
-    def why_not(axes) -> tuple[str, str]:
-        """Which check the MSD along ``axes`` fails in the window, and why; ("", "") when it is diffusive."""
-        if relaxation.start_lag is None:
-            return "relaxing", (f"the MSD's local slope is still relaxing at half the fit window (relaxation time "
-                                f"{relaxation.time_fs / 1000:.2g} ps): the run is too short to leave the cage regime "
-                                "behind")
-        value, reps = axes_sum(tracer_full, tracer_reps, axes)
-        if value - q * float(_jackknife(np.asarray(value), reps)) <= 0.0:
-            return "zero", "D* is not significantly above zero over the fit window"
-        early, late, z = curvature(axes)
-        if z > window.bend_z:
-            return "bends", (f"the MSD bends over inside the fit window (its slope falls by {1 - late / early:.0%} "
-                             f"from the first half to the second, {z:.1f} standard errors): still relaxing, not diffusive")
-        hops_needed = n_ions * 6.0 * value * duration_fs / window.max_hop_A**2
-        if n_hops < 0.5 * hops_needed:
-            return "hops", (f"the MSD grows as if {hops_needed:.0f} hops of up to {window.max_hop_A:g} Å had happened, "
-                            f"but only {n_hops} moves of more than {hop_distance_A:g} Å from a resting point did: the "
-                            "growth is not carried by hops")
-        msd_axes = per_ion[:, :, axes].sum(axis=-1).mean(axis=0)
-        growth, reached = float(msd_axes[lags[-1]] - msd_axes[lags[0]]), float(msd_axes[lags[0]])
-        if growth < reached:
-            return "growth", (f"the MSD grows by {growth:.2g} Å² over the fit window, less than it had reached at its "
-                              f"start ({reached:.2g} Å²): diffusion cannot be told apart from a slow cage relaxation")
-        return "", ""
-
-    # Chord bounds per axis: one-sided 97.5% upper bounds of MSD_k(t_end) / (2 t_end) (a caged MSD is concave, so
-    # its chord never falls below the diffusive slope), as 3D shares, jackknifed over ions.
-    t_end = end * dt
-    chord_ions = per_ion[:, end] / (2.0 * t_end)  # (ions, 3)
-    chord_full = chord_ions.mean(axis=0)
-    chord_reps = (chord_ions.sum(axis=0)[None] - chord_ions) / (n_ions - 1)
-    charge_chord_full = collective_msd[end] / n_ions / (2.0 * t_end)
-    charge_chord_reps = np.array([m[end] for m in leave_one_out]) / (n_ions - 1) / (2.0 * t_end)
-
-    def upper(full: np.ndarray, reps: np.ndarray, axes) -> float:
-        value, r = axes_sum(full, reps, axes)
-        return value + q * float(_jackknife(np.asarray(value), r))
-
-    def estimate(full: np.ndarray, reps: np.ndarray, axes, bounded_full=None, bounded_reps=None,
-                 per_ion_values=None) -> Estimate:
-        """D* (or D_σ) from the diffusive ``axes``; the other axes add only their bound to the upper end."""
-        value, r = axes_sum(full, reps, axes)
-        se = float(_jackknife(np.asarray(value), r))
-        rest = [k for k in range(3) if k not in axes]
-        extra = upper(bounded_full, bounded_reps, rest) if rest and bounded_full is not None else 0.0
-        lo_q, hi_q = q, q
-        if per_ion_values is not None:
-            lo_q, hi_q = _bootstrap_t_quantiles(per_ion_values[:, axes].sum(axis=1))
-        v, se_c = value * to_cgs, se * to_cgs
-        return Estimate(v, se_c, (max(v - lo_q * se_c, 0.0), v + hi_q * se_c + extra * to_cgs), dof)
-
-    def bound(full: np.ndarray, reps: np.ndarray) -> Estimate:
-        u = upper(full, reps, [0, 1, 2]) * to_cgs
-        return Estimate(None, None, (0.0, u), dof, upper_bound=u)
-
-    def axis_bound(k: int) -> Estimate:
-        only_k = 3 * np.eye(3)[k]  # D_k itself, not its 3D share
-        return bound(chord_full * only_k, chord_reps * only_k)
-
+    fits = _WindowFits(mobile, summed, per_ion, lags, end, dt, weighting, window, hop_distance_A,
+                       duration_fs=float(times[-1] - times[0]))
     everything = [0, 1, 2]
-    failed, note = why_not(everything) if lag_indices is None else ("", "")
+    failed, note = fits.why_not(everything, relaxation) if lag_indices is None else ("", "")
     diffusive_axes = everything if not failed else []
     if failed == "growth":
         # significant, straight and carried by hops, yet the MSD does not double: the signature of a conductor
         # whose other axes stay caged (a 1D or 2D channel); an axis that passes every check on its own counts
-        diffusive_axes = [k for k in range(3) if not why_not([k])[0]]
+        diffusive_axes = [k for k in range(3) if not fits.why_not([k], relaxation)[0]]
     if diffusive_axes and note:
         names = ", ".join("xyz"[k] for k in diffusive_axes)
         note = (f"diffusive along {names} only; {note} in 3D. D* counts the diffusive axes; the others add their "
                 "upper bound to the interval")
     if diffusive_axes:
-        tracer = estimate(tracer_full, tracer_reps, diffusive_axes, chord_full, chord_reps, per_ion_values=ion_slopes)
-        charge = estimate(charge_full, charge_reps, diffusive_axes, charge_chord_full, charge_chord_reps)
-        components = [estimate(3 * tracer_full, 3 * tracer_reps, [k], per_ion_values=3 * ion_slopes)
-                      if k in diffusive_axes else axis_bound(k)
-                      for k in range(3)]
-        haven = haven_ci = None
-        t_value, t_reps = axes_sum(tracer_full, tracer_reps, diffusive_axes)
-        c_value, c_reps = axes_sum(charge_full, charge_reps, diffusive_axes)
-        if c_value > 0 and t_value > 0:
-            haven = t_value / c_value
-            if np.all(c_reps > 0) and np.all(t_reps > 0):
-                se_log = float(_jackknife(np.log(np.asarray(haven)), np.log(t_reps / c_reps)))
-                haven_ci = (haven * float(np.exp(-q * se_log)), haven * float(np.exp(q * se_log)))
+        tracer = fits.estimate(fits.tracer, diffusive_axes, bounded=fits.chord, per_ion=fits.ion_slopes)
+        charge = fits.estimate(fits.charge, diffusive_axes, bounded=fits.charge_chord)
+        components = [fits.estimate(fits.tracer, [k], per_ion=fits.ion_slopes, share=False) if k in diffusive_axes
+                      else fits.bound(fits.chord, [k], share=False) for k in range(3)]
+        haven, haven_ci = fits.haven_ratio(diffusive_axes)
     else:
-        tracer = bound(chord_full, chord_reps)
-        charge = bound(charge_chord_full, charge_chord_reps)
-        components = [axis_bound(k) for k in range(3)]
+        tracer = fits.bound(fits.chord, everything)
+        charge = fits.bound(fits.charge_chord, everything)
+        components = [fits.bound(fits.chord, [k], share=False) for k in range(3)]
         haven = haven_ci = None
-    early_slope, late_slope, bend_z = curvature(everything)
+    early_slope, late_slope, bend_z = fits.curvature(everything)
 
     curves = MSDCurves(lags_fs=np.arange(1, end + 1) * dt, tracer=per_ion_total[:, 1:].mean(axis=0),
-                       components=per_ion[:, 1:].mean(axis=0), charge=collective_msd[1:].sum(axis=-1) / n_ions)
+                       components=per_ion[:, 1:].mean(axis=0), charge=fits.collective_msd[1:].sum(axis=-1) / n_ions)
 
     return DiffusionAnalysis(
         tracer=tracer,
@@ -582,13 +596,13 @@ def analyze_diffusion(
         diffusive=len(diffusive_axes) == 3,
         diffusive_axes=tuple(diffusive_axes),
         note=note,
-        n_hops=n_hops,
+        n_hops=fits.n_hops,
         n_mobile=n_ions,
-        duration_fs=duration_fs,
+        duration_fs=fits.duration_fs,
         frame_dt_fs=dt,
         curves=curves,
-        fit_window_fs=window_fs,
-        plateau_A2=plateau,
+        fit_window_fs=(float(lags[0] * dt), float(lags[-1] * dt)),
+        plateau_A2=float(_line_weights(lags, n_frames, dt, weighting)[1] @ msd_all[lags]),
         relaxation=relaxation,
         linearity_ratio=late_slope / early_slope if early_slope > 0 else 0.0,
         bend_z=float(bend_z),
