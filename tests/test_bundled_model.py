@@ -131,7 +131,9 @@ def test_demo_candidates_stay_stable_at_the_demo_jobs_top_temperature(name, tmp_
     assert t.md_status == "completed", t.md_reason
     assert "unstable_md" not in t.flags, t.flags
     assert abs(t.mean_temperature_K - top) < 0.1 * top
-    assert t.diffusivity_cm2_s is not None and t.diffusivity_ci95_cm2_s is not None
+    # a number, or the upper bound the analysis gives when 4 ps cannot show the diffusive regime; both with an interval
+    assert t.diffusivity_ci95_cm2_s is not None
+    assert t.diffusivity_cm2_s is not None or t.diffusivity_upper_bound_cm2_s is not None
 
 
 @pytest.mark.slow
