@@ -197,15 +197,20 @@ def test_a_bound_stays_a_bound_through_the_arrhenius_fit():
     assert analyze_arrhenius(melted)[0].diffusivity_300K_upper_bound_cm2_s == 2e-6
 
 
-def test_analyze_frames_carries_window_flags_and_bounds_and_the_ranking_reads_a_bound_pessimistically():
+@pytest.fixture(scope="module")
+def lgps_frames():
+    from screening.transport.trajread import load_trajectory
+
+    return load_trajectory(LGPS, "Li").frames  # parsing 1,000 extxyz frames takes seconds: once per module
+
+
+def test_analyze_frames_carries_window_flags_and_bounds_and_the_ranking_reads_a_bound_pessimistically(lgps_frames):
     """LGPS through the per-temperature analysis: D* from the c axis, a and b as bounds, the window in ps, the note
     and flags; a result that is only a bound starts its interval at zero, so the ranking counts the floor."""
     from screening.ranking import rank
     from screening.transport.analysis import analyze_frames
-    from screening.transport.trajread import load_trajectory
 
-    loaded = load_trajectory(LGPS, "Li")
-    result, analysis = analyze_frames(loaded.frames, temperature_K=600.0, ion_charge=1)
+    result, analysis = analyze_frames(lgps_frames, temperature_K=600.0, ion_charge=1)
     assert result.diffusivity_cm2_s == pytest.approx(analysis.tracer.value) and "partly_diffusive" in result.flags
     d_x, d_y, d_z = result.diffusivity_components_cm2_s
     assert d_x is None and d_y is None and d_z == pytest.approx(3 * result.diffusivity_cm2_s)
