@@ -102,8 +102,8 @@ def test_short_hot_md_stays_intact(loaded):
 
 
 def _demo_protocol(**overrides):
-    """The transport protocol of the `ionscreen demo` job (workflows/demo/demo-job.yaml), as the job runs it."""
-    from workflows.spec import load_job_spec
+    """The transport protocol of the `ionscreen demo` job (workflows/jobs/demo/demo-job.yaml), as the job runs it."""
+    from workflows.jobs.spec import load_job_spec
 
     spec = load_job_spec(REPO / "workflows" / "demo" / "demo-job.yaml")
     protocol = spec.transport.protocol()

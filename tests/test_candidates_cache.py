@@ -85,7 +85,7 @@ def test_atom_count_is_remembered_so_a_second_list_builds_nothing(monkeypatch):
 def test_cli_list_never_orders(monkeypatch):
     from typer.testing import CliRunner
 
-    from workflows.cli_candidates import app
+    from workflows.cli.candidates import app
 
     monkeypatch.setattr(builder, "order_structure", _refuse)
     result = CliRunner().invoke(app, ["list", "--json"])

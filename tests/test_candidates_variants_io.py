@@ -20,7 +20,7 @@ from screening.candidates import (
     substitute_working_ion,
 )
 from screening.candidates.oxidation import total_charge
-from workflows.cli_candidates import app
+from workflows.cli.candidates import app
 
 warnings.filterwarnings("ignore", message=".*fractional coordinates.*")
 

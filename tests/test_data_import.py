@@ -604,7 +604,7 @@ def test_counts_and_split_files(tmp_path):
 
 
 def test_cli_data_import_reports_counts_rejections_and_hash(tmp_path):
-    from workflows.cli_training import app
+    from workflows.cli.training import app
 
     good = write_vasprun(tmp_path / "vasprun.xml", ["Li", "Cl"], li_cl_steps(3))
     frames = _labelled(2, seed=13)

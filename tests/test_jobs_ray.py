@@ -89,7 +89,7 @@ def _cli(*args, env=None, timeout=900):
 def test_job_runs_ranks_and_is_idempotent(backend, job_dir, ray_session, monkeypatch, request):
     from mlip.config import load_settings
     from workflows.db import Store
-    from workflows.jobs import plan_job, run_job
+    from workflows.jobs.run import plan_job, run_job
 
     if backend == "postgresql":
         monkeypatch.setenv("IONSCREEN_DB_URL", request.getfixturevalue("postgres_url"))
@@ -170,7 +170,7 @@ def test_worker_killed_mid_task_is_retried_from_its_checkpoint(job_dir, ray_sess
     import psutil
 
     from workflows.db import Store
-    from workflows.jobs import plan_job, run_job
+    from workflows.jobs.run import plan_job, run_job
 
     transport = json.loads(json.dumps(JOB_TRANSPORT))
     transport["overrides"]["production_ps"] = 3.0
@@ -222,7 +222,7 @@ def test_driver_killed_then_resumed_completes_without_duplicates(job_dir, ray_se
 
 def test_bad_jobs_fail_before_any_ray_work(job_dir, settings):
     from workflows.db import Store
-    from workflows.jobs import plan_job
+    from workflows.jobs.run import plan_job
 
     def job(**kw):
         return write_job(job_dir, **kw)
@@ -250,7 +250,7 @@ def test_bad_jobs_fail_before_any_ray_work(job_dir, settings):
 
 def test_cancel_stops_a_running_job(job_dir, ray_session, settings):
     from workflows.db import Store
-    from workflows.jobs import plan_job, run_job
+    from workflows.jobs.run import plan_job, run_job
 
     transport = json.loads(json.dumps(JOB_TRANSPORT))
     transport["overrides"]["production_ps"] = 20.0

@@ -94,7 +94,7 @@ def test_killed_run_restarts_and_labels_each_structure_once(tmp_path):
     src = tmp_path / "structures.xyz"
     write(src, structures)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "workflows.cli_training", "label", str(src), "--out", str(out),
+    cmd = [sys.executable, "-m", "workflows.cli", "label", str(src), "--out", str(out),
            "--basis", "SZV", "--cutoff-Ry", "100", "--rel-cutoff-Ry", "20", "--eps-scf", "1e-5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

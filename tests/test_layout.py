@@ -7,13 +7,13 @@ import json
 import pytest
 
 from mlip.loader import trust
-from workflows.layout import Layout, resolve_layout
-from workflows.spec import ResourcesSpec
+from workflows.jobs.layout import Layout, resolve_layout
+from workflows.jobs.spec import ResourcesSpec
 from md_worker import li2s_cell
 
 
 def test_configured_and_filled_layouts(monkeypatch):
-    import workflows.layout as layout
+    import workflows.jobs.layout as layout
 
     monkeypatch.setattr(layout, "_cores", lambda: 8)
     common = dict(device="cpu", cluster=False, model_ref="unused", model_sha256=None, structures=[], home=None)
@@ -36,7 +36,7 @@ def test_job_file_auto_means_measured():
 
 @pytest.mark.slow
 def test_layout_is_measured_in_real_processes_then_cached(tiny_model_copy, settings, monkeypatch):
-    import workflows.layout as layout
+    import workflows.jobs.layout as layout
 
     monkeypatch.setattr(layout, "_cores", lambda: 2)
     loaded = trust(str(tiny_model_copy), settings)

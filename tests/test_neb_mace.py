@@ -72,7 +72,7 @@ def test_tiny_mace_step_budget_gives_not_converged(li2s, loaded, settings):
 def test_neb_command_json(li2s, loaded, tmp_path):
     from typer.testing import CliRunner
 
-    from workflows.cli_neb import app
+    from workflows.cli.neb import app
 
     cif = tmp_path / "li2s.cif"
     li2s.to(filename=str(cif))
@@ -97,7 +97,7 @@ def test_neb_command_clear_errors(li2s, loaded, tmp_path):
     from typer.testing import CliRunner
 
     from mlip.errors import InputError
-    from workflows.cli_neb import app
+    from workflows.cli.neb import app
 
     host = li2s.copy()
     host.remove_species(["Li"])

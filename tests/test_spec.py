@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mlip.errors import InputError
-from workflows.spec import JobSpec, JobSpecError, Stage, build_candidates, load_job_spec
+from workflows.jobs.spec import JobSpec, JobSpecError, Stage, build_candidates, load_job_spec
 
 GOOD = """\
 name: lipscl-demo

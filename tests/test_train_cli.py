@@ -39,7 +39,7 @@ def dataset(tmp_path):
 def test_train_cli_config_flags_and_json(dataset, tmp_path, settings):
     from mlflow import MlflowClient
 
-    from workflows.cli_train import app
+    from workflows.cli.train import app
 
     cfg = tmp_path / "train.yaml"
     cfg.write_text(CONFIG)
@@ -68,12 +68,12 @@ def test_train_cli_config_flags_and_json(dataset, tmp_path, settings):
 def test_train_cli_errors_exit_nonzero(dataset, tmp_path):
     env = {**os.environ}
     proc = subprocess.run(
-        [sys.executable, "-m", "workflows.cli_train", "train", str(dataset), "--name", "x", "--mode", "naive"],
+        [sys.executable, "-m", "workflows.cli", "train", str(dataset), "--name", "x", "--mode", "naive"],
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert proc.returncode == 2 and "needs a foundation model" in proc.stderr
     proc = subprocess.run(
-        [sys.executable, "-m", "workflows.cli_train", "train", str(dataset), "--name", "x", "--e0s", "Li=abc"],
+        [sys.executable, "-m", "workflows.cli", "train", str(dataset), "--name", "x", "--e0s", "Li=abc"],
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert proc.returncode == 2 and "Li=abc" in proc.stderr

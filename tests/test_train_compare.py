@@ -108,7 +108,7 @@ def test_compare_refuses_uncovered_elements(dataset, models, tmp_path, settings)
 
 
 def test_compare_cli_table_and_json(dataset, models, settings):
-    from workflows.cli_train import app
+    from workflows.cli.train import app
 
     a, b = models
     runner = CliRunner()

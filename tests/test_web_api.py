@@ -466,9 +466,9 @@ def test_tokens_cli_prints_once_and_stores_only_the_hash(isolated_home):
     import typer
     from typer.testing import CliRunner
 
-    from workflows import cli_web
+    from workflows.cli import web as cli_web
 
-    app = typer.Typer()  # wired as the lead wires it in workflows/cli.py
+    app = typer.Typer()  # wired as workflows/cli/__init__.py wires it
     app.command("serve")(cli_web.serve)
     app.add_typer(cli_web.tokens_app, name="tokens")
     runner = CliRunner()

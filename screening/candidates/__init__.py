@@ -1,7 +1,7 @@
 """Candidate structures: the cited built-in library, import with ordering of partial occupancies, variants
 (insertion, substitution, doping), explicit oxidation states and a stable structure hash.
 
-Plain functions and pydantic documents; no Ray, no CLI (see ``workflows.cli_candidates``).
+Plain functions and pydantic documents; no Ray, no CLI (see ``workflows.cli.candidates``).
 """
 
 from screening.candidates.builder import build_candidate, candidate_from_structure, import_file

@@ -242,7 +242,7 @@ def cancel_job(request: Request, job_id: str, token: TokenRecord = Depends(requi
 @router.get("/jobs/{job_id}/results", tags=["jobs"], summary="A job's ranked results")
 def job_results(request: Request, job_id: str):
     """The job's candidates ranked with the job's own weights (as ``ionscreen results JOB --format json``)."""
-    from workflows.jobs import _plan_path, ranked
+    from workflows.jobs.run import _plan_path, ranked
 
     store = _store(request)
     job = store.get_job(job_id)

@@ -207,7 +207,7 @@ class SampleDatabase:
 def seed_sample(store, home: Path, candidate_rows: list[dict[str, Any]], *, seed: int = 0,
                 second_model_for: tuple[str, ...] = ("Li6PS5Cl",)) -> SampleDatabase:
     """A sample job over ``candidate_rows`` with done tasks, result rows and their documents under ``home``."""
-    from workflows.tasks import neb_row, task_key, transport_row, workdir_for
+    from workflows.jobs.tasks import neb_row, task_key, transport_row, workdir_for
 
     rng = random.Random(seed)
     job_id = store.create_job({"name": "web-sample-synthetic", "model": SAMPLE_MODEL_REF},

@@ -112,7 +112,7 @@ def parse_body(body: bytes, fmt: BodyFormat, base_dir: Path):
     SubmitError(422) on any problem."""
     import yaml
 
-    from workflows.spec import JobSpecError, parse_job_spec
+    from workflows.jobs.spec import JobSpecError, parse_job_spec
 
     try:
         text = body.decode("utf-8")
@@ -152,7 +152,7 @@ class Submitted:
 
 def submit(body: bytes, fmt: BodyFormat, *, settings: Settings, store, launcher) -> Submitted:
     """Validate, store (``plan_job``) and launch a job. Nothing is stored when it raises SubmitError."""
-    from workflows.jobs import plan_job
+    from workflows.jobs.run import plan_job
 
     directory = submissions_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)

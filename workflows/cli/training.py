@@ -2,7 +2,7 @@
 
 Wire into the main app with::
 
-    from workflows.cli_training import data_app, label_command
+    from workflows.cli.training import data_app, label_command
     app.add_typer(data_app, name="data")
     app.command("label")(label_command)
 """

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from mlip.config import Settings
 from mlip.errors import InputError
-from workflows.execute import ExecutionOptions, RunSummary, execute, init_ray
-from workflows.layout import Layout, resolve_layout
-from workflows.tasks import Stage, task_key, workdir_for
+from workflows.jobs.execute import ExecutionOptions, RunSummary, execute, init_ray
+from workflows.jobs.layout import Layout, resolve_layout
+from workflows.jobs.tasks import Stage, task_key, workdir_for
 
 SCREENING_EXPERIMENT = "ionscreen-screening"
 
@@ -45,7 +45,7 @@ def plan_job(spec_path: str | Path, settings: Settings, *, store=None) -> JobPla
     """Validate the job and store it with its candidates and tasks (status pending). No Ray work."""
     from mlip.loader import load_model
     from workflows.db import Store
-    from workflows.spec import build_candidates, load_job_spec
+    from workflows.jobs.spec import build_candidates, load_job_spec
 
     spec = load_job_spec(spec_path)
     loaded = load_model(spec.model, settings)  # resolves and checks trust now, not on a worker
@@ -96,7 +96,7 @@ _NO_WORK = Layout(1, 1, "nothing left to run")
 
 
 def _layout(plan: dict, payloads: dict[int, dict], address: str | None, overrides: dict, settings: Settings):
-    """Workers × threads: as configured, else filled in or measured (:mod:`workflows.layout`).
+    """Workers × threads: as configured, else filled in or measured (:mod:`workflows.jobs.layout`).
 
     A measurement that fails (it spawns processes) must not strand the job: one worker per core, said so."""
     r = plan["resources"]
@@ -167,7 +167,7 @@ def run_job(
 ) -> RunSummary:
     """Execute (or continue) a stored job until every task is done, failed or cancelled."""
     from workflows.db import Store
-    from workflows.progress import JobProgress
+    from workflows.jobs.progress import JobProgress
 
     store = Store.open(settings.db_url)
     job = store.get_job(job_id)

@@ -1,7 +1,7 @@
 """``ionscreen neb``: climbing-image NEB over every distinct hop of a structure, with percolation barriers.
 
 Thin wrapper over :func:`screening.neb.neb_for_structure`; heavy imports happen inside the command.
-Wire it into the main CLI with ``app.command("neb")(workflows.cli_neb.neb)``.
+Wire it into the main CLI with ``app.command("neb")(workflows.cli.neb.neb)``.
 """
 
 from __future__ import annotations

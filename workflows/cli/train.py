@@ -2,11 +2,7 @@
 ``ionscreen models compare`` (two models' errors on a dataset split, per element and per config type).
 
 Thin wrappers over :func:`training.train.train` and :func:`training.evaluate.compare_models`; heavy
-imports happen inside the commands. Wire them into the main CLI with::
-
-    from workflows import cli_train
-    app.command("train")(cli_train.train)
-    models_app.command("compare")(cli_train.models_compare)
+imports happen inside the commands (wired into the main CLI by :mod:`workflows.cli`).
 """
 
 from __future__ import annotations

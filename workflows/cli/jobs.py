@@ -33,7 +33,7 @@ def _fmt(value, spec=".3g"):
 
 
 def print_ranked(store, job_id: str, settings, fmt: str = "table") -> None:
-    from workflows.jobs import _plan_path, ranked, ranked_csv
+    from workflows.jobs.run import _plan_path, ranked, ranked_csv
 
     path = _plan_path(settings, job_id)
     plan = json.loads(path.read_text()) if path.exists() else None
@@ -73,7 +73,7 @@ def screen(
     fmt: Annotated[str, typer.Option("--format", help="Ranked table as table, csv or json.")] = "table",
 ) -> None:
     """Validate and run a screening job on Ray; print the ranked candidates."""
-    from workflows.jobs import plan_job, run_job
+    from workflows.jobs.run import plan_job, run_job
 
     settings = _settings()
     store = _store(settings)
@@ -169,7 +169,7 @@ def jobs_resume(
     workers: WorkersOpt = None,
 ) -> None:
     """Continue a job whose driver stopped: finished work is kept, running tasks restart from their checkpoints."""
-    from workflows.jobs import run_job
+    from workflows.jobs.run import run_job
 
     settings = _settings()
     store = _store(settings)
@@ -190,9 +190,9 @@ def demo(
 
     import yaml
 
-    from workflows.jobs import plan_job, run_job
+    from workflows.jobs.run import plan_job, run_job
 
-    spec = yaml.safe_load(resources.files("workflows.demo").joinpath("demo-job.yaml").read_text())
+    spec = yaml.safe_load(resources.files("workflows.jobs.demo").joinpath("demo-job.yaml").read_text())
     if model is not None:
         spec["model"] = model
     settings = _settings()

@@ -24,7 +24,7 @@ app.add_typer(models_app, name="models")
 
 def _register_area_commands() -> None:
     """Commands that live in their own modules (each keeps its heavy imports inside the commands)."""
-    from workflows import cli_candidates, cli_jobs, cli_neb, cli_train, cli_training, cli_transport, cli_web
+    from workflows.cli import candidates as cli_candidates, jobs as cli_jobs, neb as cli_neb, train as cli_train, training as cli_training, transport as cli_transport, web as cli_web
 
     app.command("screen")(cli_jobs.screen)
     app.command("results")(cli_jobs.results)

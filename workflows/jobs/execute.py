@@ -1,7 +1,7 @@
 """Run a screening job's tasks on Ray: long-lived model-holding actors, bounded in-flight work, one writer.
 
 The driver (this module, in the ``ionscreen screen`` process) owns the database: workers run
-:func:`workflows.tasks.run_task` and send back small result rows; the driver records them. A worker
+:func:`workflows.jobs.tasks.run_task` and send back small result rows; the driver records them. A worker
 killed mid-task (its actor is restarted by Ray, which reloads the model) gets the task again, and the
 task resumes from its MD checkpoints in its work directory. Errors raised by the science (bad input,
 model domain) are permanent: the task is marked failed with its error and the job goes on.
@@ -101,7 +101,7 @@ def _actor_classes():
             return os.getpid()
 
         def run(self, task_id: int, payload: dict) -> dict:
-            from workflows.tasks import run_task
+            from workflows.jobs.tasks import run_task
 
             sink = ray.get_actor(self.progress_name)
 
