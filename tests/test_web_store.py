@@ -92,7 +92,7 @@ def test_a_result_committed_late_with_a_smaller_id_is_not_missed(db_url):
     with Store.open(db_url) as store:
         c0, c1 = add_candidate(store, 0), add_candidate(store, 1)
         engine = create_db_engine(db_url)
-        base = {"stage": Stage.transport, "protocol_hash": sha("p"), "model_ref": "m", "model_sha256": sha("a"),
+        base = {"stage": Stage.TRANSPORT, "protocol_hash": sha("p"), "model_ref": "m", "model_sha256": sha("a"),
                 "code_version": "test", "created_utc": utc_now(), "flags": []}
         with engine.begin() as conn:
             conn.execute(sa.insert(Result), [{**base, "id": 50, "task_key": sha("late-0"), "candidate_id": c0,

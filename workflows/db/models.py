@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from screening.stages import Stage
+
 # Stable constraint names on every backend, so that migrations can name what they alter.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -45,13 +47,6 @@ class TaskState(enum.StrEnum):
     done = "done"
     failed = "failed"
     cancelled = "cancelled"
-
-
-class Stage(enum.StrEnum):
-    """What a task computes for its candidate."""
-
-    transport = "transport"
-    neb = "neb"
 
 
 class UTCDateTime(TypeDecorator):

@@ -287,7 +287,7 @@ def plan_refresh(session: Session) -> RefreshPlan:
         })
         row["model_ref"] = r["model_ref"]  # the newest reference text for this hash
         row["latest_result_id"] = max(row["latest_result_id"], r["id"])
-        wanted = TRANSPORT_COLUMNS if r["stage"] is Stage.transport else NEB_COLUMNS
+        wanted = TRANSPORT_COLUMNS if r["stage"] is Stage.TRANSPORT else NEB_COLUMNS
         row[f"{r['stage'].value}_result_id"] = r["id"]
         for column in wanted:
             row[column] = r[column]

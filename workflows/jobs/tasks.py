@@ -8,18 +8,13 @@ driver to store. Big things (trajectories, profiles, plots) stay in files refere
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 from pathlib import Path
 from typing import Callable
 
 from mlip.version import code_version
-
-
-class Stage(enum.StrEnum):
-    TRANSPORT = "transport"
-    NEB = "neb"
+from screening.stages import Stage
 
 
 def task_key(structure_hash: str, stage: Stage | str, protocol_hash: str, model_sha256: str) -> str:

@@ -338,7 +338,7 @@ def bulk_seed(db_url: str, n_candidates: int, *, seed: int = 0, templates: list[
                 sigma = 10 ** rng.gauss(-1.0, 1.5)
                 w = rng.uniform(0.2, 1.5)
                 ea = max(0.1, rng.gauss(0.35, 0.1))
-                results.append({**common, "task_key": sha(f"bulk-t-{seed}-{i}"), "stage": Stage.transport,
+                results.append({**common, "task_key": sha(f"bulk-t-{seed}-{i}"), "stage": Stage.TRANSPORT,
                                 "protocol_hash": protocol_hash, "flags": flags,
                                 "conductivity_300K_mS_cm": sigma, "conductivity_300K_ci95_lo_mS_cm": sigma * math.exp(-w),
                                 "conductivity_300K_ci95_hi_mS_cm": sigma * math.exp(w),
@@ -346,7 +346,7 @@ def bulk_seed(db_url: str, n_candidates: int, *, seed: int = 0, templates: list[
                                 "activation_energy_ci95_hi_eV": ea + 0.04})
                 if i % 3 == 0:
                     b = max(0.05, rng.gauss(0.5, 0.2))
-                    results.append({**common, "task_key": sha(f"bulk-n-{seed}-{i}"), "stage": Stage.neb,
+                    results.append({**common, "task_key": sha(f"bulk-n-{seed}-{i}"), "stage": Stage.NEB,
                                     "protocol_hash": sha("neb"), "flags": [],
                                     "migration_barrier_eV": b, "percolation_1d_eV": b,
                                     "percolation_2d_eV": b + 0.1, "percolation_3d_eV": b + 0.2,

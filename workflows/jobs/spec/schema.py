@@ -1,34 +1,20 @@
-"""The screening job file (YAML) as a validated schema, and the candidates it names built into ``Candidate``s.
+"""The screening job file as a validated schema: candidates, stages (transport, NEB), ranking, resources.
 
-``load_job_spec(path)`` turns every problem (YAML syntax, unknown key, wrong type, missing structure file,
-malformed model reference, invalid protocol override) into one :class:`JobSpecError` that names each key
-path and its file line (``job.yaml:14: candidates[2].libary: unknown key (did you mean 'library'?)``).
-Lines come from PyYAML's node marks (``yaml.compose``), since pydantic sees only the parsed data.
+Problems found while validating are raised as ``job_spec`` errors that carry their key paths
+(:func:`keyed`, :func:`multi`), so :mod:`workflows.jobs.spec.parse` can name each one with its file line.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import enum
 import hashlib
 import json
-import logging
-import types
 import typing
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from mlip.errors import InputError
@@ -36,18 +22,10 @@ from screening.candidates.library import CandidateKind
 from screening.neb.band import NebParameters
 from screening.neb.hops import Mechanism
 from screening.ranking import RankingWeights
+from screening.stages import Stage
 from screening.transport.protocol import TransportProtocol
 
-log = logging.getLogger(__name__)
-
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
-
-
-class Stage(enum.StrEnum):
-    """The computations a job can run per candidate."""
-
-    TRANSPORT = "transport"
-    NEB = "neb"
 
 
 class Device(enum.StrEnum):
@@ -64,6 +42,13 @@ def _keyed(subloc: tuple, message: str) -> PydanticCustomError:
 def _multi(problems: list[tuple[tuple, str]], summary: str) -> PydanticCustomError:
     text = summary + ": " + "; ".join(f"{'.'.join(map(str, loc)) or '(top)'}: {msg}" for loc, msg in problems)
     return PydanticCustomError("job_spec", "{message}", {"message": text, "problems": problems})
+
+
+def clean_message(msg: str) -> str:
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
 
 
 class _Strict(BaseModel):
@@ -86,7 +71,7 @@ def _check_ion(value: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- candidates
-class _Source(_Strict):
+class StructureSource(_Strict):
     """Where a structure comes from: a built-in library entry or a structure file (exactly one)."""
 
     _SOURCE_KEYS: typing.ClassVar[tuple[str, ...]] = ("library", "file")
@@ -171,7 +156,7 @@ class _Source(_Strict):
         return f"library {self.library}" if self.library else f"file {self.file}"
 
 
-class SubstituteSpec(_Source):
+class SubstituteSpec(StructureSource):
     """Working-ion substitution variant (``screening.candidates.substitute_working_ion``)."""
 
     to: str = Field(description="The new working ion (charge balance by vacancies).")
@@ -182,7 +167,7 @@ class SubstituteSpec(_Source):
         return _check_ion(value)
 
 
-class DopeSpec(_Source):
+class DopeSpec(StructureSource):
     """Aliovalent doping variant (``screening.candidates.dope``)."""
 
     site: str = Field(description="Host element to replace partly.")
@@ -192,7 +177,7 @@ class DopeSpec(_Source):
     compensate_with: str | None = Field(None, description="Element whose vacancies compensate (default: the working ion).")
 
 
-class CandidateSpec(_Source):
+class CandidateSpec(StructureSource):
     """One item of ``candidates:``: exactly one of ``library``, ``file``, ``substitute``, ``dope``."""
 
     _SOURCE_KEYS: typing.ClassVar[tuple[str, ...]] = ("library", "file", "substitute", "dope")
@@ -276,7 +261,7 @@ class TransportSpec(_Strict):
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     problems.append((where, f"unknown transport protocol field {field!r}{hint}"))
                 else:
-                    problems.append((where, f"transport protocol {field}: {_clean_msg(e['msg'])}"))
+                    problems.append((where, f"transport protocol {field}: {clean_message(e['msg'])}"))
             raise _multi(problems, "invalid transport protocol") from None
 
     def protocol(self) -> TransportProtocol:
@@ -426,298 +411,3 @@ class JobSpec(_Strict):
 
 def _sha256_json(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- loading
-@dataclasses.dataclass(frozen=True)
-class SpecProblem:
-    """One problem of a job file: where (key path, line) and what."""
-
-    path: str
-    line: int | None
-    message: str
-
-    def render(self, source: str) -> str:
-        where = f"{source}:{self.line}" if self.line is not None else source
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class JobSpecError(InputError):
-    """A job file that cannot be used; ``problems`` lists each with its key path and line."""
-
-    def __init__(self, source: str, problems: list[SpecProblem]):
-        self.source = source
-        self.problems = problems
-        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        lines = "\n".join("  " + p.render(source) for p in problems)
-        super().__init__(f"job file {source} has {count}:\n{lines}")
-
-
-def load_job_spec(path: str | Path) -> JobSpec:
-    """Read and validate a job file; relative paths in it are relative to its directory."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise InputError(f"job file {path} does not exist") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read job file {path}: {err}") from err
-    return parse_job_spec(text, source=str(path), base_dir=path.resolve().parent)
-
-
-def parse_job_spec(text: str, *, source: str = "<job>", base_dir: str | Path | None = None) -> JobSpec:
-    """Validate job YAML (or JSON) text; errors name key paths and lines of ``source``."""
-    data, lines = _parse_yaml(text, source)
-    if data is None:
-        raise JobSpecError(source, [SpecProblem("", 1, "the job file is empty")])
-    if not isinstance(data, dict):
-        raise JobSpecError(source, [SpecProblem("", 1, f"the job file must be a mapping of keys, got {type(data).__name__}")])
-    context = {"base_dir": Path(base_dir) if base_dir is not None else Path.cwd()}
-    try:
-        return JobSpec.model_validate(data, context=context)
-    except ValidationError as err:
-        raise JobSpecError(source, _problems(err, lines)) from err
-
-
-@dataclasses.dataclass
-class _Lines:
-    """1-based lines of keys and values, by key path (str keys, int indexes)."""
-
-    key: dict[tuple, int]
-    value: dict[tuple, int]
-
-
-def _parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:
-    import yaml
-
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark is not None else None
-        message = " ".join(x for x in (err.context, err.problem) if x) or str(err)
-        raise JobSpecError(source, [SpecProblem("", line, f"YAML syntax: {message}")]) from err
-    except yaml.YAMLError as err:
-        raise JobSpecError(source, [SpecProblem("", None, f"YAML: {err}")]) from err
-    finally:
-        loader.dispose()
-    lines = _Lines({}, {})
-    duplicates: list[SpecProblem] = []
-    if node is not None:
-        _walk(node, (), lines, duplicates)
-    if duplicates:
-        raise JobSpecError(source, duplicates)
-    return data, lines
-
-
-def _walk(node, path: tuple, lines: _Lines, duplicates: list[SpecProblem]) -> None:
-    import yaml
-
-    lines.value.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                duplicates.append(SpecProblem(_format_path((*path, key)), line,
-                                              f"duplicate key (first at line {seen[key]}); give each key once"))
-                continue
-            seen[key] = line
-            lines.key[(*path, key)] = line
-            _walk(value_node, (*path, key), lines, duplicates)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines.key[(*path, i)] = item.start_mark.line + 1
-            _walk(item, (*path, i), lines, duplicates)
-
-
-def _format_path(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _clean_msg(msg: str) -> str:
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if msg.startswith(prefix):
-            return msg[len(prefix):]
-    return msg
-
-
-def _line_for(loc: tuple, lines: _Lines) -> int | None:
-    for n in range(len(loc), -1, -1):
-        prefix = loc[:n]
-        if prefix in lines.key:
-            return lines.key[prefix]
-        if prefix in lines.value:
-            return lines.value[prefix]
-    return None
-
-
-def _problems(err: ValidationError, lines: _Lines) -> list[SpecProblem]:
-    problems: list[SpecProblem] = []
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        ctx = e.get("ctx") or {}
-        if e["type"] == "job_spec":
-            for subloc, message in ctx["problems"]:
-                full = (*loc, *subloc)
-                problems.append(SpecProblem(_format_path(full), _line_for(full, lines), message))
-            continue
-        if e["type"] == "extra_forbidden":
-            message = "unknown key" + _suggestion(loc)
-        elif e["type"] == "missing":
-            message = "required key is missing"
-        else:
-            message = _clean_msg(e["msg"])
-            value = e.get("input")
-            if isinstance(value, (str, int, float, bool)) and e["type"] not in ("value_error",):
-                message += f" (got {value!r})"
-        problems.append(SpecProblem(_format_path(loc), _line_for(loc, lines), message))
-    seen: set = set()
-    unique = []
-    for p in problems:
-        if (p.path, p.message) not in seen:
-            seen.add((p.path, p.message))
-            unique.append(p)
-    return sorted(unique, key=lambda p: (p.line if p.line is not None else 0, p.path))
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    """Field names of the model at ``loc`` (a path into JobSpec), for 'did you mean' hints."""
-    current: Any = JobSpec
-    for part in loc:
-        current = _unwrap(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(part) if isinstance(part, str) else None
-            if field is None:
-                return []
-            current = field.annotation
-        elif typing.get_origin(current) in (list, tuple) and isinstance(part, int):
-            current = typing.get_args(current)[0]
-        else:
-            return []
-    current = _unwrap(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _unwrap(annotation: Any) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return _unwrap(args[0])
-    return annotation
-
-
-def _suggestion(loc: tuple) -> str:
-    allowed = _allowed_keys(loc[:-1])
-    if not allowed:
-        return ""
-    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
-    return f" (allowed here: {', '.join(allowed)})"
-
-
-# ---------------------------------------------------------------------------------------------- building
-class CandidateFailure(BaseModel):
-    """A candidate of the job file that could not be built (the others still are)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    index: int = Field(description="Position in candidates: (0-based).")
-    item: str = Field(description="Key path of the item, e.g. candidates[2].")
-    label: str = Field(description="What the item asked for.")
-    error_type: str
-    error: str
-
-
-class BuiltCandidates(NamedTuple):
-    candidates: list  # list[screening.candidates.Candidate], in job-file order, duplicates dropped
-    failures: list[CandidateFailure]
-
-
-def _build_source(source: _Source, spec: JobSpec, seed: int):
-    from screening.candidates import build_candidate, get_entry, import_file
-
-    if source.library is not None:
-        entry = get_entry(source.library)
-        if entry.kind is CandidateKind.cathode_host:
-            return build_candidate(entry.name, ion=source.ion or spec.working_ion, n_ions=source.n_ions, seed=seed)
-        return build_candidate(entry.name, ion=source.ion, seed=seed)
-    options: dict[str, Any] = {
-        "working_ion": source.ion or spec.working_ion,
-        "kind": source.kind or CandidateKind.electrolyte,
-        "oxidation_states": source.oxidation,
-        "seed": seed,
-    }
-    if source.supercell is not None:
-        options["supercell"] = list(source.supercell)
-    if source.insertion_sites_frac is not None:
-        options["insertion_sites_frac"] = [list(s) for s in source.insertion_sites_frac]
-    return import_file(source.file, **options)
-
-
-def _build_item(item: CandidateSpec, spec: JobSpec):
-    from screening.candidates import dope, substitute_working_ion
-
-    if item.substitute is not None:
-        sub = item.substitute
-        base = _build_source(sub, spec, item.seed)
-        cand = substitute_working_ion(base, sub.to, seed=item.seed)
-        default = f"{base.name}[{base.working_ion}->{sub.to}]"
-    elif item.dope is not None:
-        d = item.dope
-        base = _build_source(d, spec, item.seed)
-        cand = dope(base, d.site, d.dopant, d.fraction, dopant_oxidation=d.dopant_oxidation,
-                    compensate_with=d.compensate_with, seed=item.seed)
-        default = f"{base.name}[{d.dopant}@{d.site} {d.fraction:g}]"
-    else:
-        cand = _build_source(item, spec, item.seed)
-        default = cand.name
-    name = item.name or default
-    return cand if cand.name == name else cand.model_copy(update={"name": name})
-
-
-def build_candidates(spec: JobSpec, allowed_elements: set[str] | None = None) -> BuiltCandidates:
-    """Materialise every candidate of ``spec``; a candidate that fails is reported and the others are built.
-
-    ``allowed_elements`` (e.g. a model's element symbols): candidates with other elements fail with a
-    ModelDomainError message. Candidates with the same structure hash are kept once (first one wins).
-    """
-    from mlip.errors import ModelDomainError
-
-    built = []
-    failures: list[CandidateFailure] = []
-    seen: dict[str, int] = {}
-    for i, item in enumerate(spec.candidates):
-        try:
-            cand = _build_item(item, spec)
-            if allowed_elements is not None:
-                elements = {el.symbol for el in cand.structure.composition.elements}
-                outside = sorted(elements - set(allowed_elements))
-                if outside:
-                    raise ModelDomainError(
-                        f"{cand.name} contains {', '.join(outside)}, which the model does not cover "
-                        f"(it covers {', '.join(sorted(allowed_elements))}); use a model trained on these elements")
-        except Exception as err:  # noqa: BLE001 - one bad candidate must not stop the others; the error is reported
-            log.warning("candidates[%d] (%s) failed: %s", i, item.label, err)
-            failures.append(CandidateFailure(index=i, item=f"candidates[{i}]", label=item.label,
-                                             error_type=type(err).__name__, error=str(err)))
-            continue
-        if cand.structure_hash in seen:
-            log.info("candidates[%d] is the same structure as candidates[%d]; kept once", i, seen[cand.structure_hash])
-            continue
-        seen[cand.structure_hash] = i
-        built.append(cand)
-    return BuiltCandidates(built, failures)

@@ -1,0 +1,106 @@
+"""The candidates a job file names, built into ``screening.candidates.Candidate`` documents (one failure at a time)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from screening.candidates.library import CandidateKind
+from workflows.jobs.spec.schema import CandidateSpec, JobSpec, StructureSource
+
+log = logging.getLogger(__name__)
+
+
+class CandidateFailure(BaseModel):
+    """A candidate of the job file that could not be built (the others still are)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(description="Position in candidates: (0-based).")
+    item: str = Field(description="Key path of the item, e.g. candidates[2].")
+    label: str = Field(description="What the item asked for.")
+    error_type: str
+    error: str
+
+
+class BuiltCandidates(NamedTuple):
+    candidates: list  # list[screening.candidates.Candidate], in job-file order, duplicates dropped
+    failures: list[CandidateFailure]
+
+
+def _build_source(source: StructureSource, spec: JobSpec, seed: int):
+    from screening.candidates import build_candidate, get_entry, import_file
+
+    if source.library is not None:
+        entry = get_entry(source.library)
+        if entry.kind is CandidateKind.cathode_host:
+            return build_candidate(entry.name, ion=source.ion or spec.working_ion, n_ions=source.n_ions, seed=seed)
+        return build_candidate(entry.name, ion=source.ion, seed=seed)
+    options: dict[str, Any] = {
+        "working_ion": source.ion or spec.working_ion,
+        "kind": source.kind or CandidateKind.electrolyte,
+        "oxidation_states": source.oxidation,
+        "seed": seed,
+    }
+    if source.supercell is not None:
+        options["supercell"] = list(source.supercell)
+    if source.insertion_sites_frac is not None:
+        options["insertion_sites_frac"] = [list(s) for s in source.insertion_sites_frac]
+    return import_file(source.file, **options)
+
+
+def _build_item(item: CandidateSpec, spec: JobSpec):
+    from screening.candidates import dope, substitute_working_ion
+
+    if item.substitute is not None:
+        sub = item.substitute
+        base = _build_source(sub, spec, item.seed)
+        cand = substitute_working_ion(base, sub.to, seed=item.seed)
+        default = f"{base.name}[{base.working_ion}->{sub.to}]"
+    elif item.dope is not None:
+        d = item.dope
+        base = _build_source(d, spec, item.seed)
+        cand = dope(base, d.site, d.dopant, d.fraction, dopant_oxidation=d.dopant_oxidation,
+                    compensate_with=d.compensate_with, seed=item.seed)
+        default = f"{base.name}[{d.dopant}@{d.site} {d.fraction:g}]"
+    else:
+        cand = _build_source(item, spec, item.seed)
+        default = cand.name
+    name = item.name or default
+    return cand if cand.name == name else cand.model_copy(update={"name": name})
+
+
+def build_candidates(spec: JobSpec, allowed_elements: set[str] | None = None) -> BuiltCandidates:
+    """Materialise every candidate of ``spec``; a candidate that fails is reported and the others are built.
+
+    ``allowed_elements`` (e.g. a model's element symbols): candidates with other elements fail with a
+    ModelDomainError message. Candidates with the same structure hash are kept once (first one wins).
+    """
+    from mlip.errors import ModelDomainError
+
+    built = []
+    failures: list[CandidateFailure] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(spec.candidates):
+        try:
+            cand = _build_item(item, spec)
+            if allowed_elements is not None:
+                elements = {el.symbol for el in cand.structure.composition.elements}
+                outside = sorted(elements - set(allowed_elements))
+                if outside:
+                    raise ModelDomainError(
+                        f"{cand.name} contains {', '.join(outside)}, which the model does not cover "
+                        f"(it covers {', '.join(sorted(allowed_elements))}); use a model trained on these elements")
+        except Exception as err:  # noqa: BLE001 - one bad candidate must not stop the others; the error is reported
+            log.warning("candidates[%d] (%s) failed: %s", i, item.label, err)
+            failures.append(CandidateFailure(index=i, item=f"candidates[{i}]", label=item.label,
+                                             error_type=type(err).__name__, error=str(err)))
+            continue
+        if cand.structure_hash in seen:
+            log.info("candidates[%d] is the same structure as candidates[%d]; kept once", i, seen[cand.structure_hash])
+            continue
+        seen[cand.structure_hash] = i
+        built.append(cand)
+    return BuiltCandidates(built, failures)
