@@ -42,11 +42,11 @@ def seed(home: Path, n: int) -> tuple[str, float]:
     t0 = time.perf_counter()
     templates = build_candidate_rows(("Li6PS5Cl", "Na3PS4-cubic", "Li3YCl6", "TiS2"))
     with Store.open(f"sqlite:///{home / 'ionscreen.db'}") as store:
-        job_id = store.create_job({"name": "bench-10k-synthetic", "model": "mace-mp:small"},
+        job_id = store.jobs.create({"name": "bench-10k-synthetic", "model": "mace-mp:small"},
                                   model_sha256=SAMPLE_MODEL_SHA256)
         counts = bulk_seed(store.db_url, n, templates=templates, job_id=job_id)
         t1 = time.perf_counter()
-        store.refresh_summaries()
+        store.summaries.refresh()
         t2 = time.perf_counter()
         print(f"seeded {counts['candidates']} candidates, {counts['results']} results in {t1 - t0:.1f} s "
               f"(incl. building 4 library templates); candidate table built in {t2 - t1:.1f} s", flush=True)

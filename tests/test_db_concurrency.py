@@ -71,10 +71,10 @@ def writer(url: str, worker: int, start, out) -> None:
 
         start.wait()  # all processes open the fresh database together
         with Store.open(url) as store:
-            ids = [store.upsert_candidate(candidate(i)) for i in range(N_CANDIDATES)]
+            ids = [store.candidates.upsert(candidate(i)) for i in range(N_CANDIDATES)]
             inserted = {}
             for key in keys_of(worker):
-                inserted[key] = store.record_result(result(key, ids[key % N_CANDIDATES], worker))
+                inserted[key] = store.results.record(result(key, ids[key % N_CANDIDATES], worker))
         out.put((worker, "ok", ids, inserted))
     except BaseException:
         out.put((worker, "error", traceback.format_exc(), None))

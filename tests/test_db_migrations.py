@@ -46,8 +46,8 @@ def test_migrated_schema_matches_models(db_url):
 
 def test_reopening_keeps_rows_and_downgrade_round_trips(db_url):
     with Store.open(db_url) as store:
-        job_id = store.create_job({"name": "keep", "model": "bundled:lipscl-demo"})
-        cid = store.upsert_candidate(
+        job_id = store.jobs.create({"name": "keep", "model": "bundled:lipscl-demo"})
+        cid = store.candidates.upsert(
             {
                 "structure_hash": sha("s"),
                 "name": "c",
@@ -58,8 +58,8 @@ def test_reopening_keeps_rows_and_downgrade_round_trips(db_url):
                 "n_atoms": 12,
             }
         )
-        store.add_task(job_id, cid, "transport", sha("k"))
-        store.record_result(
+        store.tasks.add(job_id, cid, "transport", sha("k"))
+        store.results.record(
             {
                 "task_key": sha("k"),
                 "candidate_id": cid,
@@ -76,8 +76,8 @@ def test_reopening_keeps_rows_and_downgrade_round_trips(db_url):
                       "candidate_summaries": 0, "tokens": 0}
     for _ in range(2):
         with Store.open(db_url) as store:
-            assert store.get_job(job_id).name == "keep"
-            assert store.result_for_key(sha("k"))["candidate_id"] == cid
+            assert store.jobs.get(job_id).name == "keep"
+            assert store.results.for_key(sha("k"))["candidate_id"] == cid
         assert table_counts(db_url) == before
 
     # downgrade to nothing and back: the migration's downgrade drops exactly what upgrade made
@@ -90,14 +90,14 @@ def test_reopening_keeps_rows_and_downgrade_round_trips(db_url):
     finally:
         engine.dispose()
     with Store.open(db_url) as store:
-        assert store.list_jobs() == []
+        assert store.jobs.list() == []
     assert set(table_counts(db_url).values()) == {0}
 
 
 def test_default_database_is_wal_sqlite_under_home(isolated_home):
     with Store.open() as store:
         assert store.backend.value == "sqlite"
-        store.create_job({"name": "x", "model": "m"})
+        store.jobs.create({"name": "x", "model": "m"})
     path = isolated_home / "ionscreen.db"
     assert path.is_file()
     engine = sa.create_engine(f"sqlite:///{path}")
@@ -115,7 +115,7 @@ def test_db_url_from_environment(isolated_home, tmp_path, monkeypatch):
     target = tmp_path / "elsewhere" / "jobs.db"
     monkeypatch.setenv("IONSCREEN_DB_URL", f"sqlite:///{target}")
     with Store.open() as store:
-        store.create_job({"name": "x", "model": "m"})
+        store.jobs.create({"name": "x", "model": "m"})
     assert target.is_file() and not (isolated_home / "ionscreen.db").exists()
 
 

@@ -101,9 +101,9 @@ def test_job_runs_ranks_and_is_idempotent(backend, job_dir, ray_session, monkeyp
     summary = run_job(plan.job_id, settings, live=False)
     assert summary.done == 4 and summary.failed == 0
     store = Store.open(settings.db_url)
-    job = store.get_job(plan.job_id)
+    job = store.jobs.get(plan.job_id)
     assert job.status == "done" and job.mlflow_run_id
-    rows = store.results_for_job(plan.job_id)
+    rows = store.results.for_job(plan.job_id)
     assert len(rows) == 4 and {r["name"] for r in rows} == {"Li2S", "LiCl"}
     assert {r["stage"] for r in rows} == {"transport", "neb"}
     assert all(r["n_hops_total"] >= 1 for r in rows if r["stage"] == "neb")
@@ -114,8 +114,8 @@ def test_job_runs_ranks_and_is_idempotent(backend, job_dir, ray_session, monkeyp
     again = plan_job(write_job(job_dir, name="ray-test-again", extra=neb), settings)
     summary2 = run_job(again.job_id, settings, live=False)
     assert summary2.done == 0 and summary2.failed == 0
-    assert all(t.reused_result for t in store.tasks(again.job_id))
-    assert len(store.results_for_job(again.job_id)) == 4
+    assert all(t.reused_result for t in store.tasks.list(again.job_id))
+    assert len(store.results.for_job(again.job_id)) == 4
     # MLflow holds the job as a run with the ranked table
     from mlip import registry
 
@@ -176,7 +176,7 @@ def test_worker_killed_mid_task_is_retried_from_its_checkpoint(job_dir, ray_sess
     transport["overrides"]["production_ps"] = 3.0
     plan = plan_job(write_job(job_dir, candidates=[{"library": "Li2S"}], transport=transport, workers=1), settings)
     store = Store.open(settings.db_url)
-    task = store.tasks(plan.job_id)[0]
+    task = store.tasks.list(plan.job_id)[0]
     workdir = settings.home / task.workdir
     result = {}
     runner = threading.Thread(target=lambda: result.update(summary=run_job(plan.job_id, settings, live=False)))
@@ -189,9 +189,9 @@ def test_worker_killed_mid_task_is_retried_from_its_checkpoint(job_dir, ray_sess
     runner.join(900)
     summary = result["summary"]
     assert summary.done == 1 and summary.retried == 1
-    task = store.get_task(task.id)
+    task = store.tasks.get(task.id)
     assert task.state == "done" and task.attempts == 2
-    assert len(store.results_for_job(plan.job_id)) == 1
+    assert len(store.results.for_job(plan.job_id)) == 1
     # resumed, not restarted: exactly the production frames, none duplicated
     assert _frames(workdir) == 300 + 1 and frames_at_kill < 301
 
@@ -205,17 +205,17 @@ def test_driver_killed_then_resumed_completes_without_duplicates(job_dir, ray_se
     driver = subprocess.Popen([sys.executable, "-m", "workflows.cli", "screen", str(job)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     store = Store.open(settings.db_url)
-    job_id = _wait_for(lambda: (store.list_jobs() or [None])[0] and store.list_jobs()[0].id)
-    _wait_for(lambda: any(_frames(settings.home / t.workdir) > 20 for t in store.tasks(job_id)))
+    job_id = _wait_for(lambda: (store.jobs.list() or [None])[0] and store.jobs.list()[0].id)
+    _wait_for(lambda: any(_frames(settings.home / t.workdir) > 20 for t in store.tasks.list(job_id)))
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     driver.wait()
-    assert store.get_job(job_id).status == "running"  # left behind by the dead driver
+    assert store.jobs.get(job_id).status == "running"  # left behind by the dead driver
     resumed = _cli("jobs", "resume", job_id[:8])
     assert resumed.returncode == 0, resumed.stderr
-    assert store.get_job(job_id).status == "done"
-    rows = store.results_for_job(job_id)
+    assert store.jobs.get(job_id).status == "done"
+    rows = store.results.for_job(job_id)
     assert sorted(r["name"] for r in rows) == ["Li2S", "LiCl"]  # none lost, none twice
-    for t in store.tasks(job_id):
+    for t in store.tasks.list(job_id):
         assert t.state == "done"
         assert _frames(settings.home / t.workdir) == 151
 
@@ -242,7 +242,7 @@ def test_bad_jobs_fail_before_any_ray_work(job_dir, settings):
     outside = job(name="outside", candidates=[{"library": "Li3N"}])
     with pytest.raises(InputError, match="N"):
         plan_job(outside, settings)
-    assert Store.open(settings.db_url).list_jobs() == []
+    assert Store.open(settings.db_url).jobs.list() == []
     proc = _cli("screen", str(bad_key))
     assert proc.returncode == 2 and "resourcez" in proc.stderr and "bad-key.yaml:" in proc.stderr
     assert "Ray" not in proc.stderr  # refused before Ray was started
@@ -259,10 +259,10 @@ def test_cancel_stops_a_running_job(job_dir, ray_session, settings):
     result = {}
     runner = threading.Thread(target=lambda: result.update(summary=run_job(plan.job_id, settings, live=False)))
     runner.start()
-    _wait_for(lambda: any(t.state == "running" for t in store.tasks(plan.job_id)))
+    _wait_for(lambda: any(t.state == "running" for t in store.tasks.list(plan.job_id)))
     assert _cli("jobs", "cancel", plan.job_id[:8]).returncode == 0
     runner.join(300)
     assert not runner.is_alive()
-    assert store.get_job(plan.job_id).status == "cancelled"
-    assert {t.state for t in store.tasks(plan.job_id)} == {"cancelled"}
+    assert store.jobs.get(plan.job_id).status == "cancelled"
+    assert {t.state for t in store.tasks.list(plan.job_id)} == {"cancelled"}
     assert result["summary"].cancelled == 2

@@ -58,7 +58,7 @@ def web(web_home):
 @pytest.fixture
 def token(web):
     _, store, *_ = web
-    _, secret = store.create_token("tester")
+    _, secret = store.tokens.create("tester")
     return secret
 
 
@@ -78,7 +78,7 @@ def snapshot(store, settings):
     """Every table's row count, every job's status, and the files under submissions/."""
     sub = settings.home / "submissions"
     files = sorted(p.name for p in sub.rglob("*")) if sub.exists() else []
-    return store.table_counts(), {j.id: str(j.status) for j in store.list_jobs()}, files
+    return store.table_counts(), {j.id: str(j.status) for j in store.jobs.list()}, files
 
 
 def tiny_spec(model_path: str = "models/tiny.model") -> dict:
@@ -128,7 +128,7 @@ def test_pages_partition_a_large_table(web):
 
     client, store, *_ = web
     bulk_seed(store.db_url, 437, seed=3)
-    store.refresh_summaries()
+    store.summaries.refresh()
     full = all_rows(client, sort="activation_energy")
     assert len(full) == 444
     seen = []
@@ -177,11 +177,11 @@ def test_sql_injection_strings_in_filters_are_just_data(web):
 # ---------------------------------------------------------------------------------------------- writes and tokens
 def test_writes_without_a_valid_token_are_refused_and_change_nothing(web):
     client, store, sample, launcher, settings = web
-    record, good = store.create_token("someone")
-    _, revoked = store.create_token("former")
-    store.revoke_token("former")
-    waiting = store.create_job({"name": "waiting", "model": "bundled:lipscl-demo"})
-    store.add_task(waiting, sample.candidate_ids["Li2S"], "transport", "ab" * 32)
+    record, good = store.tokens.create("someone")
+    _, revoked = store.tokens.create("former")
+    store.tokens.revoke("former")
+    waiting = store.jobs.create({"name": "waiting", "model": "bundled:lipscl-demo"})
+    store.tasks.add(waiting, sample.candidate_ids["Li2S"], "transport", "ab" * 32)
     before = snapshot(store, settings)
     body = json.dumps(tiny_spec())
     attempts = [
@@ -204,15 +204,15 @@ def test_writes_without_a_valid_token_are_refused_and_change_nothing(web):
                 assert response.headers["www-authenticate"] == "Bearer"
     assert snapshot(store, settings) == before
     assert launcher.launched == []
-    assert store.get_job(waiting).status == "pending"
+    assert store.jobs.get(waiting).status == "pending"
     # the valid token works for the same request (the refusals above were about the token, not the request)
     response = client.post(f"/api/jobs/{waiting}/cancel", headers=auth(good))
-    assert response.status_code == 200 and store.get_job(waiting).status == "cancelled"
+    assert response.status_code == 200 and store.jobs.get(waiting).status == "cancelled"
     assert response.json()["tasks_cancelled"] == 1
     # a finished job cannot be cancelled: a clear 422, nothing changed
     assert client.post(f"/api/jobs/{sample.job_id}/cancel", headers=auth(good)).status_code == 422
-    assert store.get_job(sample.job_id).status == "done"
-    assert store.list_tokens()[0].last_used_utc is not None
+    assert store.jobs.get(sample.job_id).status == "done"
+    assert store.tokens.list()[0].last_used_utc is not None
 
 
 def test_submit_with_a_token_stores_the_job_and_launches_it(web, token, tiny_model_copy):
@@ -321,7 +321,7 @@ def test_path_traversal_in_download_and_file_names_is_refused(web):
     cid = sample.candidate_ids["Li6PS5Cl"]
     rid = sample.result_ids[("Li6PS5Cl", "transport")]
     home = store.db_url.removeprefix("sqlite:///").rsplit("/", 1)[0]
-    document = store.get_result(rid)["document_path"]
+    document = store.results.get(rid)["document_path"]
     workdir = os.path.join(home, os.path.dirname(document))
     os.symlink("/etc/passwd", os.path.join(workdir, "evil.json"))
     os.symlink(os.path.join(home, "ionscreen.db"), os.path.join(workdir, "db.png"))
@@ -349,7 +349,7 @@ def test_candidate_api_and_structure_downloads_parse_back(web):
 
     client, store, sample, *_ = web
     cid = sample.candidate_ids["beta-Li3PS4"]
-    record = store.get_candidate(cid)
+    record = store.candidates.get(cid)
     body = client.get(f"/api/candidates/{cid}").json()
     assert body["candidate"]["structure_hash"] == record.structure_hash
     assert body["results"] and body["results"][0]["conductivity_300K_ci95_lo_mS_cm"] is not None
@@ -382,7 +382,7 @@ def test_pages_render_numbers_plots_and_provenance(web):
     for text in ("mS/cm", "cm²/s", "eV", "protocol hash", "model sha256", "code version", "Download CIF",
                  "3Dmol-min.js", 'id="structure-cif"', "/arrhenius.png", "/neb/0.png", "msd.png"):
         assert text in page.text, text
-    summary = store.summaries_for_candidate(cid)[0]
+    summary = store.summaries.for_candidate(cid)[0]
     assert summary.model_sha256 in page.text
     rid = sample.result_ids[("Li6PS5Cl", "transport")]
     png = client.get(f"/results/{rid}/arrhenius.png")  # drawn from the document (no stored plot)
@@ -402,7 +402,7 @@ def test_reads_can_be_closed(web_home, monkeypatch):
     monkeypatch.setenv("IONSCREEN_API_READS_REQUIRE_TOKEN", "true")
     settings = load_settings()
     with Store.open(settings.db_url) as store:
-        _, secret = store.create_token("reader")
+        _, secret = store.tokens.create("reader")
     app = create_app(settings, launcher=RecordingLauncher(), refresh_interval_s=0)
     assert app.state.reads_require_token
     with TestClient(app) as client:
@@ -448,8 +448,8 @@ def test_real_launcher_runs_the_job_driver_command(web_home):
     env = launcher.environment()
     assert env["IONSCREEN_HOME"] == str(home) and env["IONSCREEN_DB_URL"] == settings.db_url
     with Store.open(settings.db_url) as store:
-        store.set_job_status(sample.job_id, "running")
-        store.cancel_job(sample.job_id)  # a cancelled job: the real driver starts, reads the job and stops at once
+        store.jobs.set_status(sample.job_id, "running")
+        store.jobs.cancel(sample.job_id)  # a cancelled job: the real driver starts, reads the job and stops at once
     pid = launcher.launch(sample.job_id)
     assert pid > 0
     log = driver_log_path(settings, sample.job_id)
@@ -485,9 +485,9 @@ def test_tokens_cli_prints_once_and_stores_only_the_hash(isolated_home):
         engine.dispose()
         assert len(stored) == 1 and not any(secret in field for field in stored[0])
         assert hashlib.sha256(secret.encode()).hexdigest() in stored[0]
-        assert store.verify_token(secret).name == "alice"
+        assert store.tokens.verify(secret).name == "alice"
         revoked = runner.invoke(app, ["tokens", "revoke", "alice"])
-        assert revoked.exit_code == 0 and store.verify_token(secret) is None
+        assert revoked.exit_code == 0 and store.tokens.verify(secret) is None
     assert "revoked" in runner.invoke(app, ["tokens", "list"]).stdout
     assert runner.invoke(app, ["serve", "--help"]).exit_code == 0
 
@@ -495,12 +495,12 @@ def test_tokens_cli_prints_once_and_stores_only_the_hash(isolated_home):
 def test_names_from_the_database_are_escaped_in_pages(web):
     client, store, *_ = web
     evil = "<script>alert(1)</script>"
-    cid = store.upsert_candidate({"structure_hash": "e" * 64, "name": evil, "formula": "Li2S<img src=x>",
+    cid = store.candidates.upsert({"structure_hash": "e" * 64, "name": evil, "formula": "Li2S<img src=x>",
                                   "working_ion": "Li", "working_ion_charge": 1, "kind": "electrolyte", "n_atoms": 12})
-    store.record_result({"task_key": "f" * 64, "candidate_id": cid, "stage": "transport", "structure_hash": "e" * 64,
+    store.results.record({"task_key": "f" * 64, "candidate_id": cid, "stage": "transport", "structure_hash": "e" * 64,
                          "protocol_hash": "0" * 64, "model_ref": "<b>model</b>", "model_sha256": "1" * 64,
                          "code_version": "x", "flags": ["<i>flag</i>"], **{"conductivity_300K_mS_cm": 1.0}})
-    store.refresh_summaries()
+    store.summaries.refresh()
     html = {"accept": "text/html"}
     for page in (client.get("/", headers=html), client.get(f"/candidates/{cid}", headers=html)):
         assert page.status_code == 200
@@ -523,10 +523,10 @@ def test_provenance_links_the_mlflow_run_when_a_ui_is_configured(web_home, monke
                                           artifact_location=settings.mlflow_artifact_location)
     run = client.create_run(experiment)
     with Store.open(settings.db_url) as store:
-        cid = store.upsert_candidate({"structure_hash": "c" * 64, "name": "linked", "formula": "Li2S",
+        cid = store.candidates.upsert({"structure_hash": "c" * 64, "name": "linked", "formula": "Li2S",
                                       "working_ion": "Li", "working_ion_charge": 1, "kind": "electrolyte",
                                       "n_atoms": 12})
-        store.record_result({"task_key": "d" * 64, "candidate_id": cid, "stage": "transport",
+        store.results.record({"task_key": "d" * 64, "candidate_id": cid, "stage": "transport",
                              "structure_hash": "c" * 64, "protocol_hash": "0" * 64, "model_ref": "m",
                              "model_sha256": "1" * 64, "code_version": "x", "mlflow_run_id": run.info.run_id,
                              "conductivity_300K_mS_cm": 1.0})

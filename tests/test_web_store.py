@@ -25,7 +25,7 @@ FORMULAS = [("Li6PS5Cl", "Li"), ("Li3PS4", "Li"), ("Na3PS4", "Na"), ("Li10Ge(PS6
 
 def add_candidate(store, i: int) -> int:
     formula, ion = FORMULAS[i % len(FORMULAS)]
-    return store.upsert_candidate({
+    return store.candidates.upsert({
         "structure_hash": sha(f"s{i}"), "name": f"cand-{i:03d}", "formula": formula, "working_ion": ion,
         "working_ion_charge": 2 if ion == "Mg" else 1, "kind": "cathode_host" if ion == "Mg" else "electrolyte",
         "n_atoms": 20,
@@ -33,7 +33,7 @@ def add_candidate(store, i: int) -> int:
 
 
 def add_result(store, cid: int, i: int, stage: str = "transport", model: str = "a", **values) -> None:
-    store.record_result({
+    store.results.record({
         "task_key": sha(f"k{i}-{stage}-{model}-{values}"), "candidate_id": cid, "stage": stage,
         "structure_hash": sha(f"s{i}"), "protocol_hash": sha("p"), "model_ref": f"model-{model}",
         "model_sha256": sha(model), "code_version": "test", **values,
@@ -48,20 +48,20 @@ def transport(sigma: float, ea: float, flags=()) -> dict:
 
 def test_refresh_merges_newest_results_and_is_incremental(db_url):
     with Store.open(db_url) as store:
-        assert store.refresh_summaries().changed is False  # empty database
+        assert store.summaries.refresh().changed is False  # empty database
         c0, c1 = add_candidate(store, 0), add_candidate(store, 1)
         add_result(store, c0, 0, **transport(2.0, 0.25))
         add_result(store, c0, 0, stage="neb", migration_barrier_eV=0.2, percolation_1d_eV=0.2,
                    percolation_3d_eV=0.3, flags=["few_hops"])
         add_result(store, c1, 1, **transport(0.1, 0.4))
-        report = store.refresh_summaries()
+        report = store.summaries.refresh()
         assert (report.changed, report.inserted, report.rows) == (True, 2, 2)
-        assert store.refresh_summaries().skipped is True  # nothing new: no work
+        assert store.summaries.refresh().skipped is True  # nothing new: no work
         with Store.open(db_url) as other:  # another process: rebuilds once, finds nothing to change
-            report = other.refresh_summaries()
+            report = other.summaries.refresh()
             assert (report.skipped, report.changed, report.rows) == (False, False, 2)
 
-        (row0,) = store.summaries_for_candidate(c0)
+        (row0,) = store.summaries.for_candidate(c0)
         assert row0.conductivity_300K_mS_cm == 2.0 and row0.migration_barrier_eV == 0.2
         assert row0.percolation_barrier_eV == 0.3 and row0.percolation_dimension == 3  # 1D + 0.30 eV penalty loses
         assert row0.flags == ["few_hops"] and row0.n_flags == 1 and row0.elements == ",Cl,Li,P,S,"
@@ -69,16 +69,16 @@ def test_refresh_merges_newest_results_and_is_incremental(db_url):
 
         # a newer transport result of c1 under the same model replaces the old one; c0 keeps its values
         add_result(store, c1, 1, **transport(5.0, 0.2))
-        report = store.refresh_summaries()
+        report = store.summaries.refresh()
         assert report.inserted == 0 and report.updated >= 1
-        (row1,) = store.summaries_for_candidate(c1)
+        (row1,) = store.summaries.for_candidate(c1)
         assert row1.conductivity_300K_mS_cm == 5.0
-        assert store.summaries_for_candidate(c0)[0].conductivity_300K_mS_cm == 2.0
+        assert store.summaries.for_candidate(c0)[0].conductivity_300K_mS_cm == 2.0
         # another model: a second row for the same candidate
         add_result(store, c1, 1, model="b", **transport(0.5, 0.3))
-        assert store.refresh_summaries().inserted == 1
-        assert {r.model_sha256 for r in store.summaries_for_candidate(c1)} == {sha("a"), sha("b")}
-        ranks = sorted(r.rank for r in store.browse(per_page=10).rows)
+        assert store.summaries.refresh().inserted == 1
+        assert {r.model_sha256 for r in store.summaries.for_candidate(c1)} == {sha("a"), sha("b")}
+        ranks = sorted(r.rank for r in store.summaries.browse(per_page=10).rows)
         assert ranks == [1, 2, 3]
 
 
@@ -97,13 +97,13 @@ def test_a_result_committed_late_with_a_smaller_id_is_not_missed(db_url):
         with engine.begin() as conn:
             conn.execute(sa.insert(Result), [{**base, "id": 50, "task_key": sha("late-0"), "candidate_id": c0,
                                               "structure_hash": sha("s0"), "conductivity_300K_mS_cm": 1.0}])
-        store.refresh_summaries()
+        store.summaries.refresh()
         with engine.begin() as conn:  # id 7 < 50: the maximum does not move
             conn.execute(sa.insert(Result), [{**base, "id": 7, "task_key": sha("late-1"), "candidate_id": c1,
                                               "structure_hash": sha("s1"), "conductivity_300K_mS_cm": 2.0}])
         engine.dispose()
-        report = store.refresh_summaries()
-        assert report.inserted == 1 and store.summaries_for_candidate(c1)[0].conductivity_300K_mS_cm == 2.0
+        report = store.summaries.refresh()
+        assert report.inserted == 1 and store.summaries.for_candidate(c1)[0].conductivity_300K_mS_cm == 2.0
 
 
 def test_sql_order_and_filters_agree_with_python(db_url):
@@ -119,8 +119,8 @@ def test_sql_order_and_filters_agree_with_python(db_url):
             if i % 3 == 0:
                 b = rng.uniform(0.1, 0.9)
                 add_result(store, cid, i, stage="neb", migration_barrier_eV=b, percolation_3d_eV=b + 0.1, flags=[])
-        store.refresh_summaries()
-        everything = store.browse_all(BrowseQuery(sort="name"))
+        store.summaries.refresh()
+        everything = store.summaries.browse_all(BrowseQuery(sort="name"))
         assert len(everything) == 60 - 60 // 7
         assert [r.name for r in everything] == sorted(r.name for r in everything)
 
@@ -145,13 +145,13 @@ def test_sql_order_and_filters_agree_with_python(db_url):
         ]
         for filters, predicate, key, reverse in cases:
             expected = python(predicate, key, reverse)
-            got = [r.id for r in store.browse_all(BrowseQuery(**filters))]
+            got = [r.id for r in store.summaries.browse_all(BrowseQuery(**filters))]
             assert got == expected, filters
-            page = store.browse(BrowseQuery(**filters, per_page=7, page=2))
+            page = store.summaries.browse(BrowseQuery(**filters, per_page=7, page=2))
             assert page.total == len(expected) and [r.id for r in page.rows] == expected[7:14]
         for injection in ("' OR 1=1 --", "%", "_", "\\"):
-            assert store.browse(text=injection).total == 0
-            assert store.browse(working_ion=injection).total == 0
+            assert store.summaries.browse(text=injection).total == 0
+            assert store.summaries.browse(working_ion=injection).total == 0
         assert store.table_counts()["candidates"] == 60
 
 
@@ -167,23 +167,23 @@ def test_browse_query_validation():
 
 def test_tokens_are_hashed_verified_and_revoked(db_url):
     with Store.open(db_url) as store:
-        record, secret = store.create_token("ci runner")
+        record, secret = store.tokens.create("ci runner")
         assert secret.startswith(f"isk_{record.token_id}_") and record.active and record.last_used_utc is None
-        _, other = store.create_token("ci runner")
+        _, other = store.tokens.create("ci runner")
         assert other != secret
-        verified = store.verify_token(secret)
+        verified = store.tokens.verify(secret)
         assert verified.token_id == record.token_id and verified.last_used_utc is not None
-        assert store.verify_token(secret[:-2]) is None and store.verify_token("") is None
-        assert store.verify_token("isk_" + "0" * 8 + "_" + "x" * 43) is None
+        assert store.tokens.verify(secret[:-2]) is None and store.tokens.verify("") is None
+        assert store.tokens.verify("isk_" + "0" * 8 + "_" + "x" * 43) is None
         with pytest.raises(InputError, match="2 active tokens"):
-            store.revoke_token("ci runner")  # ambiguous name: refuse, revoke nothing
-        assert all(t.active for t in store.list_tokens())
-        revoked = store.revoke_token(record.token_id)
-        assert not revoked.active and store.verify_token(secret) is None
-        assert store.verify_token(other) is not None
-        assert store.revoke_token("ci runner").token_id != record.token_id  # now unambiguous
+            store.tokens.revoke("ci runner")  # ambiguous name: refuse, revoke nothing
+        assert all(t.active for t in store.tokens.list())
+        revoked = store.tokens.revoke(record.token_id)
+        assert not revoked.active and store.tokens.verify(secret) is None
+        assert store.tokens.verify(other) is not None
+        assert store.tokens.revoke("ci runner").token_id != record.token_id  # now unambiguous
         with pytest.raises(NotFoundError):
-            store.revoke_token("nobody")
+            store.tokens.revoke("nobody")
         with pytest.raises(InputError):
-            store.create_token("bad\nname")
-        assert len(store.list_tokens()) == 2 and store.list_tokens(include_revoked=False) == []
+            store.tokens.create("bad\nname")
+        assert len(store.tokens.list()) == 2 and store.tokens.list(include_revoked=False) == []

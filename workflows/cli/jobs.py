@@ -44,7 +44,7 @@ def print_ranked(store, job_id: str, settings, fmt: str = "table") -> None:
     if fmt == "json":
         typer.echo(json.dumps({"ranked": [r.model_dump(mode="json") for r in rows], "not_ranked": others}, indent=2))
         return
-    job = store.get_job(job_id)
+    job = store.jobs.get(job_id)
     typer.echo(f"job {job.id} ({job.name}): {job.status}, model {job.model_ref}")
     typer.echo(f"{'#':>3} {'candidate':<22} {'formula':<14} {'ion':<3} {'σ300K (mS/cm) [95% CI]':<30} "
                f"{'Ea (eV) [95% CI]':<24} {'barrier 1D/2D/3D (eV)':<20} {'score':>7}  flags")
@@ -99,11 +99,11 @@ def results(
         raise InputError(f"--format must be table, csv or json, got {fmt!r}")
     settings = _settings()
     store = _store(settings)
-    record = store.get_job(job)
+    record = store.jobs.get(job)
     if cif is not None:
-        matches = [c for c in store.candidates_for_job(record.id) if c.name == cif or c.structure_hash.startswith(cif)]
+        matches = [c for c in store.candidates.for_job(record.id) if c.name == cif or c.structure_hash.startswith(cif)]
         if len(matches) != 1:
-            names = ", ".join(c.name for c in store.candidates_for_job(record.id))
+            names = ", ".join(c.name for c in store.candidates.for_job(record.id))
             raise InputError(f"{'no' if not matches else 'more than one'} candidate matches {cif!r}; candidates: {names}")
         path = out or Path(f"{matches[0].name}.cif".replace("/", "_"))
         path.write_text(matches[0].cif)
@@ -117,13 +117,13 @@ def jobs_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """All jobs, newest first, with task counts."""
     settings = _settings()
     store = _store(settings)
-    jobs = store.list_jobs()
+    jobs = store.jobs.list()
     if as_json:
         typer.echo(json.dumps([{"id": j.id, "name": j.name, "status": str(j.status), "model_ref": j.model_ref,
-                                "created_utc": j.created_utc.isoformat(), "counts": store.counts(j.id)} for j in jobs], indent=2))
+                                "created_utc": j.created_utc.isoformat(), "counts": store.tasks.counts(j.id)} for j in jobs], indent=2))
         return
     for j in jobs:
-        counts = store.counts(j.id)
+        counts = store.tasks.counts(j.id)
         summary = "; ".join(f"{stage}: " + ", ".join(f"{n} {state}" for state, n in c.items() if n) for stage, c in counts.items())
         typer.echo(f"{j.id[:12]}  {j.created_utc:%Y-%m-%d %H:%M}  {str(j.status):<9}  {j.name:<20}  {summary}")
 
@@ -134,18 +134,18 @@ def jobs_status(job: Annotated[str, typer.Argument(help="Job id or prefix.")],
     """A job's state, task counts per stage, and its tasks (with errors and progress)."""
     settings = _settings()
     store = _store(settings)
-    j = store.get_job(job)
-    tasks = store.tasks(j.id)
+    j = store.jobs.get(job)
+    tasks = store.tasks.list(j.id)
     if as_json:
         typer.echo(json.dumps({"id": j.id, "name": j.name, "status": str(j.status), "error": j.error,
-                               "mlflow_run_id": j.mlflow_run_id, "counts": store.counts(j.id),
+                               "mlflow_run_id": j.mlflow_run_id, "counts": store.tasks.counts(j.id),
                                "tasks": [t.model_dump(mode="json") for t in tasks]}, indent=2, default=str))
         return
     typer.echo(f"job {j.id} ({j.name}): {j.status}; model {j.model_ref}; MLflow run {j.mlflow_run_id or '—'}")
-    for stage, c in store.counts(j.id).items():
+    for stage, c in store.tasks.counts(j.id).items():
         typer.echo(f"  {stage}: " + ", ".join(f"{n} {state}" for state, n in c.items()))
     for t in tasks:
-        cand = store.get_candidate(t.candidate_id)
+        cand = store.candidates.get(t.candidate_id)
         extra = f" — {t.error}" if t.error else (f" — {t.progress_json}" if t.state == "running" and t.progress_json else "")
         typer.echo(f"  task {t.id:>4} {str(t.stage):<9} {cand.name:<22} {str(t.state):<9} attempts {t.attempts}"
                    + (" (reused)" if t.reused_result else "") + extra)
@@ -157,8 +157,8 @@ def jobs_status(job: Annotated[str, typer.Argument(help="Job id or prefix.")],
 def jobs_cancel(job: Annotated[str, typer.Argument(help="Job id or prefix.")]) -> None:
     """Cancel a job: pending tasks are cancelled; a running driver stops its workers."""
     store = _store(_settings())
-    j = store.get_job(job)
-    n = store.cancel_job(j.id)
+    j = store.jobs.get(job)
+    n = store.jobs.cancel(j.id)
     typer.echo(f"cancelled job {j.id} ({n} pending tasks cancelled)")
 
 
@@ -173,7 +173,7 @@ def jobs_resume(
 
     settings = _settings()
     store = _store(settings)
-    j = store.get_job(job)
+    j = store.jobs.get(job)
     summary = run_job(j.id, settings, address=address, workers=workers)
     typer.echo(f"done: {summary.done} computed, {summary.failed} failed, {summary.retried} retried", err=True)
     print_ranked(store, j.id, settings)

@@ -53,7 +53,7 @@ def serve(
 @tokens_app.command("create")
 def tokens_create(name: Annotated[str, typer.Argument(help="Who or what will use the token, e.g. alice or ci.")]) -> None:
     """Create a token and print it ONCE (only its SHA-256 is stored)."""
-    record, token = _store(_settings()).create_token(name)
+    record, token = _store(_settings()).tokens.create(name)
     typer.echo(token)
     typer.echo(f"token {record.token_id} for {record.name!r} created; it is shown only now — keep it secret. "
                "Send it as 'Authorization: Bearer <token>'.", err=True)
@@ -62,7 +62,7 @@ def tokens_create(name: Annotated[str, typer.Argument(help="Who or what will use
 @tokens_app.command("list")
 def tokens_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False) -> None:
     """Tokens (id, name, created, last used, revoked); never the tokens themselves."""
-    records = _store(_settings()).list_tokens()
+    records = _store(_settings()).tokens.list()
     if as_json:
         typer.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return
@@ -78,7 +78,7 @@ def tokens_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-re
 @tokens_app.command("revoke")
 def tokens_revoke(token: Annotated[str, typer.Argument(help="Token id (8 hex digits) or the name of one active token.")]) -> None:
     """Revoke a token: requests with it are refused from now on."""
-    record = _store(_settings()).revoke_token(token)
+    record = _store(_settings()).tokens.revoke(token)
     typer.echo(f"revoked token {record.token_id} ({record.name})")
 
 

@@ -4,7 +4,13 @@ SQLite (WAL) under ``IONSCREEN_HOME`` by default, PostgreSQL by URL (``IONSCREEN
 """
 
 from workflows.db.models import JobStatus, Stage, TaskState
-from workflows.db.records import CandidateRecord, CandidateRow, JobRecord, ResultRow, TaskRecord
+from workflows.db.records import (
+    CandidateRecord,
+    CandidateRow,
+    JobRecord,
+    ResultRow,
+    TaskRecord,
+)
 from workflows.db.store import (
     JOB_TRANSITIONS,
     TASK_TRANSITIONS,

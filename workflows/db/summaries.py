@@ -20,10 +20,27 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from sqlalchemy.orm import Session
 
-from workflows.db.models import Candidate, CandidateSummary, Job, JobCandidate, Result, Stage, utc_now
+from mlip.errors import InputError
+from workflows.db.database import Repository, find_candidate, find_job
+from workflows.db.models import (
+    Candidate,
+    CandidateSummary,
+    JobCandidate,
+    Result,
+    Stage,
+    utc_now,
+)
+from workflows.db.records import validation_error
 
 _ELEMENT = re.compile(r"[A-Z][a-z]?")
 
@@ -334,11 +351,11 @@ def _key(text: str) -> tuple[int, str]:
 
 
 # ---------------------------------------------------------------------------------------------- queries
-def _filtered(session: Session, query: BrowseQuery, job_lookup: Callable[[Session, str], Job]) -> sa.Select:
+def _filtered(session: Session, query: BrowseQuery) -> sa.Select:
     s = CandidateSummary
     stmt = sa.select(s)
     if query.job is not None:
-        job = job_lookup(session, query.job)
+        job = find_job(session, query.job)
         stmt = stmt.where(
             s.candidate_id.in_(sa.select(JobCandidate.candidate_id).where(JobCandidate.job_id == job.id)),
         )
@@ -373,8 +390,8 @@ def _ordered(stmt: sa.Select, query: BrowseQuery) -> sa.Select:
     return stmt.order_by(primary.nulls_last(), CandidateSummary.id)
 
 
-def browse(session: Session, query: BrowseQuery, job_lookup: Callable[[Session, str], Job]) -> BrowsePage:
-    stmt = _filtered(session, query, job_lookup)
+def browse(session: Session, query: BrowseQuery) -> BrowsePage:
+    stmt = _filtered(session, query)
     total = session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery()))
     page = _ordered(stmt, query).limit(query.per_page).offset((query.page - 1) * query.per_page)
     rows = [SummaryRecord.model_validate(r) for r in session.scalars(page)]
@@ -390,14 +407,77 @@ def facets(session: Session) -> dict[str, list[str]]:
     }
 
 
-def browse_all(session: Session, query: BrowseQuery, job_lookup: Callable[[Session, str], Job],
-               limit: int) -> list[SummaryRecord]:
+def browse_all(session: Session, query: BrowseQuery, limit: int) -> list[SummaryRecord]:
     """Every row matching the filters, in the query's order (at most ``limit``), for exports."""
-    stmt = _ordered(_filtered(session, query, job_lookup), query).limit(limit)
+    stmt = _ordered(_filtered(session, query), query).limit(limit)
     return [SummaryRecord.model_validate(r) for r in session.scalars(stmt)]
 
 
+
+class SummaryRepository(Repository):
+    """``store.summaries``: the candidate table — refresh from new results, browse, export, facets, one candidate."""
+
+    def __init__(self, db):
+        super().__init__(db)
+        self._watermark = None
+
+    def refresh(self, *, force: bool = False):
+        """Update the candidate table (``candidate_summaries``) from new results; cheap when nothing changed.
+
+        Reads and ranks without a write lock, then writes the changed rows in one short transaction. The first call
+        of a Store (or ``force``) always rebuilds; later calls are skipped while no result was added.
+        """
+        mark = self._run(watermark, write=False)
+        if not force and mark == self._watermark:
+            return RefreshReport(False, skipped=True)
+        plan = self._run(plan_refresh, write=False)
+        report = self._run(lambda s: apply_refresh(s, self._insert, plan), write=True)
+        self._watermark = mark
+        return report
+
+    def browse(self, query=None, **filters):
+        """One page of the candidate table (a ``BrowseQuery``, or its fields as keywords)."""
+        query = _browse_query(query, filters)
+        return self._run(lambda s: browse(s, query), write=False)
+
+    def browse_all(self, query=None, *, limit: int = 100_000, **filters):
+        """Every row of the candidate table that matches the filters (at most ``limit``), in order (exports)."""
+        query = _browse_query(query, filters)
+        return self._run(lambda s: browse_all(s, query, limit), write=False)
+
+    def facets(self) -> dict[str, list[str]]:
+        """Distinct working ions and kinds in the candidate table."""
+        return self._run(facets, write=False)
+
+    def for_candidate(self, candidate_id: int):
+        """The candidate's table rows (one per model), best score first."""
+        def work(session: Session):
+            find_candidate(session, candidate_id)
+            query = (
+                sa.select(CandidateSummary)
+                .where(CandidateSummary.candidate_id == candidate_id)
+                .order_by(CandidateSummary.score.desc().nulls_last(), CandidateSummary.id)
+            )
+            return [SummaryRecord.model_validate(r) for r in session.scalars(query)]
+
+        return self._run(work, write=False)
+
+
+def _browse_query(query, filters: dict[str, Any]):
+    from workflows.db.summaries import BrowseQuery
+
+    if query is None:
+        try:
+            return BrowseQuery(**filters)
+        except ValidationError as err:
+            raise validation_error("candidate table query", err) from err
+    if filters:
+        raise InputError("give a BrowseQuery or filter keywords, not both")
+    return query
+
+
 __all__ = [
+    "SummaryRepository",
     "BrowsePage",
     "BrowseQuery",
     "MAX_PER_PAGE",

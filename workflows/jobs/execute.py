@@ -166,7 +166,7 @@ def execute(
         if not available:
             return False
         w = min(available, key=load.get)
-        store.claim_task(task_id, worker=f"actor{w}")
+        store.tasks.claim(task_id, worker=f"actor{w}")
         ref = workers[w].run.remote(task_id, payloads[task_id])
         in_flight[ref] = (task_id, w)
         load[w] += 1
@@ -179,8 +179,8 @@ def execute(
                 for actor in workers:  # stops the running tasks (actor tasks cannot be force-cancelled)
                     ray.kill(actor, no_restart=True)
                 for task_id in [t for t, _ in in_flight.values()] + queue:
-                    if store.get_task(task_id).state in ("pending", "running"):  # cancel_job already did the pending ones
-                        store.finish_task(task_id, "cancelled", error="job cancelled")
+                    if store.tasks.get(task_id).state in ("pending", "running"):  # cancel_job already did the pending ones
+                        store.tasks.finish(task_id, "cancelled", error="job cancelled")
                     summary.cancelled += 1
                 queue.clear()
                 in_flight.clear()
@@ -210,15 +210,15 @@ def execute(
                 except RayActorError as err:
                     if w not in probes.values():
                         probes[workers[w].pid.remote()] = w  # Ray restarts the actor; wait until it answers
-                    attempts = store.get_task(task_id).attempts
+                    attempts = store.tasks.get(task_id).attempts
                     if attempts < options.max_attempts:
                         log.warning("worker died running task %s (attempt %s): retrying", task_id, attempts)
-                        store.requeue_task(task_id, error=f"worker died: {type(err).__name__}")
+                        store.tasks.requeue(task_id, error=f"worker died: {type(err).__name__}")
                         queue.insert(0, task_id)
                         summary.retried += 1
                         on_event("retry", {"task_id": task_id, "attempts": attempts})
                     else:
-                        store.finish_task(task_id, "failed", error=f"worker died {attempts} times: {err}")
+                        store.tasks.finish(task_id, "failed", error=f"worker died {attempts} times: {err}")
                         summary.failed += 1
                         summary.errors[task_id] = str(err)
                         on_event("failed", {"task_id": task_id, "error": str(err)})
@@ -226,14 +226,14 @@ def execute(
                 except Exception as err:  # raised inside the task: permanent
                     cause = getattr(err, "cause", None) or err
                     message = f"{type(cause).__name__}: {cause}"
-                    store.finish_task(task_id, "failed", error=message)
+                    store.tasks.finish(task_id, "failed", error=message)
                     summary.failed += 1
                     summary.errors[task_id] = message
                     on_event("failed", {"task_id": task_id, "error": message, "permanent": _is_permanent(err)})
                     continue
-                store.record_result({**row, "candidate_id": payloads[task_id]["candidate_id"],
+                store.results.record({**row, "candidate_id": payloads[task_id]["candidate_id"],
                                      "mlflow_run_id": payloads[task_id].get("mlflow_run_id")})
-                store.finish_task(task_id, "done")
+                store.tasks.finish(task_id, "done")
                 summary.done += 1
                 on_event("done", {"task_id": task_id, "row": row})
     finally:

@@ -54,7 +54,7 @@ def plan_job(spec_path: str | Path, settings: Settings, *, store=None) -> JobPla
     if not built.candidates:
         raise InputError("no candidate of the job can be screened:\n  " + "\n  ".join(failures))
     store = store or Store.open(settings.db_url)
-    job_id = store.create_job(spec, model_sha256=loaded.sha256)
+    job_id = store.jobs.create(spec, model_sha256=loaded.sha256)
     plan = {
         "model_ref": spec.model,
         "model_sha256": loaded.sha256,
@@ -69,14 +69,14 @@ def plan_job(spec_path: str | Path, settings: Settings, *, store=None) -> JobPla
     path.write_text(json.dumps(plan, indent=1))
     n_tasks = 0
     for cand in built.candidates:
-        cid = store.upsert_candidate(cand)
-        store.link_candidate(job_id, cid)
+        cid = store.candidates.upsert(cand)
+        store.candidates.link(job_id, cid)
         for stage in spec.stages:
             key = task_key(cand.structure_hash, stage, plan["protocol_hashes"][str(stage)], loaded.sha256)
-            store.add_task(job_id, cid, str(stage), key, workdir=str(workdir_for(Path("."), key)))
+            store.tasks.add(job_id, cid, str(stage), key, workdir=str(workdir_for(Path("."), key)))
             n_tasks += 1
     if failures:
-        store.set_job_status(job_id, "pending", error="candidates that could not be built:\n" + "\n".join(failures))
+        store.jobs.set_status(job_id, "pending", error="candidates that could not be built:\n" + "\n".join(failures))
     return JobPlan(job_id, len(built.candidates), n_tasks, failures)
 
 
@@ -170,17 +170,17 @@ def run_job(
     from workflows.jobs.progress import JobProgress
 
     store = Store.open(settings.db_url)
-    job = store.get_job(job_id)
+    job = store.jobs.get(job_id)
     job_id = job.id
     if job.status == "cancelled":
         raise InputError(f"job {job_id} was cancelled; submit it again to rerun it")
     plan = json.loads(_plan_path(settings, job_id).read_text())
-    requeued = store.requeue_running(job_id)  # a dead driver's tasks continue from their checkpoints
-    store.set_job_status(job_id, "running", driver_pid=os.getpid(), driver_host=socket.gethostname())
+    requeued = store.tasks.requeue_running(job_id)  # a dead driver's tasks continue from their checkpoints
+    store.jobs.set_status(job_id, "running", driver_pid=os.getpid(), driver_host=socket.gethostname())
     mlflow_run_id = _ensure_mlflow_run(store, job_id, plan, settings)
 
-    candidates = {c.id: c for c in store.candidates_for_job(job_id)}
-    tasks = store.tasks(job_id)
+    candidates = {c.id: c for c in store.candidates.for_job(job_id)}
+    tasks = store.tasks.list(job_id)
     stage_of = {t.id: str(t.stage) for t in tasks}
     units = {}
     for t in tasks:
@@ -194,8 +194,8 @@ def run_job(
         if t.state in ("done", "failed", "cancelled"):
             display.mark(t.id, "reused" if t.state == "done" else t.state)
             continue
-        if store.result_for_key(t.task_key) is not None:  # computed before, by this or another job
-            store.reuse_result(t.id)
+        if store.results.for_key(t.task_key) is not None:  # computed before, by this or another job
+            store.tasks.reuse_result(t.id)
             display.mark(t.id, "reused")
             continue
         cand = _candidate_from_record(candidates[t.candidate_id])
@@ -227,7 +227,7 @@ def run_job(
             display.mark(task_id, "retry")
         elif kind == "progress":
             display.progress(task_id, info)
-            store.set_task_progress(task_id, {k: v for k, v in info.items() if k != "task_id"})
+            store.tasks.set_progress(task_id, {k: v for k, v in info.items() if k != "task_id"})
 
     last_check = [0.0, False]
 
@@ -235,24 +235,24 @@ def run_job(
         now = time.monotonic()
         if now - last_check[0] > 2.0:
             last_check[0] = now
-            last_check[1] = store.get_job(job_id).status == "cancelled"
+            last_check[1] = store.jobs.get(job_id).status == "cancelled"
         return last_check[1]
 
     try:
         summary = execute(store, job_id, plan["model_ref"], payloads, options,
                           env=_worker_env(settings, options), on_event=on_event, should_stop=should_stop)
     except BaseException as err:
-        if not isinstance(err, KeyboardInterrupt) and store.get_job(job_id).status == "running":
-            store.set_job_status(job_id, "failed", error=f"driver error: {type(err).__name__}: {err}")
+        if not isinstance(err, KeyboardInterrupt) and store.jobs.get(job_id).status == "running":
+            store.jobs.set_status(job_id, "failed", error=f"driver error: {type(err).__name__}: {err}")
         raise
     finally:
         display.close()
     summary.retried += requeued
-    counts = store.counts(job_id)
-    if store.get_job(job_id).status != "cancelled":
+    counts = store.tasks.counts(job_id)
+    if store.jobs.get(job_id).status != "cancelled":
         n_done = sum(c.get("done", 0) for c in counts.values())
         status = "done" if n_done else "failed"
-        store.set_job_status(job_id, status)
+        store.jobs.set_status(job_id, status)
     _finish_mlflow_run(store, job_id, plan, settings, summary)
     return summary
 
@@ -261,14 +261,14 @@ def ranked(store, job_id: str, plan: dict | None = None):
     """The job's candidates ranked (best first) and the candidates without results (failed or pending)."""
     from screening.ranking import RankingWeights, rank
 
-    rows = store.results_for_job(job_id)
+    rows = store.results.for_job(job_id)
     weights = RankingWeights(**plan["ranking"]) if plan and plan.get("ranking") else None
     components = None
     ranked_rows = rank(rows, weights=weights, components=components) if rows else []
     with_results = {r["structure_hash"] for r in rows}
     others = []
-    for t in store.tasks(job_id):
-        cand = store.get_candidate(t.candidate_id)
+    for t in store.tasks.list(job_id):
+        cand = store.candidates.get(t.candidate_id)
         if cand.structure_hash not in with_results:
             others.append({"name": cand.name, "formula": cand.formula, "stage": str(t.stage), "state": str(t.state),
                            "error": t.error, "structure_hash": cand.structure_hash})
@@ -289,7 +289,7 @@ def _ensure_mlflow_run(store, job_id: str, plan: dict, settings: Settings) -> st
     from mlip import registry as mlip_registry
     from training.registry import ensure_experiment
 
-    job = store.get_job(job_id)
+    job = store.jobs.get(job_id)
     client = mlip_registry.client(settings)
     if job.mlflow_run_id:
         return job.mlflow_run_id
@@ -317,7 +317,7 @@ def _ensure_mlflow_run(store, job_id: str, plan: dict, settings: Settings) -> st
             client.set_tag(run_id, "ionscreen.model_training_run", version.run_id or "")
         except Exception:  # the link is informative; the run is still valid without it
             pass
-    store.set_job_status(job_id, store.get_job(job_id).status, mlflow_run_id=run_id)
+    store.jobs.set_status(job_id, store.jobs.get(job_id).status, mlflow_run_id=run_id)
     return run_id
 
 
@@ -325,12 +325,12 @@ def _finish_mlflow_run(store, job_id: str, plan: dict, settings: Settings, summa
     import mlflow
     from mlip import registry as mlip_registry
 
-    job = store.get_job(job_id)
+    job = store.jobs.get(job_id)
     if not job.mlflow_run_id:
         return
     client = mlip_registry.client(settings)
     ranked_rows, others = ranked(store, job_id, plan)
-    counts = store.counts(job_id)
+    counts = store.tasks.counts(job_id)
     metrics = {
         "tasks_done": sum(c.get("done", 0) for c in counts.values()),
         "tasks_failed": sum(c.get("failed", 0) for c in counts.values()),

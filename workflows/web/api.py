@@ -90,7 +90,7 @@ def _store(request: Request):
 
 
 def _job_summary(store, job: JobRecord) -> dict[str, Any]:
-    counts = store.counts(job.id)
+    counts = store.tasks.counts(job.id)
     progress = {}
     for stage, states in counts.items():
         total = sum(states.values())
@@ -136,7 +136,7 @@ def list_candidates(
 ):
     """One page of the candidate table: one row per (candidate, model), with σ(300 K) and Ea and their 95 %
     intervals, the percolation barrier, flags and the ranking score (default weights, comparable across jobs)."""
-    result = _store(request).browse(query)
+    result = _store(request).summaries.browse(query)
     rows = [CandidateRow(**r.model_dump(), url=f"/candidates/{r.candidate_id}?model={r.model_sha256}")
             for r in result.rows]
     return CandidatePage(total=result.total, page=query.page, per_page=query.per_page, pages=result.pages, rows=rows)
@@ -147,7 +147,7 @@ def list_candidates(
 def export_csv(request: Request, query: TableQuery):
     """Every row matching the same filters as ``/api/candidates`` (all pages, up to 100,000 rows), in its order."""
     limit = 100_000
-    rows = _store(request).browse_all(query, limit=limit)
+    rows = _store(request).summaries.browse_all(query, limit=limit)
     headers = {"Content-Disposition": 'attachment; filename="ionscreen-candidates.csv"'}
     if len(rows) == limit:
         headers["X-Ionscreen-Truncated"] = str(limit)
@@ -157,12 +157,12 @@ def export_csv(request: Request, query: TableQuery):
 @router.get("/candidates/{candidate_id}", tags=["candidates"], summary="A candidate with all its results")
 def get_candidate(request: Request, candidate_id: int):
     store = _store(request)
-    record = store.get_candidate(candidate_id)
+    record = store.candidates.get(candidate_id)
     stem = safe_stem(record.name)
     return {
         "candidate": record.model_dump(mode="json", exclude={"cif"}),
-        "summaries": [s.model_dump(mode="json") for s in store.summaries_for_candidate(candidate_id)],
-        "results": json.loads(json.dumps(store.results_for_candidate(candidate_id), default=str)),
+        "summaries": [s.model_dump(mode="json") for s in store.summaries.for_candidate(candidate_id)],
+        "results": json.loads(json.dumps(store.results.for_candidate(candidate_id), default=str)),
         "downloads": {
             "cif": f"/api/candidates/{candidate_id}/download/{stem}.cif",
             "poscar": f"/api/candidates/{candidate_id}/download/POSCAR",
@@ -176,7 +176,7 @@ def get_candidate(request: Request, candidate_id: int):
 def download(request: Request, candidate_id: int, filename: str):
     """``NAME.cif`` (the stored CIF, whose first line holds ionscreen's metadata), or ``POSCAR`` / ``NAME.vasp``."""
     fmt = download_format(filename)
-    record = _store(request).get_candidate(candidate_id)
+    record = _store(request).candidates.get(candidate_id)
     return Response(file_text(record, fmt), media_type=media_type(fmt),
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
@@ -214,17 +214,17 @@ async def submit_job(request: Request, token: TokenRecord = Depends(require_writ
 def list_jobs(request: Request, status: Annotated[str | None, Query(description="Only jobs in this status.")] = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100):
     store = _store(request)
-    return [_job_summary(store, j) for j in store.list_jobs(status=status, limit=limit)]
+    return [_job_summary(store, j) for j in store.jobs.list(status=status, limit=limit)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatusOut, tags=["jobs"], summary="A job's status and progress")
 def job_status(request: Request, job_id: str):
     store = _store(request)
-    job = store.get_job(job_id)
+    job = store.jobs.get(job_id)
     running = [
         {"task_id": t.id, "candidate_id": t.candidate_id, "stage": str(t.stage), "attempts": t.attempts,
          "started_utc": t.started_utc, "progress": t.progress_json}
-        for t in store.tasks(job.id, state="running")
+        for t in store.tasks.list(job.id, state="running")
     ]
     return {**_job_summary(store, job), "running_tasks": running, "spec": job.spec_json}
 
@@ -234,8 +234,8 @@ def job_status(request: Request, job_id: str):
 def cancel_job(request: Request, job_id: str, token: TokenRecord = Depends(require_write)):
     """Pending tasks are cancelled at once; a running driver sees the status within seconds and stops its workers."""
     store = _store(request)
-    job = store.get_job(job_id)
-    n = store.cancel_job(job.id)
+    job = store.jobs.get(job_id)
+    n = store.jobs.cancel(job.id)
     return {"job_id": job.id, "status": "cancelled", "tasks_cancelled": n}
 
 
@@ -245,7 +245,7 @@ def job_results(request: Request, job_id: str):
     from workflows.jobs.run import _plan_path, ranked
 
     store = _store(request)
-    job = store.get_job(job_id)
+    job = store.jobs.get(job_id)
     path = _plan_path(request.app.state.settings, job.id)
     plan = json.loads(path.read_text()) if path.exists() else None
     rows, others = ranked(store, job.id, plan)

@@ -40,7 +40,7 @@ class SummaryRefresher:
 
     def refresh(self) -> None:
         try:
-            self.store.refresh_summaries()
+            self.store.summaries.refresh()
         except Exception:  # noqa: BLE001 - keep serving the last table; the next round tries again
             log.exception("refreshing the candidate table failed")
 

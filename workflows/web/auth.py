@@ -30,7 +30,7 @@ def _check(request: Request, token: str | None, what: str) -> TokenRecord:
         raise HTTPException(401, f"{what} needs an API token: send 'Authorization: Bearer <token>' "
                                  "(create one with `ionscreen tokens create NAME`)",
                             headers={"WWW-Authenticate": "Bearer"})
-    record = request.app.state.store.verify_token(token)
+    record = request.app.state.store.tokens.verify(token)
     if record is None:
         raise HTTPException(403, "the API token is not valid (unknown, malformed or revoked)")
     return record

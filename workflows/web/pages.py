@@ -53,7 +53,7 @@ def table(request: Request):
         error = err.errors
         query = browse_query({})
     try:
-        result = store.browse(query) if error is None else None
+        result = store.summaries.browse(query) if error is None else None
     except InputError as err:  # e.g. an unknown job id
         error = [{"loc": ["query", "job"], "msg": str(err)}]
         result = None
@@ -72,8 +72,8 @@ def table(request: Request):
         "result": result,
         "errors": error,
         "headers": headers,
-        "facets": store.summary_facets(),
-        "jobs": store.list_jobs(limit=50),
+        "facets": store.summaries.facets(),
+        "jobs": store.jobs.list(limit=50),
         "csv_href": "/api/candidates.csv" + ("?" + query_string(query, page=1) if query_string(query, page=1) else ""),
         "page_href": lambda page: "?" + query_string(query, page=page),
         "sort_keys": list(SortKey),
@@ -86,9 +86,9 @@ def table(request: Request):
 def candidate_page(request: Request, candidate_id: int, model: str | None = None):
     state = request.app.state
     store, home = state.store, state.settings.home
-    record = store.get_candidate(candidate_id)
-    summaries = store.summaries_for_candidate(candidate_id)
-    results = store.results_for_candidate(candidate_id)
+    record = store.candidates.get(candidate_id)
+    summaries = store.summaries.for_candidate(candidate_id)
+    results = store.results.for_candidate(candidate_id)
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_model[r["model_sha256"]].append(r)
@@ -142,24 +142,24 @@ def candidate_page(request: Request, candidate_id: int, model: str | None = None
 @pages.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request):
     store = request.app.state.store
-    jobs = [(j, store.counts(j.id)) for j in store.list_jobs(limit=200)]
+    jobs = [(j, store.tasks.counts(j.id)) for j in store.jobs.list(limit=200)]
     return _render(request, "jobs.html", {"jobs": jobs})
 
 
 @pages.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str):
     store = request.app.state.store
-    job = store.get_job(job_id)
-    tasks = store.tasks(job.id)
-    names = {c.id: c.name for c in store.candidates_for_job(job.id)}
-    return _render(request, "job.html", {"job": job, "counts": store.counts(job.id), "tasks": tasks[:500],
+    job = store.jobs.get(job_id)
+    tasks = store.tasks.list(job.id)
+    names = {c.id: c.name for c in store.candidates.for_job(job.id)}
+    return _render(request, "job.html", {"job": job, "counts": store.tasks.counts(job.id), "tasks": tasks[:500],
                                          "n_tasks": len(tasks), "names": names,
                                          "table_href": "/?" + urlencode({"job": job.id})})
 
 
 # ---------------------------------------------------------------------------------------------- plots and files
 def _result(request: Request, result_id: int) -> dict[str, Any]:
-    return request.app.state.store.get_result(result_id)
+    return request.app.state.store.results.get(result_id)
 
 
 @pages.get("/results/{result_id}/arrhenius.png")
@@ -220,7 +220,7 @@ async def login(request: Request):
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0].strip()
     target = _local((form.get("next") or ["/"])[0])
-    record = request.app.state.store.verify_token(token) if token else None
+    record = request.app.state.store.tokens.verify(token) if token else None
     if record is None:
         return _render(request, "login.html", {"next": target, "error": "That token is not valid."}, status_code=403)
     response = RedirectResponse(target, status_code=303)

@@ -210,14 +210,14 @@ def seed_sample(store, home: Path, candidate_rows: list[dict[str, Any]], *, seed
     from workflows.jobs.tasks import neb_row, task_key, transport_row, workdir_for
 
     rng = random.Random(seed)
-    job_id = store.create_job({"name": "web-sample-synthetic", "model": SAMPLE_MODEL_REF},
+    job_id = store.jobs.create({"name": "web-sample-synthetic", "model": SAMPLE_MODEL_REF},
                               model_sha256=SAMPLE_MODEL_SHA256)
     ids: dict[str, int] = {}
     result_ids: dict[tuple[str, str], int] = {}
     for row in candidate_rows:
-        cid = store.upsert_candidate(row)
+        cid = store.candidates.upsert(row)
         ids[row["name"]] = cid
-        store.link_candidate(job_id, cid)
+        store.candidates.link(job_id, cid)
         models = [(SAMPLE_MODEL_REF, SAMPLE_MODEL_SHA256)]
         if row["name"] in second_model_for:
             models.append((SECOND_MODEL_REF, SECOND_MODEL_SHA256))
@@ -254,19 +254,19 @@ def seed_sample(store, home: Path, candidate_rows: list[dict[str, Any]], *, seed
                     values = neb_row(neb_document)
                     code = neb_document.provenance.code_version
                 if model_index == 0:
-                    task_id = store.add_task(job_id, cid, stage, key, workdir=str(workdir.relative_to(home)))
-                    store.claim_task(task_id, "sample-worker")
+                    task_id = store.tasks.add(job_id, cid, stage, key, workdir=str(workdir.relative_to(home)))
+                    store.tasks.claim(task_id, "sample-worker")
                 values.update(task_key=key, candidate_id=cid, stage=stage, structure_hash=row["structure_hash"],
                               protocol_json=protocol_data, protocol_hash=protocol_hash, model_ref=model_ref,
                               model_sha256=model_sha, code_version=code, mlflow_run_id=None,
                               document_path=str(document_file.relative_to(home)))
-                store.record_result(values)
+                store.results.record(values)
                 if model_index == 0:
-                    store.finish_task(task_id, "done")
-                    result_ids[(row["name"], stage)] = store.result_for_key(key)["id"]
-    store.set_job_status(job_id, "running")
-    store.set_job_status(job_id, "done")
-    store.refresh_summaries()
+                    store.tasks.finish(task_id, "done")
+                    result_ids[(row["name"], stage)] = store.results.for_key(key)["id"]
+    store.jobs.set_status(job_id, "running")
+    store.jobs.set_status(job_id, "done")
+    store.summaries.refresh()
     return SampleDatabase(job_id, ids, result_ids)
 
 

@@ -172,7 +172,7 @@ def submit(body: bytes, fmt: BodyFormat, *, settings: Settings, store, launcher)
     try:
         pid = launcher.launch(plan.job_id)
     except OSError as err:
-        store.set_job_status(plan.job_id, "failed", error=f"the server could not start the job driver: {err}")
+        store.jobs.set_status(plan.job_id, "failed", error=f"the server could not start the job driver: {err}")
         raise SubmitError(500, [_error([], f"job {plan.job_id} was stored but its driver could not start: {err}",
                                        "launch_failed")]) from err
     return Submitted(plan.job_id, spec.name, plan.n_candidates, plan.n_tasks, plan.failures, final, pid)

@@ -1,0 +1,166 @@
+"""Jobs: a screening job's spec, model, status (``JOB_TRANSITIONS``) and MLflow run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.orm import Session
+
+from mlip.errors import InputError
+from workflows.db.database import (
+    _JOB_ID,
+    InvalidTransition,
+    Repository,
+    _parse_enum,
+    find_job,
+)
+from workflows.db.models import Job, JobStatus, Task, TaskState, utc_now
+from workflows.db.records import JobRecord, check_sha256
+
+# Allowed job status changes (setting the current status again only updates the other fields).
+# A finished, failed or cancelled job may run again: resume continues it without recomputing what is done.
+JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.pending: frozenset({JobStatus.running, JobStatus.failed, JobStatus.cancelled}),
+    JobStatus.running: frozenset({JobStatus.done, JobStatus.failed, JobStatus.cancelled}),
+    JobStatus.done: frozenset({JobStatus.running}),
+    JobStatus.failed: frozenset({JobStatus.running}),
+    JobStatus.cancelled: frozenset({JobStatus.running}),
+}
+
+
+
+def _spec_fields(spec: Any) -> tuple[dict[str, Any], str, str, str]:
+    """(spec as data, spec hash, job name, model reference) from a JobSpec or a mapping."""
+    if hasattr(spec, "model_dump"):
+        data = spec.model_dump(mode="json")
+        spec_hash = getattr(spec, "spec_hash", None)
+        spec_hash = spec_hash() if callable(spec_hash) else spec_hash
+    elif isinstance(spec, Mapping):
+        data, spec_hash = dict(spec), None
+    else:
+        raise InputError(f"a job spec must be a JobSpec or a mapping, got {type(spec).__name__}")
+    try:
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"the job spec is not plain JSON data: {err}") from err
+    if spec_hash is None:
+        spec_hash = hashlib.sha256(canonical.encode()).hexdigest()
+    name, model = data.get("name"), data.get("model")
+    for key, value in (("name", name), ("model", model)):
+        if not isinstance(value, str) or not value:
+            raise InputError(f"the job spec needs a non-empty string {key!r}, got {value!r}")
+    return json.loads(canonical), check_sha256(spec_hash, "spec_hash"), name, model
+
+
+
+class JobRepository(Repository):
+    """``store.jobs``: create, look up, list, change status, cancel."""
+
+    def create(
+        self,
+        spec: Any,
+        *,
+        model_sha256: str | None = None,
+        job_id: str | None = None,
+    ) -> str:
+        """Store a new job (status pending) for ``spec`` (a JobSpec or mapping); returns its id (uuid4 hex)."""
+        spec_json, spec_hash, name, model_ref = _spec_fields(spec)
+        if model_sha256 is not None:
+            try:
+                check_sha256(model_sha256, "model_sha256")
+            except ValueError as err:
+                raise InputError(str(err)) from None
+        if job_id is None:
+            job_id = uuid.uuid4().hex
+        elif not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+            raise InputError(f"a job id is 32 lower-case hex digits (uuid4().hex), got {job_id!r}")
+
+        def work(session: Session) -> str:
+            if session.get(Job, job_id) is not None:
+                raise InputError(f"job {job_id} already exists; continue it with `ionscreen jobs resume {job_id}`")
+            now = utc_now()
+            session.add(
+                Job(
+                    id=job_id,
+                    name=name,
+                    spec_json=spec_json,
+                    spec_hash=spec_hash,
+                    model_ref=model_ref,
+                    model_sha256=model_sha256,
+                    status=JobStatus.pending,
+                    created_utc=now,
+                    updated_utc=now,
+                )
+            )
+            try:
+                session.flush()
+            except exc.IntegrityError as err:  # another process created it between our check and insert
+                raise InputError(f"job {job_id} already exists") from err
+            return job_id
+
+        return self._run(work, write=True)
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job with this id (or unique id prefix of at least 4 digits)."""
+        return self._run(lambda s: JobRecord.model_validate(find_job(s, job_id)), write=False)
+
+    def list(self, status: JobStatus | str | None = None, limit: int | None = None) -> list[JobRecord]:
+        """Jobs, newest first, optionally only those with ``status``."""
+        query = sa.select(Job).order_by(Job.created_utc.desc(), Job.id)
+        if status is not None:
+            query = query.where(Job.status == _parse_enum(JobStatus, status, "job status"))
+        if limit is not None:
+            query = query.limit(limit)
+        return self._run(lambda s: [JobRecord.model_validate(j) for j in s.scalars(query)], write=False)
+
+    def set_status(
+        self,
+        job_id: str,
+        status: JobStatus | str,
+        *,
+        error: str | None = None,
+        mlflow_run_id: str | None = None,
+        driver_pid: int | None = None,
+        driver_host: str | None = None,
+    ) -> JobRecord:
+        """Move a job to ``status`` (checked against ``JOB_TRANSITIONS``); ``error`` replaces the stored error,
+        the other fields are changed only when given."""
+        status = _parse_enum(JobStatus, status, "job status")
+
+        def work(session: Session) -> JobRecord:
+            job = find_job(session, job_id)
+            if status != job.status and status not in JOB_TRANSITIONS[job.status]:
+                raise InvalidTransition(f"job {job.id} is {job.status.value}; it cannot become {status.value}")
+            job.status, job.error, job.updated_utc = status, error, utc_now()
+            given = {"mlflow_run_id": mlflow_run_id, "driver_pid": driver_pid, "driver_host": driver_host}
+            for key, value in given.items():
+                if value is not None:
+                    setattr(job, key, value)
+            session.flush()
+            return JobRecord.model_validate(job)
+
+        return self._run(work, write=True)
+
+    def cancel(self, job_id: str) -> int:
+        """Cancel a job and its pending tasks (running ones are left to their worker); returns tasks cancelled."""
+
+        def work(session: Session) -> int:
+            job = find_job(session, job_id)
+            if job.status is not JobStatus.cancelled and JobStatus.cancelled not in JOB_TRANSITIONS[job.status]:
+                raise InvalidTransition(f"job {job.id} is {job.status.value}; it cannot be cancelled")
+            now = utc_now()
+            job.status, job.updated_utc = JobStatus.cancelled, now
+            result = session.execute(
+                sa.update(Task)
+                .where(Task.job_id == job.id, Task.state == TaskState.pending)
+                .values(state=TaskState.cancelled, finished_utc=now)
+            )
+            return result.rowcount
+
+        return self._run(work, write=True)
