@@ -24,8 +24,9 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from ase import Atoms
@@ -36,6 +37,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from mlip.config import Settings, load_settings
 from mlip.errors import InputError, ModelDomainError, SimulationFailed
 from training.evaluate import ISOLATED_CONFIG_TYPE, EvaluationReport, is_isolated_atom
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from mlip.loader import LoadedModel
+    from training.data import Dataset
+    from training.modelcard import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -662,6 +670,452 @@ def _now_utc() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+# Phases of a run, in the order train() calls them. The dataclasses carry what one phase hands the next.
+
+_PATH_ARGS = ("work_dir", "model_dir", "train_file", "valid_file", "test_file", "foundation_model", "pt_train_file")
+
+
+@dataclass
+class _Inputs:
+    """The checked inputs of a run: config, mode, device, the dataset's splits and the foundation model."""
+
+    config: TrainConfig
+    mode: FinetuneMode
+    device: str
+    dataset_dir: Path
+    ds: Dataset
+    isolated: dict[int, float]  # E0 references from isolated-atom frames, which are in no split below
+    split_frames: dict[str, list[Atoms]]
+    foundation: LoadedModel | None
+    replay_src: Path | None
+
+    @property
+    def n(self) -> dict[str, int]:
+        """Frames per split."""
+        return {k: len(v) for k, v in self.split_frames.items()}
+
+
+@dataclass
+class _Workspace:
+    """The run's output directory and the files written there for mace-torch to read."""
+
+    out_dir: Path
+    work_dir: Path  # mace-torch's work_dir: logs, results, checkpoints
+    splits: dict[str, Path]
+    foundation_file: Path | None
+    replay_path: Path | None
+    replay_sha: str | None
+
+
+@dataclass
+class _MacePlan:
+    """mace-torch's argument list and the E0s it was given."""
+
+    argv: list[str]
+    e0s_eV: dict[str, float]
+    e0s_method: str
+    flags: list[str]
+
+
+@dataclass
+class _Run:
+    """Everything fixed before mace-torch starts, with the MLflow run that records it."""
+
+    name: str
+    settings: Settings
+    inputs: _Inputs
+    work: _Workspace
+    plan: _MacePlan
+    client: MlflowClient
+    experiment_id: str
+    run_id: str
+
+
+@dataclass
+class _Fit:
+    """What mace-torch's training loop reported."""
+
+    epochs_run: int
+    best_valid: dict[str, float]
+    flags: list[str]
+
+
+@dataclass
+class _Trained:
+    """The model file mace-torch wrote (now trusted), its variants and the model loaded."""
+
+    path: Path
+    sha256: str
+    variants: dict[str, Path]
+    loaded: LoadedModel
+
+
+@dataclass
+class _Evaluation:
+    """Errors of the trained model on the test split (the valid split when there is no test split)."""
+
+    split: str
+    report: EvaluationReport
+    report_path: Path
+    plots: dict[str, Path]
+    final_metrics: dict[str, float]
+    flags: list[str]
+
+    @property
+    def test_report(self) -> EvaluationReport | None:
+        """The report when it is on the test split, else None."""
+        return self.report if self.split == "test" else None
+
+
+def _check_names(name: str, register: str | None, alias: str | None) -> None:
+    """InputError unless the model name, registered name and alias are usable."""
+    if not _NAME_RE.match(name):
+        raise InputError(f"model name {name!r}: use letters, digits, '.', '_' and '-' (start with a letter or digit)")
+    if register is not None and not _NAME_RE.match(register):
+        raise InputError(f"registered model name {register!r}: use letters, digits, '.', '_' and '-'")
+    if alias is not None and register is None:
+        raise InputError("an alias needs --register NAME")
+
+
+def _apply_overrides(config: TrainConfig | None, *, foundation: str | None, mode: FinetuneMode | str | None,
+                     replay_file: str | Path | None) -> TrainConfig:
+    """The config with the given foundation, mode and replay file written over its fields."""
+    updates = {k: v for k, v in {"foundation": foundation, "mode": FinetuneMode(mode) if mode else None,
+                                 "replay_file": str(replay_file) if replay_file else None}.items() if v is not None}
+    return (config or TrainConfig()).model_copy(update=updates)
+
+
+def _load_inputs(dataset_dir: str | Path, config: TrainConfig, settings: Settings) -> _Inputs:
+    """Resolve mode and device, then load and check the dataset's splits, the foundation model and replay file."""
+    mode = _resolve_mode(config)
+    device = _resolve_device(config.device)
+    dataset_dir = Path(dataset_dir)
+    ds, isolated, split_frames = _load_splits(dataset_dir, config.batch_size)
+    foundation_loaded, replay_src = _load_foundation(config, mode, settings, split_frames, dataset_dir)
+    return _Inputs(config=config, mode=mode, device=device, dataset_dir=dataset_dir, ds=ds, isolated=isolated,
+                   split_frames=split_frames, foundation=foundation_loaded, replay_src=replay_src)
+
+
+def _load_splits(dataset_dir: Path, batch_size: int) -> tuple[Dataset, dict[int, float], dict[str, list[Atoms]]]:
+    """The dataset, its isolated-atom E0s and its splits without isolated atoms, checked to be trainable."""
+    from training.data import Split, load_dataset
+
+    ds = load_dataset(dataset_dir)
+    isolated = isolated_e0s(ds.frames)  # references for E0s, not training or test frames
+    split_frames = {s.value: [a for a in ds.split(s) if not is_isolated_atom(a)] for s in Split}
+    n = {k: len(v) for k, v in split_frames.items()}
+    if n["train"] == 0 or n["valid"] == 0:
+        raise InputError(f"{dataset_dir}: training needs frames in the train and valid splits, it has {n}; "
+                         "import more frames or use a dataset with other split fractions")
+    if n["train"] < batch_size:
+        raise InputError(f"{dataset_dir}: {n['train']} training frames is fewer than the batch size "
+                         f"{batch_size} (mace-torch would take no step); lower batch_size")
+    train_z = _elements(split_frames["train"])
+    for s in ("valid", "test"):
+        extra = sorted(_elements(split_frames[s]) - train_z)
+        if extra:
+            holding = [a for a in split_frames[s] if set(a.numbers.tolist()) & set(extra)]
+            raise InputError(
+                f"{dataset_dir}: element(s) {', '.join(chemical_symbols[z] for z in extra)} occur in the {s} split "
+                f"({_frame_names(holding)}) but not in the train split; the model cannot learn them"
+            )
+    return ds, isolated, split_frames
+
+
+def _load_foundation(config: TrainConfig, mode: FinetuneMode, settings: Settings,
+                     split_frames: dict[str, list[Atoms]], dataset_dir: Path) -> tuple[LoadedModel | None, Path | None]:
+    """The foundation model (trusted, covering every element of the dataset) and the checked replay file, if used."""
+    from mlip.loader import load_model
+
+    foundation_loaded = replay_src = None
+    if mode is not FinetuneMode.SCRATCH:
+        foundation_loaded = load_model(config.foundation, settings)
+        all_frames = [a for v in split_frames.values() for a in v]
+        check_foundation_covers(foundation_loaded, all_frames, f"dataset {dataset_dir}")
+    if mode is FinetuneMode.MULTIHEAD:
+        replay_src = _check_replay(config.replay_file, foundation_loaded)
+    return foundation_loaded, replay_src
+
+
+def _prepare_workspace(inputs: _Inputs, settings: Settings, name: str, out_dir: str | Path | None) -> _Workspace:
+    """Create the empty output directory; write the split files and private copies of foundation model and replay."""
+    from mlip.trust import sha256_file
+
+    if out_dir is None:
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        out_dir = settings.home / "training" / name / stamp
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise InputError(f"output directory {out_dir} is not empty; give a new --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_dir, work_dir = out_dir / "data", out_dir / "mace"
+    splits = write_split_files(inputs.split_frames, data_dir)
+
+    foundation_file = replay_path = replay_sha = None
+    if inputs.foundation is not None:
+        foundation_file = _private_copy(inputs.foundation, data_dir / "foundation.model")
+    if inputs.replay_src is not None:
+        replay_path = data_dir / "replay.xyz"
+        shutil.copyfile(inputs.replay_src, replay_path)
+        replay_sha = sha256_file(replay_path)
+    return _Workspace(out_dir=out_dir, work_dir=work_dir, splits=splits, foundation_file=foundation_file,
+                      replay_path=replay_path, replay_sha=replay_sha)
+
+
+def _plan_mace_run(inputs: _Inputs, work: _Workspace, name: str) -> _MacePlan:
+    """E0s, loss and mace-torch's argument list, checked by mace's parser before an MLflow run exists."""
+    config, train_frames = inputs.config, inputs.split_frames["train"]
+    zs = sorted(_elements(train_frames))
+    e0s_arg, e0s_eV, e0s_method, flags = _e0s_argument(config, train_frames, zs, inputs.isolated)
+    loss = config.loss
+    if loss is Loss.AUTO:
+        loss = Loss.STRESS if all("REF_stress" in a.info for a in train_frames) else Loss.WEIGHTED
+    argv = mace_arguments(config, inputs.mode, name=name, work_dir=work.work_dir, model_dir=work.out_dir,
+                          splits=work.splits, e0s=e0s_arg, loss=loss, device=inputs.device,
+                          foundation_file=work.foundation_file, replay_file=work.replay_path)
+    parse_mace_arguments(argv)  # reject bad flags before an MLflow run exists
+    return _MacePlan(argv=argv, e0s_eV=e0s_eV, e0s_method=e0s_method, flags=flags)
+
+
+def _start_mlflow_run(name: str, settings: Settings, inputs: _Inputs, work: _Workspace, plan: _MacePlan,
+                      experiment: str) -> _Run:
+    """Create the run's MLflow run (in ``experiment``), tagged with mode, dataset, code and foundation model."""
+    from mlip import registry as mlip_registry
+    from mlip.version import code_version
+    from training.registry import ensure_experiment
+
+    client = mlip_registry.client(settings)
+    exp_id = ensure_experiment(client, experiment, settings)
+    tags = {
+        "ionscreen.kind": "training", "ionscreen.mode": inputs.mode.value, "ionscreen.dataset_hash": inputs.ds.hash,
+        "ionscreen.code_version": code_version(), "mace_version": _mace_version(),
+    }
+    if inputs.foundation is not None:
+        tags["ionscreen.foundation_sha256"] = inputs.foundation.sha256
+    run = client.create_run(exp_id, run_name=name, tags=tags)
+    return _Run(name=name, settings=settings, inputs=inputs, work=work, plan=plan, client=client,
+                experiment_id=exp_id, run_id=run.info.run_id)
+
+
+@contextlib.contextmanager
+def _terminated_on_exit(run: _Run):
+    """End the MLflow run on leaving: FINISHED, KILLED on KeyboardInterrupt, FAILED on any other exception."""
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        run.client.set_terminated(run.run_id, status)
+
+
+def _log_run_inputs(run: _Run) -> None:
+    """Log the run's parameters and the dataset manifest to MLflow, and write ``mace_args.json``."""
+    inputs, plan, m = run.inputs, run.plan, run.inputs.ds.manifest
+    n = inputs.n
+    params = {f"mace.{k}": v for k, v in _args_as_params(plan.argv).items() if k not in _PATH_ARGS}
+    params.update({
+        "ionscreen.mode": inputs.mode.value, "ionscreen.name": run.name,
+        "dataset.dir": str(inputs.dataset_dir.resolve()), "dataset.hash": inputs.ds.hash,
+        "dataset.n_frames": m.n_frames, "dataset.n_atoms": m.n_atoms,
+        "dataset.n_train": n["train"], "dataset.n_valid": n["valid"], "dataset.n_test": n["test"],
+        "dataset.n_isolated_atoms": sum(1 for a in inputs.ds.frames if is_isolated_atom(a)),
+        "dataset.elements": ",".join(m.element_atom_counts), "dataset.split_seed": m.split.seed,
+        "e0s.method": plan.e0s_method, **{f"e0s.{k}_eV": f"{v:.8f}" for k, v in plan.e0s_eV.items()},
+    })
+    if inputs.foundation is not None:
+        params.update({"foundation.ref": inputs.foundation.ref, "foundation.sha256": inputs.foundation.sha256,
+                       "foundation.elements": ",".join(inputs.foundation.elements)})
+    if run.work.replay_path is not None:
+        params.update({"replay.file": str(inputs.config.replay_file), "replay.sha256": run.work.replay_sha})
+    _log_params(run.client, run.run_id, params)
+    run.client.log_artifact(run.run_id, str(inputs.dataset_dir / "manifest.json"), artifact_path="dataset")
+    (run.work.out_dir / "mace_args.json").write_text(json.dumps(run.plan.argv, indent=1) + "\n")
+
+
+def _train_following_metrics(run: _Run, metrics_poll_s: float) -> _Fit:
+    """Run mace-torch, logging its per-epoch metrics to MLflow as they appear; the epochs run and best valid errors."""
+    work_dir = run.work.work_dir
+    with _MetricsFollower(run.client, run.run_id, work_dir / "results", interval_s=metrics_poll_s) as follower:
+        run_mace(run.plan.argv, work_dir / "logs")
+    steps = follower.flush(final=True)
+    epochs_run = max((s for s in steps if s > 0), default=0)
+    best_valid = {}
+    for key in ("valid_energy_mae_meV_atom", "valid_force_mae_meV_A"):
+        values = [v[key] for s, v in steps.items() if s > 0 and key in v]
+        if values:
+            best_valid[key] = float(min(values))
+    flags = ["stopped_early"] if epochs_run < run.inputs.config.max_num_epochs else []
+    return _Fit(epochs_run=epochs_run, best_valid=best_valid, flags=flags)
+
+
+def _collect_model(run: _Run) -> _Trained:
+    """The model file mace-torch wrote and its variants; the model is added to the trust store and loaded."""
+    from mlip.loader import load_model
+    from mlip.trust import TrustStore, sha256_file
+
+    name, out_dir = run.name, run.work.out_dir
+    base = f"{name}_stagetwo" if run.inputs.config.stage_two else name
+    model_path = out_dir / f"{base}.model"
+    if not model_path.is_file():
+        raise TrainingFailed(f"mace-torch finished without writing {model_path}; see {run.work.work_dir / 'logs'}")
+    variants = {p.stem.removeprefix(name).lstrip("_") or "model": p for p in sorted(out_dir.glob(f"{name}*.model"))}
+    model_sha = sha256_file(model_path)
+    TrustStore(run.settings.trust_store_path).add(
+        model_sha, source="trained", path=model_path, ref=str(model_path),
+        note=f"trained by ionscreen: MLflow run {run.run_id}, dataset {run.inputs.ds.hash[:12]}",
+    )
+    loaded = load_model(model_path, run.settings)
+    return _Trained(path=model_path, sha256=model_sha, variants=variants, loaded=loaded)
+
+
+def _evaluate(run: _Run, trained: _Trained, epochs_run: int) -> _Evaluation:
+    """Evaluate the model on the test split (or valid), write the report and parity plots, log final metrics."""
+    from training.evaluate import evaluate_frames, parity_plots
+
+    inputs, n = run.inputs, run.inputs.n
+    eval_split = "test" if n["test"] else "valid"
+    flags = [] if n["test"] else ["no_test_split"]
+    report, pred = evaluate_frames(trained.loaded, inputs.split_frames[eval_split], dataset_dir=str(inputs.dataset_dir),
+                                   dataset_hash=inputs.ds.hash, split=eval_split, device=inputs.device)
+    if eval_split == "test" and n["test"] < 10:
+        flags.append("few_test_frames")
+    eval_dir = run.work.out_dir / "evaluation"
+    eval_dir.mkdir(exist_ok=True)
+    report_path = eval_dir / f"{eval_split}.json"
+    report_path.write_text(report.model_dump_json(indent=1) + "\n")
+    plots = parity_plots(inputs.split_frames[eval_split], pred, eval_dir,
+                         title=f"{run.name}: {eval_split} split ({report.n_frames} frames)", report=report)
+    prefix = "test" if eval_split == "test" else "final_valid"
+    final_metrics = {}
+    for key in ("energy_mae_meV_atom", "energy_rmse_meV_atom", "force_mae_meV_A", "force_rmse_meV_A",
+                "stress_mae_meV_A3", "stress_rmse_meV_A3"):
+        est = getattr(report.overall, key)
+        if est is not None:
+            final_metrics[f"{prefix}_{key}"] = est.value
+    for el, es in report.per_element.items():
+        if es.force_mae_meV_A is not None:
+            final_metrics[f"{prefix}_force_mae_meV_A.{el}"] = es.force_mae_meV_A.value
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    run.client.log_batch(run.run_id, metrics=[Metric(k, v, now, epochs_run) for k, v in final_metrics.items()])
+    return _Evaluation(split=eval_split, report=report, report_path=report_path, plots=plots,
+                       final_metrics=final_metrics, flags=flags)
+
+
+def _model_card(run: _Run, fit: _Fit, trained: _Trained, evaluation: _Evaluation, flags: list[str]) -> ModelCard:
+    """The model card: provenance, architecture, hyperparameters, E0s, dataset, training and test errors."""
+    from mlip.version import code_version
+    from training.modelcard import DatasetSummary, ModelCard
+
+    inputs, loaded, foundation_loaded = run.inputs, trained.loaded, run.inputs.foundation
+    mode, m = inputs.mode, inputs.ds.manifest
+    arch = {"model class": loaded.model_class, "r_max (Å)": f"{loaded.r_max_A:g}"}
+    hp = _args_as_params(run.plan.argv)
+    for key in ("hidden_irreps", "num_interactions", "max_ell", "correlation", "num_radial_basis",
+                "MLP_irreps", "radial_MLP"):
+        if key in hp and mode is FinetuneMode.SCRATCH:
+            arch[key] = hp[key]
+    if mode is not FinetuneMode.SCRATCH:
+        arch["architecture"] = f"from the foundation model {foundation_loaded.ref}"
+    return ModelCard(
+        name=run.name, created_utc=_now_utc(), model_file=trained.path.name, model_sha256=trained.sha256,
+        elements=list(loaded.elements), n_params=loaded.n_params, dtype=loaded.dtype, r_max_A=loaded.r_max_A,
+        heads=list(loaded.heads), mode=mode.value,
+        foundation_ref=foundation_loaded.ref if foundation_loaded else None,
+        foundation_sha256=foundation_loaded.sha256 if foundation_loaded else None,
+        replay_file=str(inputs.config.replay_file) if run.work.replay_path else None,
+        architecture=arch, hyperparameters={k: v for k, v in hp.items() if k not in _PATH_ARGS},
+        e0s_eV=run.plan.e0s_eV, e0s_method=run.plan.e0s_method,
+        dataset=DatasetSummary(
+            path=str(inputs.dataset_dir), dataset_hash=inputs.ds.hash, n_frames=m.n_frames, n_atoms=m.n_atoms,
+            split_counts=m.split_counts, element_atom_counts=m.element_atom_counts,
+            config_type_counts=m.config_type_counts,
+            sources=[f"{Path(s.file).name} ({s.format}, {s.n_accepted} frames accepted)" for s in m.sources],
+        ),
+        epochs_run=fit.epochs_run, best_valid=fit.best_valid, test=evaluation.test_report,
+        flags=flags, mlflow_run_id=run.run_id, mlflow_tracking_uri=run.settings.mlflow_tracking_uri,
+        mace_version=_mace_version(), ionscreen_version=code_version(), intended_use=inputs.config.intended_use,
+    )
+
+
+def _register_version(run: _Run, trained: _Trained, evaluation: _Evaluation, card: ModelCard,
+                      register: str | None, alias: str | None, description: str) -> tuple[str | None, str | None]:
+    """With ``register``, a new registry version (and alias) of the model, named on the card; the two URIs or None."""
+    from training.registry import register_model
+
+    if register is None:
+        return None, None
+    extra_tags = {"ionscreen.dataset_hash": run.inputs.ds.hash, "ionscreen.training_run": run.run_id,
+                  "ionscreen.mode": run.inputs.mode.value}
+    for key, value in evaluation.final_metrics.items():
+        if "." not in key:
+            extra_tags[f"ionscreen.{key}"] = f"{value:.3f}"
+    version = register_model(trained.path, register, run.settings, alias=alias, run_id=run.run_id,
+                             description=description or f"trained by ionscreen on dataset {run.inputs.ds.hash[:12]}",
+                             extra_tags=extra_tags)
+    registered = f"models:/{version.name}/{version.version}"
+    registered_alias = f"models:/{version.name}@{alias}" if alias else None
+    card.registered_as = registered_alias or registered
+    return registered, registered_alias
+
+
+def _write_model_card(card: ModelCard, out_dir: Path) -> Path:
+    """Write the card as ``model_card.md`` and ``model_card.json``; the Markdown file's path."""
+    from training.modelcard import render_markdown
+
+    card_path = out_dir / "model_card.md"
+    card_path.write_text(render_markdown(card))
+    (out_dir / "model_card.json").write_text(card.model_dump_json(indent=1) + "\n")
+    return card_path
+
+
+def _log_artifacts(run: _Run, trained: _Trained, evaluation: _Evaluation, card_path: Path) -> None:
+    """Log the model and its variants, card, plots, evaluation, mace arguments and mace's logs to MLflow."""
+    client, run_id, out_dir, work_dir = run.client, run.run_id, run.work.out_dir, run.work.work_dir
+    client.log_artifact(run_id, str(trained.path), artifact_path="model")
+    for path in trained.variants.values():
+        if path != trained.path:
+            client.log_artifact(run_id, str(path), artifact_path="model-variants")
+    client.log_artifact(run_id, str(card_path))
+    client.log_artifact(run_id, str(out_dir / "model_card.json"))
+    for path in evaluation.plots.values():
+        client.log_artifact(run_id, str(path), artifact_path="plots")
+    client.log_artifact(run_id, str(evaluation.report_path), artifact_path="evaluation")
+    client.log_artifact(run_id, str(out_dir / "mace_args.json"), artifact_path="mace")
+    for sub in ("logs", "results"):
+        if (work_dir / sub).is_dir():
+            client.log_artifacts(run_id, str(work_dir / sub), artifact_path=f"mace/{sub}")
+
+
+def _write_result(run: _Run, fit: _Fit, trained: _Trained, evaluation: _Evaluation, card: ModelCard,
+                  card_path: Path, registered: str | None, registered_alias: str | None, flags: list[str],
+                  t_start: float) -> TrainingResult:
+    """The :class:`TrainingResult`, written as ``training_result.json`` and logged with the wall time."""
+    from mlip.version import code_version
+
+    inputs = run.inputs
+    result = TrainingResult(
+        name=run.name, mode=inputs.mode, out_dir=str(run.work.out_dir), model_path=str(trained.path),
+        model_sha256=trained.sha256, model_files={k: str(v) for k, v in trained.variants.items()},
+        model_card_path=str(card_path), dataset_dir=str(inputs.dataset_dir), dataset_hash=inputs.ds.hash,
+        split_counts=inputs.n, foundation_ref=card.foundation_ref, foundation_sha256=card.foundation_sha256,
+        e0s_eV=run.plan.e0s_eV, epochs_run=fit.epochs_run, wall_time_s=time.time() - t_start,
+        test=evaluation.test_report, mlflow_run_id=run.run_id, mlflow_experiment_id=run.experiment_id,
+        mlflow_tracking_uri=run.settings.mlflow_tracking_uri, registered=registered,
+        registered_alias=registered_alias, mace_args=run.plan.argv, flags=flags,
+        code_version=code_version(), mace_version=_mace_version(),
+    )
+    result_path = run.work.out_dir / "training_result.json"
+    result_path.write_text(result.model_dump_json(indent=1) + "\n")
+    run.client.log_artifact(run.run_id, str(result_path))
+    run.client.log_metric(run.run_id, "wall_time_s", result.wall_time_s)
+    return result
+
+
 def train(
     dataset_dir: str | Path,
     settings: Settings | None = None,
@@ -685,265 +1139,24 @@ def train(
     ``replay_file`` override the fields of ``config``. With ``register`` the model becomes a new version
     of that registered model (and ``alias`` points at it).
     """
-    from mlip import registry as mlip_registry
-    from mlip.loader import load_model
-    from mlip.trust import TrustStore
-    from mlip.version import code_version
-    from training.data import Split, load_dataset
-    from training.evaluate import evaluate_frames, parity_plots
-    from training.modelcard import DatasetSummary, ModelCard, render_markdown
-    from training.registry import ensure_experiment, register_model
-
     t_start = time.time()
     settings = settings or load_settings()
-    if not _NAME_RE.match(name):
-        raise InputError(f"model name {name!r}: use letters, digits, '.', '_' and '-' (start with a letter or digit)")
-    if register is not None and not _NAME_RE.match(register):
-        raise InputError(f"registered model name {register!r}: use letters, digits, '.', '_' and '-'")
-    if alias is not None and register is None:
-        raise InputError("an alias needs --register NAME")
-    updates = {k: v for k, v in {"foundation": foundation, "mode": FinetuneMode(mode) if mode else None,
-                                 "replay_file": str(replay_file) if replay_file else None}.items() if v is not None}
-    config = (config or TrainConfig()).model_copy(update=updates)
-    mode = _resolve_mode(config)
-    device = _resolve_device(config.device)
-
-    # -- the data ------------------------------------------------------------------------------------
-    dataset_dir = Path(dataset_dir)
-    ds = load_dataset(dataset_dir)
-    isolated = isolated_e0s(ds.frames)  # references for E0s, not training or test frames
-    split_frames = {s.value: [a for a in ds.split(s) if not is_isolated_atom(a)] for s in Split}
-    n = {k: len(v) for k, v in split_frames.items()}
-    if n["train"] == 0 or n["valid"] == 0:
-        raise InputError(f"{dataset_dir}: training needs frames in the train and valid splits, it has {n}; "
-                         "import more frames or use a dataset with other split fractions")
-    if n["train"] < config.batch_size:
-        raise InputError(f"{dataset_dir}: {n['train']} training frames is fewer than the batch size "
-                         f"{config.batch_size} (mace-torch would take no step); lower batch_size")
-    train_z = _elements(split_frames["train"])
-    for s in ("valid", "test"):
-        extra = sorted(_elements(split_frames[s]) - train_z)
-        if extra:
-            holding = [a for a in split_frames[s] if set(a.numbers.tolist()) & set(extra)]
-            raise InputError(
-                f"{dataset_dir}: element(s) {', '.join(chemical_symbols[z] for z in extra)} occur in the {s} split "
-                f"({_frame_names(holding)}) but not in the train split; the model cannot learn them"
-            )
-    all_frames = [a for v in split_frames.values() for a in v]
-
-    # -- the foundation model (trusted, covering every element) -----------------------------------------
-    foundation_loaded = replay_src = None
-    if mode is not FinetuneMode.SCRATCH:
-        foundation_loaded = load_model(config.foundation, settings)
-        check_foundation_covers(foundation_loaded, all_frames, f"dataset {dataset_dir}")
-    if mode is FinetuneMode.MULTIHEAD:
-        replay_src = _check_replay(config.replay_file, foundation_loaded)
-
-    # -- output directory ----------------------------------------------------------------------------
-    if out_dir is None:
-        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        out_dir = settings.home / "training" / name / stamp
-    out_dir = Path(out_dir).resolve()
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise InputError(f"output directory {out_dir} is not empty; give a new --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data_dir, work_dir = out_dir / "data", out_dir / "mace"
-    splits = write_split_files(split_frames, data_dir)
-
-    foundation_file = replay_path = None
-    replay_sha = None
-    if foundation_loaded is not None:
-        foundation_file = _private_copy(foundation_loaded, data_dir / "foundation.model")
-    if replay_src is not None:
-        from mlip.trust import sha256_file
-
-        replay_path = data_dir / "replay.xyz"
-        shutil.copyfile(replay_src, replay_path)
-        replay_sha = sha256_file(replay_path)
-
-    zs = sorted(train_z)
-    e0s_arg, e0s_eV, e0s_method, flags = _e0s_argument(config, split_frames["train"], zs, isolated)
-    loss = config.loss
-    if loss is Loss.AUTO:
-        loss = Loss.STRESS if all("REF_stress" in a.info for a in split_frames["train"]) else Loss.WEIGHTED
-    argv = mace_arguments(config, mode, name=name, work_dir=work_dir, model_dir=out_dir, splits=splits,
-                          e0s=e0s_arg, loss=loss, device=device, foundation_file=foundation_file,
-                          replay_file=replay_path)
-    parse_mace_arguments(argv)  # reject bad flags before an MLflow run exists
-
-    # -- the MLflow run ------------------------------------------------------------------------------
-    client = mlip_registry.client(settings)
-    exp_id = ensure_experiment(client, experiment, settings)
-    m = ds.manifest
-    tags = {
-        "ionscreen.kind": "training", "ionscreen.mode": mode.value, "ionscreen.dataset_hash": ds.hash,
-        "ionscreen.code_version": code_version(), "mace_version": _mace_version(),
-    }
-    if foundation_loaded is not None:
-        tags["ionscreen.foundation_sha256"] = foundation_loaded.sha256
-    run = client.create_run(exp_id, run_name=name, tags=tags)
-    run_id = run.info.run_id
-    status = "FAILED"
-    try:
-        params = {f"mace.{k}": v for k, v in _args_as_params(argv).items()
-                  if k not in ("work_dir", "model_dir", "train_file", "valid_file", "test_file",
-                               "foundation_model", "pt_train_file")}
-        params.update({
-            "ionscreen.mode": mode.value, "ionscreen.name": name,
-            "dataset.dir": str(dataset_dir.resolve()), "dataset.hash": ds.hash,
-            "dataset.n_frames": m.n_frames, "dataset.n_atoms": m.n_atoms,
-            "dataset.n_train": n["train"], "dataset.n_valid": n["valid"], "dataset.n_test": n["test"],
-            "dataset.n_isolated_atoms": sum(1 for a in ds.frames if is_isolated_atom(a)),
-            "dataset.elements": ",".join(m.element_atom_counts), "dataset.split_seed": m.split.seed,
-            "e0s.method": e0s_method, **{f"e0s.{k}_eV": f"{v:.8f}" for k, v in e0s_eV.items()},
-        })
-        if foundation_loaded is not None:
-            params.update({"foundation.ref": foundation_loaded.ref, "foundation.sha256": foundation_loaded.sha256,
-                           "foundation.elements": ",".join(foundation_loaded.elements)})
-        if replay_path is not None:
-            params.update({"replay.file": str(config.replay_file), "replay.sha256": replay_sha})
-        _log_params(client, run_id, params)
-        client.log_artifact(run_id, str(dataset_dir / "manifest.json"), artifact_path="dataset")
-        (out_dir / "mace_args.json").write_text(json.dumps(argv, indent=1) + "\n")
-
-        # -- train -----------------------------------------------------------------------------------
-        with _MetricsFollower(client, run_id, work_dir / "results", interval_s=metrics_poll_s) as follower:
-            run_mace(argv, work_dir / "logs")
-        steps = follower.flush(final=True)
-        epochs_run = max((s for s in steps if s > 0), default=0)
-        best_valid = {}
-        for key in ("valid_energy_mae_meV_atom", "valid_force_mae_meV_A"):
-            values = [v[key] for s, v in steps.items() if s > 0 and key in v]
-            if values:
-                best_valid[key] = float(min(values))
-        if epochs_run < config.max_num_epochs:
-            flags.append("stopped_early")
-
-        # -- what mace wrote: the model and its variants ----------------------------------------------
-        base = f"{name}_stagetwo" if config.stage_two else name
-        model_path = out_dir / f"{base}.model"
-        if not model_path.is_file():
-            raise TrainingFailed(f"mace-torch finished without writing {model_path}; see {work_dir / 'logs'}")
-        variants = {p.stem.removeprefix(name).lstrip("_") or "model": p for p in sorted(out_dir.glob(f"{name}*.model"))}
-        from mlip.trust import sha256_file
-
-        model_sha = sha256_file(model_path)
-        TrustStore(settings.trust_store_path).add(
-            model_sha, source="trained", path=model_path, ref=str(model_path),
-            note=f"trained by ionscreen: MLflow run {run_id}, dataset {ds.hash[:12]}",
-        )
-        loaded = load_model(model_path, settings)
-
-        # -- evaluation, plots, card ------------------------------------------------------------------
-        eval_split = "test" if n["test"] else "valid"
-        if not n["test"]:
-            flags.append("no_test_split")
-        report, pred = evaluate_frames(loaded, split_frames[eval_split], dataset_dir=str(dataset_dir),
-                                       dataset_hash=ds.hash, split=eval_split, device=device)
-        if eval_split == "test" and n["test"] < 10:
-            flags.append("few_test_frames")
-        eval_dir = out_dir / "evaluation"
-        eval_dir.mkdir(exist_ok=True)
-        (eval_dir / f"{eval_split}.json").write_text(report.model_dump_json(indent=1) + "\n")
-        plots = parity_plots(split_frames[eval_split], pred, eval_dir,
-                             title=f"{name}: {eval_split} split ({report.n_frames} frames)", report=report)
-        prefix = "test" if eval_split == "test" else "final_valid"
-        final_metrics = {}
-        for key in ("energy_mae_meV_atom", "energy_rmse_meV_atom", "force_mae_meV_A", "force_rmse_meV_A",
-                    "stress_mae_meV_A3", "stress_rmse_meV_A3"):
-            est = getattr(report.overall, key)
-            if est is not None:
-                final_metrics[f"{prefix}_{key}"] = est.value
-        for el, es in report.per_element.items():
-            if es.force_mae_meV_A is not None:
-                final_metrics[f"{prefix}_force_mae_meV_A.{el}"] = es.force_mae_meV_A.value
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, v, now, epochs_run) for k, v in final_metrics.items()])
-
-        arch = {"model class": loaded.model_class, "r_max (Å)": f"{loaded.r_max_A:g}"}
-        hp = _args_as_params(argv)
-        for key in ("hidden_irreps", "num_interactions", "max_ell", "correlation", "num_radial_basis",
-                    "MLP_irreps", "radial_MLP"):
-            if key in hp and mode is FinetuneMode.SCRATCH:
-                arch[key] = hp[key]
-        if mode is not FinetuneMode.SCRATCH:
-            arch["architecture"] = f"from the foundation model {foundation_loaded.ref}"
-        card = ModelCard(
-            name=name, created_utc=_now_utc(), model_file=model_path.name, model_sha256=model_sha,
-            elements=list(loaded.elements), n_params=loaded.n_params, dtype=loaded.dtype, r_max_A=loaded.r_max_A,
-            heads=list(loaded.heads), mode=mode.value,
-            foundation_ref=foundation_loaded.ref if foundation_loaded else None,
-            foundation_sha256=foundation_loaded.sha256 if foundation_loaded else None,
-            replay_file=str(config.replay_file) if replay_path else None,
-            architecture=arch, hyperparameters={k: v for k, v in hp.items()
-                                                if k not in ("work_dir", "model_dir", "train_file", "valid_file",
-                                                             "test_file", "foundation_model", "pt_train_file")},
-            e0s_eV=e0s_eV, e0s_method=e0s_method,
-            dataset=DatasetSummary(
-                path=str(dataset_dir), dataset_hash=ds.hash, n_frames=m.n_frames, n_atoms=m.n_atoms,
-                split_counts=m.split_counts, element_atom_counts=m.element_atom_counts,
-                config_type_counts=m.config_type_counts,
-                sources=[f"{Path(s.file).name} ({s.format}, {s.n_accepted} frames accepted)" for s in m.sources],
-            ),
-            epochs_run=epochs_run, best_valid=best_valid, test=report if eval_split == "test" else None,
-            flags=sorted(set(flags)), mlflow_run_id=run_id, mlflow_tracking_uri=settings.mlflow_tracking_uri,
-            mace_version=_mace_version(), ionscreen_version=code_version(), intended_use=config.intended_use,
-        )
-
-        # -- registration (before the card is written, so the card names the version) ----------------
-        registered = registered_alias = None
-        if register is not None:
-            extra_tags = {"ionscreen.dataset_hash": ds.hash, "ionscreen.training_run": run_id,
-                          "ionscreen.mode": mode.value}
-            for key, value in final_metrics.items():
-                if "." not in key:
-                    extra_tags[f"ionscreen.{key}"] = f"{value:.3f}"
-            version = register_model(model_path, register, settings, alias=alias, run_id=run_id,
-                                     description=description or f"trained by ionscreen on dataset {ds.hash[:12]}",
-                                     extra_tags=extra_tags)
-            registered = f"models:/{version.name}/{version.version}"
-            registered_alias = f"models:/{version.name}@{alias}" if alias else None
-            card.registered_as = registered_alias or registered
-        card_path = out_dir / "model_card.md"
-        card_path.write_text(render_markdown(card))
-        (out_dir / "model_card.json").write_text(card.model_dump_json(indent=1) + "\n")
-
-        # -- artifacts ---------------------------------------------------------------------------------
-        client.log_artifact(run_id, str(model_path), artifact_path="model")
-        for variant, path in variants.items():
-            if path != model_path:
-                client.log_artifact(run_id, str(path), artifact_path="model-variants")
-        client.log_artifact(run_id, str(card_path))
-        client.log_artifact(run_id, str(out_dir / "model_card.json"))
-        for path in plots.values():
-            client.log_artifact(run_id, str(path), artifact_path="plots")
-        client.log_artifact(run_id, str(eval_dir / f"{eval_split}.json"), artifact_path="evaluation")
-        client.log_artifact(run_id, str(out_dir / "mace_args.json"), artifact_path="mace")
-        for sub in ("logs", "results"):
-            if (work_dir / sub).is_dir():
-                client.log_artifacts(run_id, str(work_dir / sub), artifact_path=f"mace/{sub}")
-
-        result = TrainingResult(
-            name=name, mode=mode, out_dir=str(out_dir), model_path=str(model_path), model_sha256=model_sha,
-            model_files={k: str(v) for k, v in variants.items()}, model_card_path=str(card_path),
-            dataset_dir=str(dataset_dir), dataset_hash=ds.hash, split_counts=n,
-            foundation_ref=card.foundation_ref, foundation_sha256=card.foundation_sha256, e0s_eV=e0s_eV,
-            epochs_run=epochs_run, wall_time_s=time.time() - t_start,
-            test=report if eval_split == "test" else None, mlflow_run_id=run_id, mlflow_experiment_id=exp_id,
-            mlflow_tracking_uri=settings.mlflow_tracking_uri, registered=registered,
-            registered_alias=registered_alias, mace_args=argv, flags=sorted(set(flags)),
-            code_version=code_version(), mace_version=_mace_version(),
-        )
-        result_path = out_dir / "training_result.json"
-        result_path.write_text(result.model_dump_json(indent=1) + "\n")
-        client.log_artifact(run_id, str(result_path))
-        client.log_metric(run_id, "wall_time_s", result.wall_time_s)
-        status = "FINISHED"
-        return result
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        client.set_terminated(run_id, status)
+    _check_names(name, register, alias)
+    config = _apply_overrides(config, foundation=foundation, mode=mode, replay_file=replay_file)
+    inputs = _load_inputs(dataset_dir, config, settings)
+    work = _prepare_workspace(inputs, settings, name, out_dir)
+    plan = _plan_mace_run(inputs, work, name)
+    run = _start_mlflow_run(name, settings, inputs, work, plan, experiment)
+    with _terminated_on_exit(run):
+        _log_run_inputs(run)
+        fit = _train_following_metrics(run, metrics_poll_s)
+        trained = _collect_model(run)
+        evaluation = _evaluate(run, trained, fit.epochs_run)
+        flags = sorted(set(plan.flags + fit.flags + evaluation.flags))
+        card = _model_card(run, fit, trained, evaluation, flags)
+        # registered before the card is written, so that the card names the version
+        registered, registered_alias = _register_version(run, trained, evaluation, card, register, alias, description)
+        card_path = _write_model_card(card, work.out_dir)
+        _log_artifacts(run, trained, evaluation, card_path)
+        return _write_result(run, fit, trained, evaluation, card, card_path, registered, registered_alias, flags,
+                             t_start)
