@@ -38,3 +38,7 @@ class ModelDomainError(IonscreenError):
 
 class SimulationFailed(IonscreenError):
     """A simulation ran but failed (exploded, NaN, did not converge where convergence is required)."""
+
+
+class ModelMismatchError(IonscreenError):
+    """A loaded model is not the one a job was planned with (its SHA-256 differs), so its results are refused."""

@@ -89,13 +89,15 @@ def _cli(*args, env=None, timeout=900):
 def test_job_runs_ranks_and_is_idempotent(backend, job_dir, ray_session, monkeypatch, request):
     from mlip.config import load_settings
     from workflows.db import Store
-    from workflows.jobs.run import plan_job, run_job
+    from workflows.jobs.plan import plan_job
+    from workflows.jobs.run import run_job
+    from workflows.jobs.spec import load_job_spec
 
     if backend == "postgresql":
         monkeypatch.setenv("IONSCREEN_DB_URL", request.getfixturevalue("postgres_url"))
     settings = load_settings()
     neb = {"neb": {"max_hops": 1, "n_images": 3, "min_length_A": 5.0, "max_steps": 30, "endpoint_max_steps": 30}}
-    plan = plan_job(write_job(job_dir, extra=neb), settings)
+    plan = plan_job(load_job_spec(write_job(job_dir, extra=neb)), settings)
     assert plan.n_candidates == 2 and plan.n_tasks == 4  # transport and NEB for each
     assert len(plan.failures) == 1 and "Li3N" in plan.failures[0] and "N" in plan.failures[0]  # one bad candidate
     summary = run_job(plan.job_id, settings, live=False)
@@ -111,7 +113,7 @@ def test_job_runs_ranks_and_is_idempotent(backend, job_dir, ray_session, monkeyp
         assert r["model_sha256"] == job.model_sha256 and r["protocol_hash"] and r["code_version"]
         assert (settings.home / r["document_path"]).is_file()  # the full document lives in a file
     # the same job again: every task is reused, nothing recomputed, no duplicate rows
-    again = plan_job(write_job(job_dir, name="ray-test-again", extra=neb), settings)
+    again = plan_job(load_job_spec(write_job(job_dir, name="ray-test-again", extra=neb)), settings)
     summary2 = run_job(again.job_id, settings, live=False)
     assert summary2.done == 0 and summary2.failed == 0
     assert all(t.reused_result for t in store.tasks.list(again.job_id))
@@ -170,11 +172,13 @@ def test_worker_killed_mid_task_is_retried_from_its_checkpoint(job_dir, ray_sess
     import psutil
 
     from workflows.db import Store
-    from workflows.jobs.run import plan_job, run_job
+    from workflows.jobs.plan import plan_job
+    from workflows.jobs.run import run_job
+    from workflows.jobs.spec import load_job_spec
 
     transport = json.loads(json.dumps(JOB_TRANSPORT))
     transport["overrides"]["production_ps"] = 3.0
-    plan = plan_job(write_job(job_dir, candidates=[{"library": "Li2S"}], transport=transport, workers=1), settings)
+    plan = plan_job(load_job_spec(write_job(job_dir, candidates=[{"library": "Li2S"}], transport=transport, workers=1)), settings)
     store = Store.open(settings.db_url)
     task = store.tasks.list(plan.job_id)[0]
     workdir = settings.home / task.workdir
@@ -222,26 +226,27 @@ def test_driver_killed_then_resumed_completes_without_duplicates(job_dir, ray_se
 
 def test_bad_jobs_fail_before_any_ray_work(job_dir, settings):
     from workflows.db import Store
-    from workflows.jobs.run import plan_job
+    from workflows.jobs.plan import plan_job
+    from workflows.jobs.spec import load_job_spec
 
     def job(**kw):
         return write_job(job_dir, **kw)
 
     bad_key = job(name="bad-key", extra={"resourcez": {}})
     with pytest.raises(InputError, match=r"resourcez.*|.*resourcez"):
-        plan_job(bad_key, settings)
+        plan_job(load_job_spec(bad_key), settings)
     missing = job(name="missing-file", candidates=[{"file": "nope.cif"}])
     with pytest.raises(InputError, match="nope.cif"):
-        plan_job(missing, settings)
+        plan_job(load_job_spec(missing), settings)
     path = job_dir / "bad-model.yaml"
     data = yaml.safe_load(job().read_text())
     data["model"] = "models:/does-not-exist@production"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(InputError, match="does-not-exist"):
-        plan_job(path, settings)
+        plan_job(load_job_spec(path), settings)
     outside = job(name="outside", candidates=[{"library": "Li3N"}])
     with pytest.raises(InputError, match="N"):
-        plan_job(outside, settings)
+        plan_job(load_job_spec(outside), settings)
     assert Store.open(settings.db_url).jobs.list() == []
     proc = _cli("screen", str(bad_key))
     assert proc.returncode == 2 and "resourcez" in proc.stderr and "bad-key.yaml:" in proc.stderr
@@ -250,11 +255,13 @@ def test_bad_jobs_fail_before_any_ray_work(job_dir, settings):
 
 def test_cancel_stops_a_running_job(job_dir, ray_session, settings):
     from workflows.db import Store
-    from workflows.jobs.run import plan_job, run_job
+    from workflows.jobs.plan import plan_job
+    from workflows.jobs.run import run_job
+    from workflows.jobs.spec import load_job_spec
 
     transport = json.loads(json.dumps(JOB_TRANSPORT))
     transport["overrides"]["production_ps"] = 20.0
-    plan = plan_job(write_job(job_dir, transport=transport, workers=1), settings)
+    plan = plan_job(load_job_spec(write_job(job_dir, transport=transport, workers=1)), settings)
     store = Store.open(settings.db_url)
     result = {}
     runner = threading.Thread(target=lambda: result.update(summary=run_job(plan.job_id, settings, live=False)))

@@ -66,12 +66,15 @@ class Candidate(BaseModel):
         return self.model_dump(mode="json", exclude={"structure"})
 
     # ------------------------------------------------------------------ files
-    def to_cif(self, path: str | Path) -> Path:
+    def to_cif_text(self) -> str:
+        """CIF text with the metadata in a leading comment line (:meth:`from_cif_text` restores it)."""
         from pymatgen.io.cif import CifWriter
 
+        return CIF_METADATA_PREFIX + json.dumps(self.metadata(), separators=(",", ":")) + "\n" + str(CifWriter(self.structure))
+
+    def to_cif(self, path: str | Path) -> Path:
         path = Path(path)
-        text = str(CifWriter(self.structure))
-        path.write_text(CIF_METADATA_PREFIX + json.dumps(self.metadata(), separators=(",", ":")) + "\n" + text)
+        path.write_text(self.to_cif_text())
         return path
 
     def to_poscar(self, path: str | Path) -> Path:
@@ -104,20 +107,30 @@ class Candidate(BaseModel):
         from screening.structio import read_structure
 
         path = Path(path)
-        structure = read_structure(path)
         first = path.read_text(errors="replace").splitlines()[:1]
         if first and first[0].startswith(CIF_METADATA_PREFIX):
-            try:
-                meta = json.loads(first[0][len(CIF_METADATA_PREFIX) :])
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}: the ionscreen metadata line is not valid JSON") from err
-            return cls.model_validate({**meta, "structure": structure})
+            return cls.from_cif_text(path.read_text(), source=str(path))
         from screening.candidates.builder import candidate_from_structure
 
-        return candidate_from_structure(structure, name=import_options.pop("name", path.stem), **import_options)
+        return candidate_from_structure(read_structure(path), name=import_options.pop("name", path.stem), **import_options)
 
+    @classmethod
+    def from_cif_text(cls, text: str, *, source: str = "CIF") -> "Candidate":
+        """A candidate from the text :meth:`to_cif_text` wrote (no file in between)."""
+        from pymatgen.core import Structure
 
-
+        first, _, body = text.partition("\n")
+        if not first.startswith(CIF_METADATA_PREFIX):
+            raise InputError(f"{source}: no ionscreen metadata line; import a plain CIF with `ionscreen candidates import`")
+        try:
+            meta = json.loads(first[len(CIF_METADATA_PREFIX):])
+        except json.JSONDecodeError as err:
+            raise InputError(f"{source}: the ionscreen metadata line is not valid JSON") from err
+        try:
+            structure = Structure.from_str(body, fmt="cif")
+        except Exception as err:  # the CIF parser raises anything from ValueError to IndexError
+            raise InputError(f"could not read a structure from {source}: {err}") from err
+        return cls.model_validate({**meta, "structure": structure})
 
 
 class ExportFormat(enum.StrEnum):

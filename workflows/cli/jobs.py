@@ -33,10 +33,10 @@ def _fmt(value, spec=".3g"):
 
 
 def print_ranked(store, job_id: str, settings, fmt: str = "table") -> None:
-    from workflows.jobs.run import _plan_path, ranked, ranked_csv
+    from workflows.jobs.plan import load_plan
+    from workflows.jobs.run import ranked, ranked_csv
 
-    path = _plan_path(settings, job_id)
-    plan = json.loads(path.read_text()) if path.exists() else None
+    plan = load_plan(store, job_id, settings, required=False)
     rows, others = ranked(store, job_id, plan)
     if fmt == "csv":
         typer.echo(ranked_csv(rows), nl=False)
@@ -60,7 +60,7 @@ def print_ranked(store, job_id: str, settings, fmt: str = "table") -> None:
                    f"{barrier:<20} {r.score:>7.2f}  {flags}")
     for o in others:
         typer.echo(f"  - {o['name']:<22} {o['formula']:<14} {o['stage']}: {o['state']}" + (f" — {o['error']}" if o["error"] else ""))
-    for failure in (plan or {}).get("candidate_failures", []):
+    for failure in plan.candidate_failures if plan else []:
         typer.echo(f"  - not screened: {failure}")
     if job.error:
         typer.echo(f"notes: {job.error}")
@@ -73,11 +73,13 @@ def screen(
     fmt: Annotated[str, typer.Option("--format", help="Ranked table as table, csv or json.")] = "table",
 ) -> None:
     """Validate and run a screening job on Ray; print the ranked candidates."""
-    from workflows.jobs.run import plan_job, run_job
+    from workflows.jobs.plan import plan_job
+    from workflows.jobs.run import run_job
+    from workflows.jobs.spec import load_job_spec
 
     settings = _settings()
     store = _store(settings)
-    plan = plan_job(job_file, settings, store=store)
+    plan = plan_job(load_job_spec(job_file), settings, store=store)
     typer.echo(f"job {plan.job_id}: {plan.n_candidates} candidates, {plan.n_tasks} tasks"
                + (f", {len(plan.failures)} candidates failed to build" if plan.failures else ""), err=True)
     for failure in plan.failures:
@@ -185,26 +187,24 @@ def demo(
     address: AddressOpt = None,
 ) -> None:
     """Run a small real screen end to end (three Li-P-S-Cl electrolytes, quick protocol) and print the ranking."""
-    import tempfile
     from importlib import resources
 
     import yaml
 
-    from workflows.jobs.run import plan_job, run_job
+    from workflows.jobs.plan import plan_job
+    from workflows.jobs.run import run_job
+    from workflows.jobs.spec import parse_job_spec
 
-    spec = yaml.safe_load(resources.files("workflows.jobs.demo").joinpath("demo-job.yaml").read_text())
+    text = resources.files("workflows.jobs.demo").joinpath("demo-job.yaml").read_text()
     if model is not None:
-        spec["model"] = model
+        text = yaml.safe_dump({**yaml.safe_load(text), "model": model}, sort_keys=False)
+    spec = parse_job_spec(text, source="demo-job.yaml")
     settings = _settings()
     store = _store(settings)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "demo-job.yaml"
-        path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        plan = plan_job(path, settings, store=store)
-    transport = spec.get("transport") or {}
-    temperatures = (transport.get("overrides") or {}).get("temperatures_K") if isinstance(transport, dict) else None
+    plan = plan_job(spec, settings, store=store)
+    temperatures = plan.plan.transport.temperatures_K if plan.plan.transport else ()
     at = f" at {'/'.join(f'{t:g}' for t in temperatures)} K" if temperatures else ""
-    typer.echo(f"demo job {plan.job_id}: {plan.n_candidates} candidates with {spec['model']}, quick protocol{at} "
+    typer.echo(f"demo job {plan.job_id}: {plan.n_candidates} candidates with {spec.model}, quick protocol{at} "
                f"(results in {settings.home})", err=True)
     summary = run_job(plan.job_id, settings, address=address, workers=workers)
     typer.echo(f"done in {summary.wall_s / 60:.1f} min: {summary.done} computed, {summary.failed} failed", err=True)

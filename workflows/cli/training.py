@@ -97,7 +97,14 @@ def data_import(
     as_json: JsonFlag = False,
 ) -> None:
     """Import DFT frames into a dataset: validate, de-duplicate, split, report counts and the dataset hash."""
-    from training.data import EnergyKind, Format, ReadOptions, SplitSpec, ValidationLimits, import_files
+    from training.data import (
+        EnergyKind,
+        Format,
+        ReadOptions,
+        SplitSpec,
+        ValidationLimits,
+        import_files,
+    )
 
     try:
         split = None
@@ -189,7 +196,13 @@ def label_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Label structures with CP2K (PBE, GTH, MOLOPT): energy, forces, stress; resumable, each frame saved on completion."""
-    from training.label import Basis, CP2KSettings, ScfMethod, read_structures, run_labelling
+    from training.label import (
+        Basis,
+        CP2KSettings,
+        ScfMethod,
+        read_structures,
+        run_labelling,
+    )
 
     try:
         settings = CP2KSettings(basis=Basis[basis.value], cutoff_Ry=cutoff_Ry, rel_cutoff_Ry=rel_cutoff_Ry,

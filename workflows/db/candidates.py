@@ -3,9 +3,7 @@ that screen them."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,11 +25,9 @@ def candidate_row(candidate: Any) -> CandidateRow:
             return CandidateRow.model_validate(dict(candidate))
         except ValidationError as err:
             raise validation_error("candidate", err) from err
-    if not hasattr(candidate, "structure_hash") or not hasattr(candidate, "to_cif"):
+    if not hasattr(candidate, "structure_hash") or not hasattr(candidate, "to_cif_text"):
         raise InputError(f"upsert_candidate needs a Candidate or a mapping, got {type(candidate).__name__}")
-    with tempfile.TemporaryDirectory() as tmp:
-        # Candidate.to_cif writes the metadata line that Candidate.from_cif reads back.
-        cif = candidate.to_cif(Path(tmp) / "candidate.cif").read_text()
+    cif = candidate.to_cif_text()  # with the metadata line that Candidate.from_cif_text reads back
     try:
         return CandidateRow(
             structure_hash=candidate.structure_hash,
@@ -49,20 +45,29 @@ def candidate_row(candidate: Any) -> CandidateRow:
 
 
 
+def upsert_in(session: Session, insert, row: CandidateRow) -> int:
+    """Store ``row`` once per structure hash inside ``session``; its id (an existing row is kept)."""
+    values = row.model_dump() | {"created_utc": utc_now()}
+    session.execute(insert(Candidate).values(**values).on_conflict_do_nothing(index_elements=["structure_hash"]))
+    return session.scalar(sa.select(Candidate.id).where(Candidate.structure_hash == row.structure_hash))
+
+
+def link_in(session: Session, insert, job_id: str, candidate_id: int) -> None:
+    """Record inside ``session`` that a job screens a candidate (idempotent)."""
+    session.execute(
+        insert(JobCandidate)
+        .values(job_id=job_id, candidate_id=candidate_id)
+        .on_conflict_do_nothing(index_elements=["job_id", "candidate_id"])
+    )
+
+
 class CandidateRepository(Repository):
     """``store.candidates``: upsert by structure hash, look up, link to a job, list a job's candidates."""
 
     def upsert(self, candidate: Any) -> int:
         """Store a candidate once per structure hash; returns its id (the stored row is kept if it exists)."""
         row = candidate_row(candidate)
-
-        def work(session: Session) -> int:
-            values = row.model_dump() | {"created_utc": utc_now()}
-            insert = self._insert(Candidate).values(**values)
-            session.execute(insert.on_conflict_do_nothing(index_elements=["structure_hash"]))
-            return session.scalar(sa.select(Candidate.id).where(Candidate.structure_hash == row.structure_hash))
-
-        return self._run(work, write=True)
+        return self._run(lambda session: upsert_in(session, self._insert, row), write=True)
 
     def get(self, candidate: int | str) -> CandidateRecord:
         """A candidate by id or structure hash."""
@@ -74,11 +79,7 @@ class CandidateRepository(Repository):
         def work(session: Session) -> None:
             job = find_job(session, job_id)
             find_candidate(session, candidate_id)
-            session.execute(
-                self._insert(JobCandidate)
-                .values(job_id=job.id, candidate_id=candidate_id)
-                .on_conflict_do_nothing(index_elements=["job_id", "candidate_id"])
-            )
+            link_in(session, self._insert, job.id, candidate_id)
 
         self._run(work, write=True)
 

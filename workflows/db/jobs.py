@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
 from mlip.errors import InputError
+from screening.stages import Stage
+from workflows.db.candidates import candidate_row, link_in, upsert_in
 from workflows.db.database import (
     _JOB_ID,
     InvalidTransition,
@@ -22,6 +24,7 @@ from workflows.db.database import (
 )
 from workflows.db.models import Job, JobStatus, Task, TaskState, utc_now
 from workflows.db.records import JobRecord, check_sha256
+from workflows.db.tasks import add_in
 
 # Allowed job status changes (setting the current status again only updates the other fields).
 # A finished, failed or cancelled job may run again: resume continues it without recomputing what is done.
@@ -33,6 +36,22 @@ JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.cancelled: frozenset({JobStatus.running}),
 }
 
+
+
+class PlannedTask(NamedTuple):
+    """A task to store with its job: ``candidate`` indexes the job's candidates."""
+
+    candidate: int
+    stage: Stage | str
+    task_key: str
+    workdir: str | None = None
+
+
+def _plain_json(data: Mapping[str, Any], what: str) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(dict(data), sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{what} is not plain JSON data: {err}") from err
 
 
 def _spec_fields(spec: Any) -> tuple[dict[str, Any], str, str, str]:
@@ -68,8 +87,15 @@ class JobRepository(Repository):
         *,
         model_sha256: str | None = None,
         job_id: str | None = None,
+        plan: Mapping[str, Any] | None = None,
+        candidates: Sequence[Any] = (),
+        tasks: Sequence[PlannedTask] = (),
+        error: str | None = None,
     ) -> str:
-        """Store a new job (status pending) for ``spec`` (a JobSpec or mapping); returns its id (uuid4 hex)."""
+        """Store a new job (status pending) for ``spec`` (a JobSpec or mapping); returns its id (uuid4 hex).
+
+        With ``plan``, ``candidates`` (Candidates or CandidateRows) and ``tasks`` the job is stored together with
+        everything it runs, in one transaction: all of it, or (on any error) nothing — no orphan job."""
         spec_json, spec_hash, name, model_ref = _spec_fields(spec)
         if model_sha256 is not None:
             try:
@@ -80,6 +106,11 @@ class JobRepository(Repository):
             job_id = uuid.uuid4().hex
         elif not isinstance(job_id, str) or not _JOB_ID.match(job_id):
             raise InputError(f"a job id is 32 lower-case hex digits (uuid4().hex), got {job_id!r}")
+        plan_json = None if plan is None else _plain_json(plan, "the job plan")
+        rows = [candidate_row(c) for c in candidates]
+        for t in tasks:
+            if not 0 <= t.candidate < len(rows):
+                raise InputError(f"a planned task names candidate {t.candidate}, but {len(rows)} candidates are given")
 
         def work(session: Session) -> str:
             if session.get(Job, job_id) is not None:
@@ -91,9 +122,11 @@ class JobRepository(Repository):
                     name=name,
                     spec_json=spec_json,
                     spec_hash=spec_hash,
+                    plan_json=plan_json,
                     model_ref=model_ref,
                     model_sha256=model_sha256,
                     status=JobStatus.pending,
+                    error=error,
                     created_utc=now,
                     updated_utc=now,
                 )
@@ -102,9 +135,26 @@ class JobRepository(Repository):
                 session.flush()
             except exc.IntegrityError as err:  # another process created it between our check and insert
                 raise InputError(f"job {job_id} already exists") from err
+            ids = [upsert_in(session, self._insert, row) for row in rows]
+            for candidate_id in dict.fromkeys(ids):
+                link_in(session, self._insert, job_id, candidate_id)
+            for t in tasks:
+                add_in(session, self._insert, job_id, ids[t.candidate], t.stage, t.task_key, t.workdir)
             return job_id
 
         return self._run(work, write=True)
+
+    def save_plan(self, job_id: str, plan: Mapping[str, Any]) -> None:
+        """Store the plan of a job that has none (jobs planned before plans lived in the database)."""
+        plan_json = _plain_json(plan, "the job plan")
+
+        def work(session: Session) -> None:
+            job = find_job(session, job_id)
+            if job.plan_json is not None:
+                raise InputError(f"job {job.id} already has a plan; a plan never changes once stored")
+            job.plan_json = plan_json
+
+        self._run(work, write=True)
 
     def get(self, job_id: str) -> JobRecord:
         """The job with this id (or unique id prefix of at least 4 digits)."""

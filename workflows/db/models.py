@@ -108,6 +108,7 @@ class Job(Base):
     name: Mapped[str] = mapped_column(sa.Text)
     spec_json: Mapped[dict[str, Any]]
     spec_hash: Mapped[str] = mapped_column(Hash)
+    plan_json: Mapped[dict[str, Any] | None] = mapped_column(doc="the typed plan (workflows.jobs.plan.JobPlan)")
     model_ref: Mapped[str] = mapped_column(sa.Text)
     model_sha256: Mapped[str | None] = mapped_column(Hash)
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), index=True)

@@ -169,6 +169,7 @@ class JobRecord(_Snapshot):
     name: str
     spec_json: dict[str, Any] = Field(description="the job spec as data")
     spec_hash: str
+    plan_json: dict[str, Any] | None = Field(None, description="the typed plan as data (None: planned before 0.2)")
     model_ref: str
     model_sha256: str | None
     status: JobStatus

@@ -22,14 +22,38 @@ from workflows.db.database import (
 from workflows.db.models import Result, Task, TaskState, utc_now
 from workflows.db.records import TaskRecord, check_sha256
 
-# Allowed task state changes. running → pending is a retry (worker died) or a resume (driver died).
+# Allowed task state changes. running → pending is a retry (worker died) or a resume (driver died); pending → failed
+# is a task refused before it ran (the driver found that its pinned model no longer resolves to the planned bytes).
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    TaskState.pending: frozenset({TaskState.running, TaskState.cancelled}),
+    TaskState.pending: frozenset({TaskState.running, TaskState.cancelled, TaskState.failed}),
     TaskState.running: frozenset({TaskState.done, TaskState.failed, TaskState.cancelled, TaskState.pending}),
     TaskState.done: frozenset(),
     TaskState.failed: frozenset(),
     TaskState.cancelled: frozenset(),
 }
+
+
+def add_in(session: Session, insert, job_id: str, candidate_id: int, stage: Stage | str, task_key: str,
+           workdir: str | None = None) -> int:
+    """Inside ``session``: add a pending task, or return the id of the job's task with this ``task_key``."""
+    stage = _parse_enum(Stage, stage, "stage")
+    try:
+        check_sha256(task_key, "task_key")
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    session.execute(
+        insert(Task)
+        .values(job_id=job_id, candidate_id=candidate_id, stage=stage, task_key=task_key, state=TaskState.pending,
+                attempts=0, workdir=workdir, reused_result=False)
+        .on_conflict_do_nothing(index_elements=["job_id", "task_key"])
+    )
+    task = session.scalar(sa.select(Task).where(Task.job_id == job_id, Task.task_key == task_key))
+    if (task.candidate_id, task.stage) != (candidate_id, stage):
+        raise InputError(
+            f"job {job_id} already has task_key {task_key[:12]}… for candidate {task.candidate_id} "
+            f"stage {task.stage.value}, not candidate {candidate_id} stage {stage.value}"
+        )
+    return task.id
 
 
 class TaskRepository(Repository):
@@ -39,36 +63,11 @@ class TaskRepository(Repository):
         self, job_id: str, candidate_id: int, stage: Stage | str, task_key: str, workdir: str | None = None
     ) -> int:
         """Add a pending task to a job, or return the id of the job's task with this ``task_key``."""
-        stage = _parse_enum(Stage, stage, "stage")
-        try:
-            check_sha256(task_key, "task_key")
-        except ValueError as err:
-            raise InputError(str(err)) from None
 
         def work(session: Session) -> int:
             job = find_job(session, job_id)
             find_candidate(session, candidate_id)
-            session.execute(
-                self._insert(Task)
-                .values(
-                    job_id=job.id,
-                    candidate_id=candidate_id,
-                    stage=stage,
-                    task_key=task_key,
-                    state=TaskState.pending,
-                    attempts=0,
-                    workdir=workdir,
-                    reused_result=False,
-                )
-                .on_conflict_do_nothing(index_elements=["job_id", "task_key"])
-            )
-            task = session.scalar(sa.select(Task).where(Task.job_id == job.id, Task.task_key == task_key))
-            if (task.candidate_id, task.stage) != (candidate_id, stage):
-                raise InputError(
-                    f"job {job.id} already has task_key {task_key[:12]}… for candidate {task.candidate_id} "
-                    f"stage {task.stage.value}, not candidate {candidate_id} stage {stage.value}"
-                )
-            return task.id
+            return add_in(session, self._insert, job.id, candidate_id, stage, task_key, workdir)
 
         return self._run(work, write=True)
 
@@ -124,7 +123,7 @@ class TaskRepository(Repository):
 
     def finish(self, task_id: int, state: TaskState | str, error: str | None = None) -> TaskRecord:
         """End a running task: done, failed (with ``error``), cancelled, or pending (retry, see ``requeue``).
-        A pending task may also be cancelled."""
+        A pending task may also be cancelled, or failed (refused before it ran)."""
         state = _parse_enum(TaskState, state, "task state")
         if state is TaskState.running:
             raise InvalidTransition("tasks.finish cannot set a task running; use tasks.claim")

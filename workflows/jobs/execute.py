@@ -1,7 +1,8 @@
 """Run a screening job's tasks on Ray: long-lived model-holding actors, bounded in-flight work, one writer.
 
 The driver (this module, in the ``ionscreen screen`` process) owns the database: workers run
-:func:`workflows.jobs.tasks.run_task` and send back small result rows; the driver records them. A worker
+:func:`workflows.jobs.tasks.run_task` on typed :class:`~workflows.jobs.plan.TaskSpec` payloads and send back small
+result rows; the driver records them. A worker
 killed mid-task (its actor is restarted by Ray, which reloads the model) gets the task again, and the
 task resumes from its MD checkpoints in its work directory. Errors raised by the science (bad input,
 model domain) are permanent: the task is marked failed with its error and the job goes on.
@@ -13,9 +14,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from mlip.errors import IonscreenError
+
+if TYPE_CHECKING:
+    from workflows.jobs.plan import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +104,15 @@ def _actor_classes():
         def pid(self) -> int:
             return os.getpid()
 
-        def run(self, task_id: int, payload: dict) -> dict:
+        def run(self, spec) -> dict:
             from workflows.jobs.tasks import run_task
 
             sink = ray.get_actor(self.progress_name)
 
             def progress(stage: str, info: dict) -> None:
-                sink.push.remote({"task_id": task_id, "stage": stage, **info})
+                sink.push.remote({"task_id": spec.task_id, "stage": stage, **info})
 
-            return run_task(payload, self.loaded, home=self.settings.home, device=self.device, progress=progress)
+            return run_task(spec, self.loaded, home=self.settings.home, device=self.device, progress=progress)
 
     return ProgressSink, ModelWorker
 
@@ -122,14 +126,14 @@ def execute(
     store,
     job_id: str,
     model_ref: str,
-    payloads: dict[int, dict],
+    payloads: dict[int, "TaskSpec"],
     options: ExecutionOptions,
     *,
     env: dict[str, str],
     on_event: Callable[[str, dict], None] = lambda kind, info: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> RunSummary:
-    """Run the pending tasks ``payloads`` (task id → payload) and record their results.
+    """Run the pending tasks ``payloads`` (task id → TaskSpec) and record their results.
 
     ``on_event(kind, info)`` receives ``submitted``/``progress``/``done``/``failed``/``retry`` events for
     the progress display; ``should_stop()`` is polled (cancellation).
@@ -167,7 +171,7 @@ def execute(
             return False
         w = min(available, key=load.get)
         store.tasks.claim(task_id, worker=f"actor{w}")
-        ref = workers[w].run.remote(task_id, payloads[task_id])
+        ref = workers[w].run.remote(payloads[task_id])
         in_flight[ref] = (task_id, w)
         load[w] += 1
         on_event("submitted", {"task_id": task_id})
@@ -231,8 +235,8 @@ def execute(
                     summary.errors[task_id] = message
                     on_event("failed", {"task_id": task_id, "error": message, "permanent": _is_permanent(err)})
                     continue
-                store.results.record({**row, "candidate_id": payloads[task_id]["candidate_id"],
-                                     "mlflow_run_id": payloads[task_id].get("mlflow_run_id")})
+                store.results.record({**row, "candidate_id": payloads[task_id].candidate_id,
+                                      "mlflow_run_id": payloads[task_id].mlflow_run_id})
                 store.tasks.finish(task_id, "done")
                 summary.done += 1
                 on_event("done", {"task_id": task_id, "row": row})

@@ -1,6 +1,7 @@
 """One screening task = one (candidate, stage): the plain function a worker runs, and its result row.
 
-Workers call :func:`run_task` with a loaded model; it runs the science (``screening.transport`` or
+Workers call :func:`run_task` with a :class:`workflows.jobs.plan.TaskSpec` and the loaded model (refused unless it is
+the one the job pinned); it runs the science (``screening.transport`` or
 ``screening.neb``) in the task's own work directory — so a retried task resumes from its MD
 checkpoints — and returns a small row of numbers (with intervals, flags and provenance) for the
 driver to store. Big things (trajectories, profiles, plots) stay in files referenced by the row.
@@ -8,23 +9,12 @@ driver to store. Big things (trajectories, profiles, plots) stay in files refere
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Callable
 
 from mlip.version import code_version
 from screening.stages import Stage
-
-
-def task_key(structure_hash: str, stage: Stage | str, protocol_hash: str, model_sha256: str) -> str:
-    """Identity of a computation: the same (candidate, stage, protocol, model) is computed once."""
-    blob = json.dumps([structure_hash, str(stage), protocol_hash, model_sha256])
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def workdir_for(home: Path, key: str) -> Path:
-    return home / "work" / key[:2] / key
+from workflows.jobs.plan import TaskSpec, workdir_for
 
 
 def _interval(pair, index):
@@ -87,68 +77,56 @@ def _neb_structure(candidate):
 
 
 def run_task(
-    payload: dict,
+    spec: TaskSpec,
     loaded,
     *,
     home: Path,
     device: str = "auto",
     progress: Callable[[str, dict], None] | None = None,
 ) -> dict:
-    """Run one task. ``payload``: stage, candidate (a ``Candidate`` as JSON), protocol (as data), task_key.
+    """Run one task with ``loaded``, which must be the model the task was planned with (``spec.model``).
 
-    Returns the result row (numbers, flags, provenance, document path relative to ``home``).
-    Exceptions propagate: the driver decides whether they are permanent (bad input) or retryable.
+    Returns the result row (numbers, flags, provenance, document path relative to ``home``). Exceptions
+    propagate: the driver decides whether they are permanent (bad input, wrong model) or retryable.
     """
-    from screening.candidates import Candidate
-
+    spec.model.check(loaded.sha256)  # before any work: nothing may be computed, let alone stored, with another model
     progress = progress or (lambda stage, info: None)
-    stage = Stage(payload["stage"])
-    candidate = Candidate.model_validate(payload["candidate"])
-    key = payload["task_key"]
-    workdir = workdir_for(home, key)
+    candidate = spec.candidate
+    workdir = workdir_for(home, spec.task_key)
     workdir.mkdir(parents=True, exist_ok=True)
     loaded.check_elements([el.symbol for el in candidate.structure.composition.elements]
                           + [candidate.working_ion], what=f"candidate {candidate.name}")
 
-    if stage is Stage.TRANSPORT:
-        from screening.transport.protocol import TransportProtocol
+    if spec.stage is Stage.TRANSPORT:
         from screening.transport.run import calculator_factory_for, run_transport
 
-        protocol = TransportProtocol.model_validate(payload["protocol"])
         result = run_transport(
-            candidate.structure, calculator_factory_for(loaded, device), protocol, workdir, candidate.working_ion,
+            candidate.structure, calculator_factory_for(loaded, device), spec.transport, workdir, candidate.working_ion,
             charge=candidate.working_ion_charge, model_ref=loaded.ref, model_sha256=loaded.sha256,
             progress=lambda s, info: progress(s, info), home=home,
         )
         row = transport_row(result)
         document = workdir / "result.json"
-        protocol_hash = protocol.hash
     else:
         from mlip.batched import BatchedMACE
-        from screening.neb import NebParameters, neb_for_structure
-        from screening.neb.results import parameters_hash
+        from screening.neb import neb_for_structure
 
-        params_data = dict(payload["protocol"])
-        driver = {k: params_data.pop(k, None) for k in ("max_hops", "max_hop_length_A", "mechanism")}
-        params = NebParameters.model_validate(params_data)
+        settings = spec.neb
         engine = BatchedMACE.from_loaded(loaded, device=device, dtype="float64")
         structure, sites = _neb_structure(candidate)
         result = neb_for_structure(
-            structure, candidate.working_ion, engine, params,
-            insertion_sites_frac=sites, max_hops=driver["max_hops"],
-            max_hop_length_A=driver["max_hop_length_A"], mechanism=driver["mechanism"],
-            out_dir=workdir, home=home,
+            structure, candidate.working_ion, engine, settings.parameters(),
+            insertion_sites_frac=sites, **settings.driver_options(), out_dir=workdir, home=home,
             progress=lambda i, n, hop: progress("hop", {"done": i + 1, "total": n}),
         )
         row = neb_row(result)
         document = workdir / "neb_summary.json"
-        protocol_hash = parameters_hash(payload["protocol"])
     row.update(
-        task_key=key,
-        stage=str(stage),
+        task_key=spec.task_key,
+        stage=str(spec.stage),
         structure_hash=candidate.structure_hash,
-        protocol_json=json.dumps(payload["protocol"], sort_keys=True),
-        protocol_hash=protocol_hash,
+        protocol_json=spec.protocol,
+        protocol_hash=spec.protocol_hash(spec.stage),
         model_ref=loaded.ref,
         model_sha256=loaded.sha256,
         code_version=code_version(),

@@ -242,13 +242,12 @@ def cancel_job(request: Request, job_id: str, token: TokenRecord = Depends(requi
 @router.get("/jobs/{job_id}/results", tags=["jobs"], summary="A job's ranked results")
 def job_results(request: Request, job_id: str):
     """The job's candidates ranked with the job's own weights (as ``ionscreen results JOB --format json``)."""
-    from workflows.jobs.run import _plan_path, ranked
+    from workflows.jobs.plan import load_plan
+    from workflows.jobs.run import ranked
 
     store = _store(request)
     job = store.jobs.get(job_id)
-    path = _plan_path(request.app.state.settings, job.id)
-    plan = json.loads(path.read_text()) if path.exists() else None
-    rows, others = ranked(store, job.id, plan)
+    rows, others = ranked(store, job.id, load_plan(store, job.id, request.app.state.settings, required=False))
     return {"job_id": job.id, "status": str(job.status), "ranked": [r.model_dump(mode="json") for r in rows],
             "not_ranked": others}
 

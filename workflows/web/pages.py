@@ -15,7 +15,13 @@ from mlip.errors import InputError
 from workflows.db.summaries import SortKey, SortOrder
 from workflows.web import plots
 from workflows.web.auth import COOKIE_NAME, require_page_read
-from workflows.web.documents import UnsafePath, load_neb, load_transport, read_profile, result_file
+from workflows.web.documents import (
+    UnsafePath,
+    load_neb,
+    load_transport,
+    read_profile,
+    result_file,
+)
 from workflows.web.structures import safe_stem, viewer_cif
 from workflows.web.views import QueryError, browse_query, mlflow_run_url, query_string
 

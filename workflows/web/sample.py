@@ -77,7 +77,12 @@ def build_candidate_rows(names=DEFAULT_SAMPLE_NAMES) -> list[dict[str, Any]]:
 def _transport_document(row: dict, sample: TransportSample, model_ref: str, model_sha: str, rng: random.Random):
     from mlip.version import code_version
     from screening.transport.protocol import preset
-    from screening.transport.results import ArrheniusResult, Provenance, TemperatureResult, TransportResult
+    from screening.transport.results import (
+        ArrheniusResult,
+        Provenance,
+        TemperatureResult,
+        TransportResult,
+    )
 
     protocol = preset("quick")
     ion_charge = row["working_ion_charge"]
@@ -143,7 +148,13 @@ def _neb_document(row: dict, sample: NebSample, model_ref: str, model_sha: str, 
     from mlip.version import code_version
     from screening.neb import NebParameters
     from screening.neb.plots import plot_profile
-    from screening.neb.results import NebHopResult, NebStructureResult, PercolationResult, Provenance, parameters_hash
+    from screening.neb.results import (
+        NebHopResult,
+        NebStructureResult,
+        PercolationResult,
+        Provenance,
+        parameters_hash,
+    )
 
     params = NebParameters()
     parameters = _neb_parameters()
@@ -207,7 +218,8 @@ class SampleDatabase:
 def seed_sample(store, home: Path, candidate_rows: list[dict[str, Any]], *, seed: int = 0,
                 second_model_for: tuple[str, ...] = ("Li6PS5Cl",)) -> SampleDatabase:
     """A sample job over ``candidate_rows`` with done tasks, result rows and their documents under ``home``."""
-    from workflows.jobs.tasks import neb_row, task_key, transport_row, workdir_for
+    from workflows.jobs.plan import task_key, workdir_for
+    from workflows.jobs.tasks import neb_row, transport_row
 
     rng = random.Random(seed)
     job_id = store.jobs.create({"name": "web-sample-synthetic", "model": SAMPLE_MODEL_REF},

@@ -13,7 +13,6 @@ from __future__ import annotations
 import enum
 import json
 import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -151,24 +150,18 @@ class Submitted:
 
 
 def submit(body: bytes, fmt: BodyFormat, *, settings: Settings, store, launcher) -> Submitted:
-    """Validate, store (``plan_job``) and launch a job. Nothing is stored when it raises SubmitError."""
-    from workflows.jobs.run import plan_job
+    """Validate, store (``plan_job``, atomic) and launch a job. Nothing is stored when it raises SubmitError."""
+    from workflows.jobs.plan import plan_job
 
     directory = submissions_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
     text, spec = parse_body(body, fmt, directory)
-    path = directory / f"pending-{uuid.uuid4().hex}.{fmt.value}"
-    path.write_text(text, encoding="utf-8")
     try:
-        plan = plan_job(path, settings, store=store)
+        plan = plan_job(spec, settings, store=store)
     except IonscreenError as err:
-        path.unlink(missing_ok=True)
         raise SubmitError(422, [_error([], str(err), type(err).__name__)]) from err
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    final = directory / f"{plan.job_id}.{fmt.value}"
-    path.rename(final)
+    final = directory / f"{plan.job_id}.{fmt.value}"  # the submission as sent, kept beside the job
+    final.write_text(text, encoding="utf-8")
     try:
         pid = launcher.launch(plan.job_id)
     except OSError as err:

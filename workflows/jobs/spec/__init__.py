@@ -2,8 +2,17 @@
 the candidates it names (:mod:`.build`)."""
 
 from screening.stages import Stage
-from workflows.jobs.spec.build import BuiltCandidates, CandidateFailure, build_candidates
-from workflows.jobs.spec.parse import JobSpecError, SpecProblem, load_job_spec, parse_job_spec
+from workflows.jobs.spec.build import (
+    BuiltCandidates,
+    CandidateFailure,
+    build_candidates,
+)
+from workflows.jobs.spec.parse import (
+    JobSpecError,
+    SpecProblem,
+    load_job_spec,
+    parse_job_spec,
+)
 from workflows.jobs.spec.schema import (
     NAME_PATTERN,
     CandidateSpec,

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from mlip.errors import InputError
 from workflows.jobs.spec.schema import JobSpec, clean_message
 
+
 @dataclasses.dataclass(frozen=True)
 class SpecProblem:
     """One problem of a job file: where (key path, line) and what."""
