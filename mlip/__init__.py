@@ -1,4 +1,5 @@
-"""The model layer: turns a model reference string into a trusted, ready MACE model.
+"""The model layer: turns a model reference string into a trusted, ready model (MACE, or another family
+behind :mod:`mlip.backends`).
 
 Importing this package is cheap (no torch); torch and mace are imported when a model is loaded.
 """

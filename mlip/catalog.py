@@ -1,9 +1,10 @@
 """Every model this installation knows, for ``ionscreen models list``.
 
-Sources: bundled models, registry versions, foundation files in mace-torch's cache, and files
-trusted explicitly. Facts about a model (elements, size, dtype) come from the bundled manifest,
-registry tags or the trust store's record of an earlier load; a trusted model without recorded
-facts is loaded once to obtain them. Untrusted files are listed but never unpickled.
+Sources: bundled models, registry versions, foundation files in mace-torch's cache, files
+trusted explicitly, and potentials defined by code (``ase:<family>``). Facts about a model
+(family, elements, size, dtype) come from the bundled manifest, the code, registry tags or the
+trust store's record of an earlier load; a trusted model without recorded facts is loaded once
+to obtain them. Untrusted files are listed but never unpickled.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlip import bundled, foundation, registry
+from mlip.backends import FILE_FAMILY, code_defined_families
 from mlip.config import Settings
+from mlip.refs import ModelRef, RefKind
 from mlip.trust import TrustStore, sha256_file
 
 
@@ -27,10 +30,12 @@ class ModelInfo:
     n_params: int | None = None
     dtype: str | None = None
     aliases: list[str] = field(default_factory=list)
+    family: str = FILE_FAMILY
 
     def as_dict(self) -> dict:
         return {
             "ref": self.ref,
+            "family": self.family,
             "sha256": self.sha256,
             "elements": self.elements,
             "n_params": self.n_params,
@@ -47,6 +52,7 @@ def _fill(info: ModelInfo, meta: dict) -> None:
         info.elements = list(meta.get("elements") or info.elements)
         info.n_params = meta.get("n_params", info.n_params)
         info.dtype = meta.get("dtype", info.dtype)
+        info.family = meta.get("family", info.family)
 
 
 def list_models(settings: Settings, *, inspect_trusted: bool = True) -> list[ModelInfo]:
@@ -108,6 +114,12 @@ def list_models(settings: Settings, *, inspect_trusted: bool = True) -> list[Mod
             _fill(info, entry.metadata)
             out.append(info)
             seen_paths.add(p)
+
+    for family in code_defined_families():  # cheap to load: nothing to unpickle
+        loaded = load_model(ModelRef(RefKind.ASE, name=family), settings)
+        info = ModelInfo(loaded.ref, loaded.sha256, loaded.source, True, str(loaded.path))
+        _fill(info, loaded.metadata())
+        out.append(info)
 
     if inspect_trusted:
         for info in out:

@@ -1,8 +1,10 @@
-"""Turn a model reference into a ready MACE model — the only place ionscreen unpickles a model.
+"""Turn a model reference into a ready model of its family — the only place ionscreen unpickles a model.
 
-Order of work for every reference form: resolve to a local file, read its bytes once, hash them,
+Order of work for every file reference: resolve to a local file, read its bytes once, hash them,
 decide trust, and only then unpickle those same bytes (no window in which the file could be
-swapped between the check and the load).
+swapped between the check and the load). Potentials defined by code (``ase:<family>``) are never
+unpickled; their identity is their source (:meth:`mlip.backends.ModelBackend.code_source`). What the
+model is (its facts, its calculators) is the family's backend's business (:mod:`mlip.backends`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ase.data import chemical_symbols
 
 from mlip import bundled, foundation, registry
 from mlip._mace import import_mace
+from mlip.backends import FILE_FAMILY, ModelBackend, get_backend
 from mlip.config import Settings, load_settings
 from mlip.errors import InputError, ModelDomainError, ModelNotFoundError, UntrustedModelError
 from mlip.refs import ModelRef, RefKind, parse_ref
@@ -32,18 +35,24 @@ class ResolvedModel:
     source: str  # where it came from, in words
     trusted_by: str | None  # why it may be unpickled; None = refused
     registry_version: registry.RegistryVersion | None = None
+    family: str = FILE_FAMILY  # the potential family whose backend turns it into a LoadedModel
+    pickled: bool = True  # False: defined by code; ``path`` is its source and nothing is unpickled
 
 
 @dataclass
 class LoadedModel:
-    """A MACE model in memory with the facts every caller needs (provenance and domain)."""
+    """A model in memory with the facts every caller needs (provenance, domain, family).
+
+    ``module`` is the torch module for MACE and None for families without one; what the model can do
+    (calculators, batched evaluation, lean MD) is asked of :attr:`backend`, never of :attr:`family`.
+    """
 
     ref: str
     sha256: str
     path: Path
     source: str
     trusted_by: str
-    module: object  # torch.nn.Module
+    module: object | None  # torch.nn.Module for MACE; None for potentials defined by code
     atomic_numbers: tuple[int, ...]
     n_params: int
     dtype: str
@@ -51,6 +60,11 @@ class LoadedModel:
     model_class: str
     heads: tuple[str, ...] = ("Default",)
     extra: dict = field(default_factory=dict)
+    family: str = FILE_FAMILY
+
+    @property
+    def backend(self) -> ModelBackend:
+        return get_backend(self.family)
 
     @property
     def elements(self) -> tuple[str, ...]:
@@ -58,6 +72,7 @@ class LoadedModel:
 
     def metadata(self) -> dict:
         return {
+            "family": self.family,
             "elements": list(self.elements),
             "atomic_numbers": list(self.atomic_numbers),
             "n_params": self.n_params,
@@ -80,6 +95,7 @@ class LoadedModel:
             )
 
     def calculator(self, **kwargs):
+        """An ASE calculator from this model's backend; see :func:`mlip.calculators.make_calculator`."""
         from mlip.calculators import make_calculator
 
         return make_calculator(self, **kwargs)
@@ -113,6 +129,10 @@ def resolve(ref: str | Path | ModelRef, settings: Settings | None = None, *, dow
     store = TrustStore(settings.trust_store_path)
     version = None
 
+    if ref.kind is RefKind.ASE:
+        code = get_backend(ref.name).code_source()
+        return ResolvedModel(ref, code.path, code.sha256, code.description,
+                             "defined by code (nothing is unpickled)", family=ref.name, pickled=False)
     if ref.kind is RefKind.BUNDLED:
         entry = bundled.get(ref.name)
         if not entry.path.is_file():
@@ -168,9 +188,12 @@ def load_model(
     *,
     device: str = "cpu",
 ) -> LoadedModel:
-    """Load a trusted MACE model. Untrusted files are refused *before* any unpickling."""
+    """Load a trusted model. Untrusted files are refused *before* any unpickling."""
     settings = settings or load_settings()
     resolved = resolve(ref, settings)
+    backend = get_backend(resolved.family)
+    if not resolved.pickled:
+        return backend.describe(resolved, None)
     data = resolved.path.read_bytes()
     sha = sha256_bytes(data)
     if sha != resolved.sha256:
@@ -185,42 +208,16 @@ def load_model(
         module = _unpickle(data, device)
     except Exception as err:
         raise InputError(f"{resolved.path} could not be loaded as a torch model: {err}") from err
-    loaded = _describe(module, resolved)
+    loaded = backend.describe(resolved, module)
     TrustStore(settings.trust_store_path).update_metadata(sha, loaded.metadata())
     return loaded
-
-
-def _describe(module, resolved: ResolvedModel) -> LoadedModel:
-    import torch
-
-    if not isinstance(module, torch.nn.Module) or not hasattr(module, "atomic_numbers") or not hasattr(module, "r_max"):
-        raise InputError(
-            f"{resolved.path} is not a MACE model (got {type(module).__name__} without atomic_numbers/r_max)"
-        )
-    params = list(module.parameters())
-    dtype = str(params[0].dtype).removeprefix("torch.") if params else "float64"
-    heads = tuple(getattr(module, "heads", None) or ("Default",))
-    return LoadedModel(
-        ref=resolved.ref.text,
-        sha256=resolved.sha256,
-        path=resolved.path,
-        source=resolved.source,
-        trusted_by=resolved.trusted_by or "",
-        module=module,
-        atomic_numbers=tuple(int(z) for z in module.atomic_numbers),
-        n_params=int(sum(p.numel() for p in params)),
-        dtype=dtype,
-        r_max_A=float(module.r_max),
-        model_class=type(module).__name__,
-        heads=heads,
-    )
 
 
 def trust(ref: str | Path | ModelRef, settings: Settings | None = None, *, note: str = "") -> LoadedModel:
     """Record the current SHA-256 of ``ref``'s file as trusted by the user, then load it."""
     settings = settings or load_settings()
     resolved = resolve(ref, settings)
-    if resolved.ref.kind is RefKind.BUNDLED:
+    if resolved.ref.kind is RefKind.BUNDLED or not resolved.pickled:  # trusted already: by manifest, or as code
         return load_model(resolved.ref, settings)
     store = TrustStore(settings.trust_store_path)
     was_trusted = store.is_trusted(resolved.sha256)
@@ -228,6 +225,6 @@ def trust(ref: str | Path | ModelRef, settings: Settings | None = None, *, note:
     try:
         return load_model(resolved.ref, settings)
     except InputError:
-        if not was_trusted:  # not a MACE model: do not leave its hash trusted
+        if not was_trusted:  # not a model of its family: do not leave its hash trusted
             store.remove(resolved.sha256)
         raise

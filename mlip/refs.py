@@ -1,11 +1,12 @@
 """Model reference strings and their parsed form.
 
-A reference names a model in one of four ways:
+A reference names a model in one of five ways:
 
 * ``path/to/file.model`` — a file on disk;
 * ``mace-mp:<name>`` — a MACE foundation model (``small``, ``medium``, ``medium-mpa-0``, ...);
 * ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` — the MLflow model registry;
-* ``bundled:<name>`` — a model shipped inside the ionscreen package.
+* ``bundled:<name>`` — a model shipped inside the ionscreen package;
+* ``ase:<family>`` — a potential defined by code in ASE (``ase:emt``), no file involved.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlip.backends import BACKENDS, code_defined_families
 from mlip.errors import InputError
 
 
@@ -23,6 +25,7 @@ class RefKind(enum.StrEnum):
     FOUNDATION = "mace-mp"
     REGISTRY = "registry"
     BUNDLED = "bundled"
+    ASE = "ase"  # the name is a code-defined family of mlip.backends
 
 
 _REGISTRY_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
@@ -47,6 +50,8 @@ class ModelRef:
             return f"mace-mp:{self.name}"
         if self.kind is RefKind.BUNDLED:
             return f"bundled:{self.name}"
+        if self.kind is RefKind.ASE:
+            return f"ase:{self.name}"
         if self.alias is not None:
             return f"models:/{self.name}@{self.alias}"
         return f"models:/{self.name}/{self.version}"
@@ -75,6 +80,8 @@ def parse_ref(text: str | Path | ModelRef) -> ModelRef:
             alias=m.group("alias"),
             version=int(version) if version is not None else None,
         )
+    if raw.startswith("ase:"):
+        return _parse_code_ref(raw)
     for prefix, kind in (("mace-mp:", RefKind.FOUNDATION), ("bundled:", RefKind.BUNDLED)):
         if raw.startswith(prefix):
             name = raw[len(prefix):]
@@ -87,7 +94,18 @@ def parse_ref(text: str | Path | ModelRef) -> ModelRef:
     return ModelRef(RefKind.PATH, name=path.name, path=path)
 
 
+def _parse_code_ref(raw: str) -> ModelRef:
+    name = raw.removeprefix("ase:")
+    known = code_defined_families()
+    if name not in known:
+        raise InputError(
+            f"unknown ASE potential {name!r} in {raw!r}: ase: names a potential family defined by code; "
+            f"known: {', '.join(f'ase:{family}' for family in known)} (all potential families: {', '.join(BACKENDS)})"
+        )
+    return ModelRef(RefKind.ASE, name=name)
+
+
 _FORMS = (
     "use one of: path/to/file.model, mace-mp:<name> (e.g. mace-mp:small), "
-    "models:/<name>@<alias>, models:/<name>/<version>, bundled:<name>"
+    "models:/<name>@<alias>, models:/<name>/<version>, bundled:<name>, ase:<family> (e.g. ase:emt)"
 )

@@ -105,7 +105,7 @@ def _demo_protocol(**overrides):
     """The transport protocol of the `ionscreen demo` job (workflows/jobs/demo/demo-job.yaml), as the job runs it."""
     from workflows.jobs.spec import load_job_spec
 
-    spec = load_job_spec(REPO / "workflows" / "demo" / "demo-job.yaml")
+    spec = load_job_spec(REPO / "workflows" / "jobs" / "demo" / "demo-job.yaml")
     protocol = spec.transport.protocol()
     return protocol.model_copy(update=overrides) if overrides else protocol
 

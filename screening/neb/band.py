@@ -2,7 +2,7 @@
 
 Steps: relax both endpoints at fixed cell, interpolate (IDPP by default), relax the band with the
 improved-tangent NEB (Henkelman & Jónsson 2000) — first without, then with the climbing image —
-to a force tolerance within a step budget. With a :class:`mlip.batched.BatchedMACE` the moving
+to a force tolerance within a step budget. With a batched evaluator (:class:`mlip.backends.BatchedEvaluator`, e.g. MACE's) the moving
 images of the band go to the model together, in batches whose size is measured on this band.
 """
 
@@ -109,9 +109,9 @@ class BandOutcome:
 
 
 def _is_batched(engine) -> bool:
-    from mlip.batched import BatchedMACE
+    from mlip.backends import BatchedEvaluator
 
-    return isinstance(engine, BatchedMACE)
+    return isinstance(engine, BatchedEvaluator)
 
 
 def _check_endpoints(initial, final) -> None:
@@ -153,7 +153,7 @@ def run_band(
 ) -> BandOutcome:
     """Relax endpoints and a climbing-image NEB band between ``initial`` and ``final`` (ASE Atoms).
 
-    ``engine`` is any ASE calculator (shared by all images) or a :class:`mlip.batched.BatchedMACE`
+    ``engine`` is any ASE calculator (shared by all images) or a :class:`mlip.backends.BatchedEvaluator`
     (images evaluated together in batches). The inputs are not modified. ``moving_index`` (the
     hopping atom) enables the endpoint-drift check. ``home`` is where batch-size measurements are
     cached (default $IONSCREEN_HOME).
@@ -168,7 +168,7 @@ def run_band(
     _check_endpoints(initial, final)
     batched = _is_batched(engine)
     if not batched and not isinstance(engine, Calculator):
-        raise InputError(f"engine must be an ASE calculator or mlip.batched.BatchedMACE, got {type(engine).__name__}")
+        raise InputError(f"engine must be an ASE calculator or a batched evaluator, got {type(engine).__name__}")
 
     start, end = initial.copy(), final.copy()
     # One consistent unwrapping: ASE's NEB tangents and springs use plain position differences.

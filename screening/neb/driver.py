@@ -2,7 +2,8 @@
 
 Plain functions: ``neb_for_endpoints`` (any two endpoint structures), ``neb_for_hop`` (one hop of a
 hop network) and ``neb_for_structure`` (every distinct hop + percolation barriers). The engine is
-any ASE calculator or a :class:`mlip.batched.BatchedMACE`; no Ray, no CLI here.
+any ASE calculator or a batched evaluator (:class:`mlip.backends.BatchedEvaluator`); ``neb_engine_for``
+asks a loaded model's backend for the best it has. No Ray, no CLI here.
 """
 
 from __future__ import annotations
@@ -35,13 +36,22 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "neb_summary.json"
 
 
-def describe_engine(engine) -> dict:
-    """Provenance facts about the engine: model reference and hash for MACE, class name otherwise."""
-    from mlip.batched import BatchedMACE
+def neb_engine_for(loaded, device: str = "auto"):
+    """The NEB engine for a :class:`mlip.loader.LoadedModel`, from its family's backend: the batched evaluator
+    (images evaluated together, float64) when the family has one, else its ASE calculator for the NEB task."""
+    from mlip.calculators import Task
 
-    if isinstance(engine, BatchedMACE):
-        return {"calculator": "BatchedMACE", "model_ref": engine.model_ref, "model_sha256": engine.model_sha256,
-                "device": engine.device, "dtype": engine.dtype}
+    engine = loaded.backend.batched_evaluator(loaded, device=device, dtype="float64")
+    return engine if engine is not None else loaded.calculator(task=Task.NEB, device=device)
+
+
+def describe_engine(engine) -> dict:
+    """Provenance facts about the engine: class name, and model reference and hash where the engine knows them."""
+    from mlip.backends import BatchedEvaluator
+
+    if isinstance(engine, BatchedEvaluator):
+        return {"calculator": type(engine).__name__, "model_ref": engine.model_ref,
+                "model_sha256": engine.model_sha256, "device": engine.device, "dtype": engine.dtype}
     info = {"calculator": type(engine).__name__,
             "model_ref": getattr(engine, "ionscreen_model_ref", None),
             "model_sha256": getattr(engine, "ionscreen_model_sha256", None)}
@@ -248,12 +258,12 @@ def neb_for_structure(
     Hops that do not fit the supercell are reported with ``hop_too_long``; hops beyond ``max_hops``
     with ``not_computed``. Writes ``neb_summary.json`` and per-hop files when ``out_dir`` is given.
     """
-    from mlip.batched import BatchedMACE
+    from mlip.backends import BatchedEvaluator
 
     params = params or NebParameters()
     network = find_hops(structure, ion, insertion_sites_frac=insertion_sites_frac,
                         max_hop_length_A=max_hop_length_A, mechanism=mechanism)
-    if isinstance(engine, BatchedMACE):
+    if isinstance(engine, BatchedEvaluator):
         engine.check_elements([_ase_numbers(network.structure)])
     results: list[NebHopResult] = []
     for i, hop in enumerate(network.distinct):

@@ -49,28 +49,51 @@ def to_atoms(structure) -> Atoms:
 
 
 class ModelEngines:
-    """What the transport protocol needs from one loaded MACE model: ASE calculators per task and dtype
-    (call it like a :data:`CalculatorFactory`) and the lean MD engine per dtype (:meth:`lean`), built once."""
+    """What the transport protocol needs from one loaded model, asked of its family's backend: ASE calculators
+    per task and dtype (call it like a :data:`CalculatorFactory`) and the lean MD engine per dtype
+    (:meth:`lean`, built once; None when the family has none)."""
 
     def __init__(self, loaded, device: str = "auto"):
         self.loaded = loaded
         self.device = device
         self._lean: dict[str, object] = {}
 
+    @property
+    def family(self) -> str:
+        return self.loaded.family
+
     def __call__(self, task: Task, dtype: str | None = None):
         return self.loaded.calculator(task=task, device=self.device, dtype=dtype)
 
     def lean(self, dtype: str):
-        from mlip.engine import LeanMACE
-
         if dtype not in self._lean:
-            self._lean[dtype] = LeanMACE.from_loaded(self.loaded, device=self.device, dtype=dtype)
+            self._lean[dtype] = self.loaded.backend.lean_md_engine(self.loaded, device=self.device, dtype=dtype)
         return self._lean[dtype]
 
 
 def calculator_factory_for(loaded, device: str = "auto") -> ModelEngines:
     """Calculators (and the lean MD engine) from a :class:`mlip.loader.LoadedModel`."""
     return ModelEngines(loaded, device)
+
+
+def _md_engine(calculator_factory, protocol: TransportProtocol) -> tuple[dict, object | None]:
+    """The MD engine that will run, as provenance, and the lean engine if it is the one: the protocol's choice,
+    or ASE's when the model's family has no lean engine (then ``requested`` and ``fallback`` say so)."""
+    if protocol.md_engine is not MDEngine.LEAN:
+        return {"md_engine": protocol.md_engine.value}, None
+    if not isinstance(calculator_factory, ModelEngines):
+        from mlip.backends import BACKENDS, Capability
+
+        labels = [b.label for b in BACKENDS.values() if Capability.LEAN_MD_ENGINE in b.capabilities]
+        raise InputError(f"md_engine 'lean' runs {', '.join(labels)} models only; this calculator factory has no "
+                         "lean engine (use md_engine: ase for other ASE calculators, or "
+                         "calculator_factory_for(loaded), which falls back to ASE by itself when the model's "
+                         "family has none)")
+    lean = calculator_factory.lean(protocol.md_dtype)
+    if lean is not None:
+        return {"md_engine": MDEngine.LEAN.value}, lean
+    return {"md_engine": MDEngine.ASE.value, "requested": MDEngine.LEAN.value,
+            "fallback": f"family {calculator_factory.family} has no lean MD engine"}, None
 
 
 def _relax(atoms: Atoms, protocol: TransportProtocol, calc, workdir: Path) -> Atoms:
@@ -248,6 +271,9 @@ def run_transport(
 ) -> TransportResult:
     """Run the transport protocol for ``structure`` with the working ion ``ion``; returns the result document.
 
+    ``calculator_factory`` is :func:`calculator_factory_for` a loaded model, or any callable (task, dtype) → ASE
+    calculator (then only ``md_engine: ase``). ``md_engine: lean`` runs the family's lean engine; a family without
+    one runs ASE's dynamics instead and says so (``progress("fallback", ...)`` and ``provenance.md_engine``).
     With the lean engine, ``md_batch_systems`` caps how many temperatures advance in one batch (None: the
     measured best for this device and model, cached under ``home``, see :mod:`mlip.engine.tuning`).
     """
@@ -268,19 +294,17 @@ def _run_transport(structure, calculator_factory, protocol, workdir: Path, ion, 
     check_structure(atoms, ion)
     atoms, reps = make_supercell(atoms, protocol.supercell_min_length_A)
     (workdir / "protocol.json").write_text(json.dumps({"hash": protocol.hash, **protocol.model_dump(mode="json")}, indent=1))
+    engine_info, lean = _md_engine(calculator_factory, protocol)
+    if "fallback" in engine_info:
+        progress("fallback", {"requested": engine_info["requested"], "md_engine": engine_info["md_engine"],
+                              "reason": engine_info["fallback"]})
 
     if protocol.relax:
         progress("relax", {"n_atoms": len(atoms)})
         atoms = _relax(atoms, protocol, calculator_factory(Task.RELAX, None), workdir)
     states = [_Temperature.start(protocol, t, workdir / f"T{t:g}K") for t in protocol.temperatures_K]
-    engine_info: dict = {"md_engine": protocol.md_engine.value}
-    if protocol.md_engine is MDEngine.LEAN:
-        lean = getattr(calculator_factory, "lean", None)
-        if lean is None:
-            raise InputError("md_engine 'lean' runs MACE models only; this calculator factory has no lean engine "
-                             "(use md_engine: ase for other ASE calculators)")
-        engine_info |= _md_lean(atoms, protocol, states, ion, charge, lean(protocol.md_dtype), progress,
-                                md_batch_systems, home)
+    if lean is not None:
+        engine_info |= _md_lean(atoms, protocol, states, ion, charge, lean, progress, md_batch_systems, home)
     else:
         _md_ase(atoms, protocol, states, ion, charge, calculator_factory(Task.MD, protocol.md_dtype), progress)
     temps = [st.final(ion) for st in states]

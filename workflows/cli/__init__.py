@@ -24,7 +24,13 @@ app.add_typer(models_app, name="models")
 
 def _register_area_commands() -> None:
     """Commands that live in their own modules (each keeps its heavy imports inside the commands)."""
-    from workflows.cli import candidates as cli_candidates, jobs as cli_jobs, neb as cli_neb, train as cli_train, training as cli_training, transport as cli_transport, web as cli_web
+    from workflows.cli import candidates as cli_candidates
+    from workflows.cli import jobs as cli_jobs
+    from workflows.cli import neb as cli_neb
+    from workflows.cli import train as cli_train
+    from workflows.cli import training as cli_training
+    from workflows.cli import transport as cli_transport
+    from workflows.cli import web as cli_web
 
     app.command("screen")(cli_jobs.screen)
     app.command("results")(cli_jobs.results)
@@ -91,6 +97,7 @@ def models_list(as_json: JsonFlag = False) -> None:
         typer.echo(i.ref + ("" if i.trusted else "   [UNTRUSTED: will not be loaded]"))
         if i.aliases:
             typer.echo(f"  aliases   {', '.join(i.aliases)}")
+        typer.echo(f"  family    {i.family}")
         typer.echo(f"  sha256    {i.sha256}")
         typer.echo(f"  elements  {' '.join(i.elements) if i.elements else 'unknown (not inspected)'}")
         typer.echo(f"  params    {i.n_params if i.n_params is not None else 'unknown'}")
@@ -114,16 +121,17 @@ def models_check(
     loaded = load_model(ref, _settings())
     missing = loaded.missing_elements(elements)
     if as_json:
-        typer.echo(json.dumps({"ref": loaded.ref, "sha256": loaded.sha256, "structure": str(structure),
-                               "elements": elements, "missing": missing, "covered": not missing}))
+        typer.echo(json.dumps({"ref": loaded.ref, "family": loaded.family, "sha256": loaded.sha256,
+                               "structure": str(structure), "elements": elements, "missing": missing,
+                               "covered": not missing}))
     elif missing:
         typer.echo(
-            f"NOT COVERED: {ref} lacks {', '.join(missing)} (structure {structure} has "
+            f"NOT COVERED: {ref} ({loaded.family}) lacks {', '.join(missing)} (structure {structure} has "
             f"{' '.join(elements)}; model covers {' '.join(loaded.elements)})",
             err=True,
         )
     else:
-        typer.echo(f"covered: {ref} covers every element of {structure} ({' '.join(elements)})")
+        typer.echo(f"covered: {ref} ({loaded.family}) covers every element of {structure} ({' '.join(elements)})")
     raise typer.Exit(1 if missing else 0)
 
 
@@ -153,12 +161,13 @@ def models_untrust(ref: Annotated[str, typer.Argument(help="A model file path/re
 
 @models_app.command("info")
 def models_info(ref: Annotated[str, typer.Argument(help="Model reference.")], as_json: JsonFlag = False) -> None:
-    """Load a model and print what it is (elements, size, dtype, cutoff, provenance)."""
+    """Load a model and print what it is (family, elements, size, dtype, cutoff, provenance)."""
     from mlip.loader import load_model
 
     loaded = load_model(ref, _settings())
     data = {"ref": loaded.ref, "sha256": loaded.sha256, "path": str(loaded.path), "source": loaded.source,
-            "trusted_by": loaded.trusted_by, **loaded.metadata()}
+            "trusted_by": loaded.trusted_by, **loaded.metadata(),
+            "capabilities": sorted(loaded.backend.capabilities)}
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:

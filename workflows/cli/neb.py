@@ -60,7 +60,7 @@ def _table(document) -> str:
 def neb(
     structure: Annotated[Path, typer.Argument(help="Structure file (CIF, POSCAR, extxyz), ordered.")],
     ion: Annotated[str, typer.Option("--ion", help="Working ion, e.g. Li, Na, Mg.")],
-    model: Annotated[str, typer.Option("--model", help="Model reference (path, mace-mp:NAME, models:/..., bundled:NAME).")],
+    model: Annotated[str, typer.Option("--model", help="Model reference (path, mace-mp:NAME, models:/..., bundled:NAME, ase:emt).")],
     min_length_A: Annotated[float, typer.Option("--min-length-A", help="Every supercell lattice vector >= this, Å.")] = 8.0,
     fmax: Annotated[float, typer.Option("--fmax", help="Band force tolerance, eV/Å.")] = 0.05,
     images: Annotated[int, typer.Option("--images", help="Moving images per band.")] = 5,
@@ -74,15 +74,17 @@ def neb(
         "--mechanism", help="vacancy or interstitial (default: vacancy if the ion is present).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", help="Images per model call (default: measured on the first band, cached).")] = None,
+        "--batch-size", help="Images per model call (default: measured on the first band, cached); "
+        "families without a batched evaluator evaluate one image at a time.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default ./neb-<structure name>).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result document as JSON.")] = False,
 ) -> None:
     """Run climbing-image NEB over every symmetry-distinct hop of ION and print barriers + percolation."""
-    from mlip.batched import BatchedMACE
+    from mlip.backends import BatchedEvaluator
     from mlip.config import load_settings
     from mlip.loader import load_model
     from screening.neb import Mechanism, NebParameters, neb_for_structure
+    from screening.neb.driver import neb_engine_for
     from screening.structio import element_symbols, read_structure
 
     settings = load_settings()
@@ -100,7 +102,10 @@ def neb(
         raise InputError(f"invalid NEB option: {err}") from err
     loaded = load_model(model, settings)
     loaded.check_elements(element_symbols(struct) + [ion.strip()], what=f"structure {structure.name} + {ion}")
-    engine = BatchedMACE.from_loaded(loaded, device=device if device != "auto" else settings.device, dtype="float64")
+    engine = neb_engine_for(loaded, device=device if device != "auto" else settings.device)
+    if not isinstance(engine, BatchedEvaluator):
+        typer.echo(f"[fallback] family {loaded.family} has no batched evaluator: NEB images are evaluated one at "
+                   f"a time by its ASE calculator", err=True)
     out_dir = out or Path(f"neb-{structure.stem}")
 
     def progress(i: int, n: int, hop) -> None:
@@ -115,7 +120,7 @@ def neb(
         typer.echo(document.model_dump_json(indent=2))
         return
     typer.echo(f"{document.formula}: {document.n_distinct_hops} distinct {document.ion} hop(s), "
-               f"{document.mechanism} mechanism, model {loaded.ref} (sha256 {loaded.sha256[:12]})")
+               f"{document.mechanism} mechanism, model {loaded.ref} ({loaded.family}, sha256 {loaded.sha256[:12]})")
     typer.echo(_table(document))
     typer.echo(f"\nfiles: {out_dir}/ (summary neb_summary.json, per hop .profile.json, .band.extxyz, .png)")
 

@@ -116,13 +116,14 @@ def analyze(
 
 def md(
     structure: Annotated[Path, typer.Argument(help="Structure file (CIF, POSCAR, extxyz).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Model reference (bundled:NAME, mace-mp:small, models:/NAME@ALIAS, file).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model reference (bundled:NAME, mace-mp:small, models:/NAME@ALIAS, file, ase:emt).")],
     ion: Annotated[str, typer.Option("--ion", help="Working ion, e.g. Li.")],
     protocol: Annotated[str, typer.Option("--protocol", "-p", help="Preset name (quick, standard) or a YAML file of protocol fields.")] = "quick",
     temperatures_K: Annotated[Optional[str], typer.Option("--temperatures-K", help="Override temperatures, comma-separated, K.")] = None,
     production_ps: Annotated[Optional[float], typer.Option("--production-ps", help="Override production length per temperature, ps.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Override the random seed.")] = None,
-    engine: Annotated[Optional[str], typer.Option("--engine", help="Override the MD engine: lean (batched MACE engine) or ase.")] = None,
+    engine: Annotated[Optional[str], typer.Option("--engine", help="Override the MD engine: lean (the family's batched engine; "
+                                                  "ASE's dynamics for families without one, with a note) or ase.")] = None,
     batch_systems: Annotated[Optional[int], typer.Option("--batch-systems", help="Lean engine: temperatures per batch (default: measured).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Work directory (re-run to resume).")] = Path("transport-run"),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -166,7 +167,7 @@ def md(
     loaded.check_elements([el.symbol for el in struct.composition.elements], what=f"structure {structure}")
 
     def progress(stage, info):
-        if not as_json:
+        if not as_json or stage == "fallback":  # stderr: a fallback is said even under --json
             typer.echo(f"[{stage}] " + " ".join(f"{k}={v}" for k, v in info.items()), err=True)
 
     result = run_transport(struct, calculator_factory_for(loaded, device), proto, out, ion,
@@ -176,7 +177,7 @@ def md(
         typer.echo(result.model_dump_json(indent=2))
         return
     typer.echo(f"{result.formula} ({result.n_atoms} atoms, supercell {result.supercell}), {ion}{result.ion_charge}+, "
-               f"protocol {proto.name} {proto.hash[:12]}, model {loaded.ref} {loaded.sha256[:12]}")
+               f"protocol {proto.name} {proto.hash[:12]}, model {loaded.ref} ({loaded.family}) {loaded.sha256[:12]}")
     _print_temperature_table(result.temperatures)
     _print_arrhenius(result.arrhenius)
     typer.echo(f"results, plots and trajectories in {out}/ (result.json)")

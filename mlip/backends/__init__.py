@@ -1,0 +1,38 @@
+"""Potential families behind one protocol (:class:`ModelBackend`), and the registry that names them.
+
+Adding a family is one module here plus one entry in :data:`BACKENDS`; everything else (loading, MD, NEB,
+the CLI) asks ``loaded.backend`` and never the family's name.
+"""
+
+from __future__ import annotations
+
+from mlip.backends.base import BatchedEvaluator, Capability, CodeSource, ModelBackend
+from mlip.backends.emt import EmtBackend
+from mlip.backends.mace import MaceBackend
+from mlip.errors import InputError
+
+#: Every family this install knows, by ``family`` name.
+BACKENDS: dict[str, ModelBackend] = {backend.family: backend for backend in (MaceBackend(), EmtBackend())}
+
+#: The family of model *files* (paths, ``mace-mp:``, ``models:/``, ``bundled:``): MACE pickles.
+FILE_FAMILY = MaceBackend.family
+
+
+def get_backend(family: str) -> ModelBackend:
+    try:
+        return BACKENDS[family]
+    except KeyError:
+        raise InputError(f"unknown potential family {family!r}; known: {', '.join(BACKENDS)}") from None
+
+
+def code_defined_families() -> tuple[str, ...]:
+    """Families whose potential is code, not a file (referenced as ``ase:<family>``)."""
+    return tuple(name for name, backend in BACKENDS.items() if backend.code_source() is not None)
+
+
+def families_with(capability: Capability) -> tuple[str, ...]:
+    return tuple(name for name, backend in BACKENDS.items() if capability in backend.capabilities)
+
+
+__all__ = ["BACKENDS", "FILE_FAMILY", "BatchedEvaluator", "Capability", "CodeSource", "ModelBackend",
+           "code_defined_families", "families_with", "get_backend"]

@@ -1,0 +1,101 @@
+"""The protocol every potential family implements: facts of a loaded model, an ASE calculator per task and
+dtype, and optionally a batched evaluator (NEB images) and a lean MD engine.
+
+Callers never ask which family a model is; they ask its backend (``loaded.backend``) and take the ASE path
+when an optional part is missing (``None``).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Iterable, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:
+    from ase.calculators.calculator import Calculator
+
+    from mlip.calculators import Task
+    from mlip.loader import LoadedModel, ResolvedModel
+
+
+class Capability(enum.StrEnum):
+    """What a backend offers beyond the ASE calculator every family has."""
+
+    CALCULATOR = "calculator"
+    BATCHED_EVALUATOR = "batched_evaluator"  # many structures per model call (NEB images)
+    LEAN_MD_ENGINE = "lean_md_engine"  # many MD systems per model call, no ASE calculator in the loop
+
+
+@dataclass(frozen=True)
+class CodeSource:
+    """What identifies a potential defined by code rather than by a file: its source file and SHA-256."""
+
+    path: Path
+    sha256: str
+    description: str  # where it comes from, in words
+
+
+@runtime_checkable
+class BatchedEvaluator(Protocol):
+    """Energies and forces of many structures per model call, as NEB bands use them (:class:`mlip.batched.BatchedMACE`;
+    :class:`mlip.batched.ImageGroup` and :func:`mlip.batched.choose_batch_size` need no more than this)."""
+
+    model_ref: str | None
+    model_sha256: str | None
+    device: str
+    dtype: str
+
+    @property
+    def device_name(self) -> str: ...  # the hardware, as batch-size measurements are cached by it
+
+    def check_elements(self, atoms_list: Iterable) -> None: ...
+
+    def evaluate(self, atoms_list: Sequence) -> list: ...  # one model call; mlip.batched.Evaluation per structure
+
+    def evaluate_in_batches(self, atoms_list: Sequence, batch_size: int) -> list: ...
+
+    def calculator(self) -> "Calculator": ...  # one structure at a time (endpoint relaxations)
+
+
+class ModelBackend(abc.ABC):
+    """One potential family. Subclass it in one module under :mod:`mlip.backends` and add an instance to
+    :data:`mlip.backends.BACKENDS`.
+
+    ``describe`` and ``calculator`` are required; a family without a batched evaluator or lean MD engine
+    leaves those methods as they are here (they return ``None``) and its models still run every stage
+    through the ASE paths.
+    """
+
+    family: ClassVar[str]  # registry key, as stored in LoadedModel.family ("mace", "emt")
+    label: ClassVar[str]  # for people ("MACE", "EMT")
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.CALCULATOR})
+
+    def code_source(self) -> CodeSource | None:
+        """For a potential defined by code (reference ``ase:<family>``): its identity. ``None``: the family's
+        models are pickled files, resolved and trust-checked by :mod:`mlip.loader` before unpickling."""
+        return None
+
+    @abc.abstractmethod
+    def describe(self, resolved: "ResolvedModel", module: object | None) -> "LoadedModel":
+        """The loaded model: facts read from the unpickled ``module`` (file families) or from the code
+        (``module`` is None). Raise :class:`mlip.errors.InputError` if ``module`` is not this family's."""
+
+    @abc.abstractmethod
+    def calculator(self, loaded: "LoadedModel", *, task: "Task", dtype: str, device: str = "auto",
+                   **options) -> "Calculator":
+        """An ASE calculator for one structure at a time. ``task`` and ``dtype`` are already validated
+        (:func:`mlip.calculators.make_calculator`); ``options`` are family-specific. The calculator refuses
+        structures with elements outside ``loaded.atomic_numbers`` with :class:`mlip.errors.ModelDomainError`
+        and carries ``ionscreen_model_ref`` / ``ionscreen_model_sha256`` for provenance."""
+
+    def batched_evaluator(self, loaded: "LoadedModel", *, device: str = "auto",
+                          dtype: str = "float64") -> BatchedEvaluator | None:
+        """Evaluator of many structures per call (NEB images), or ``None``: NEB then uses the ASE calculator."""
+        return None
+
+    def lean_md_engine(self, loaded: "LoadedModel", *, device: str = "auto", dtype: str = "float32") -> object | None:
+        """The lean MD engine (as :func:`screening.transport.batch_md.run_md_batch` takes it), or ``None``:
+        the transport protocol then runs ASE's dynamics with :meth:`calculator` and says so."""
+        return None

@@ -1,0 +1,95 @@
+"""ASE's effective-medium theory (EMT) behind the backend protocol: a toy family, reference ``ase:emt``, with a
+calculator only, so its models run MD and NEB through the ASE fallbacks.
+
+The identity of a potential defined by code is its code: nothing is unpickled, so it is trusted as code, and
+its SHA-256 is that of the bytes of ASE's ``ase/calculators/emt.py`` followed by the ASE version string.
+Elements are those ``ase.calculators.emt.parameters`` has parameters for (Cu, Ag, Au, Al, Ni, Pd, Pt, H, C,
+N, O in ASE 3.29); EMT is numpy code, so it runs on the CPU in float64 whatever device or dtype is asked.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ase.data import atomic_numbers, chemical_symbols
+
+from mlip.backends.base import Capability, CodeSource, ModelBackend
+from mlip.errors import InputError, ModelDomainError
+
+if TYPE_CHECKING:
+    from mlip.loader import LoadedModel, ResolvedModel
+
+
+class EmtBackend(ModelBackend):
+    family = "emt"
+    label = "EMT"
+    capabilities = frozenset({Capability.CALCULATOR})
+
+    def code_source(self) -> CodeSource:
+        return _code_source()
+
+    def describe(self, resolved: "ResolvedModel", module=None) -> "LoadedModel":
+        from ase import Atoms
+        from ase.calculators import emt
+
+        from mlip.loader import LoadedModel
+
+        # EMT's neighbour-search radius with its default cutoff (set by the largest atom in the table).
+        _, r_list_A, _ = emt.EMT()._calc_cutoff(Atoms())
+        return LoadedModel(
+            ref=resolved.ref.text,
+            sha256=resolved.sha256,
+            path=resolved.path,
+            source=resolved.source,
+            trusted_by=resolved.trusted_by or "",
+            module=None,
+            atomic_numbers=tuple(sorted(atomic_numbers[symbol] for symbol in emt.parameters)),
+            n_params=sum(len(values) for values in emt.parameters.values()),
+            dtype="float64",
+            r_max_A=float(r_list_A),
+            model_class="EMT",
+            family=self.family,
+        )
+
+    def calculator(self, loaded: "LoadedModel", *, task, dtype: str, device: str = "auto", **options):
+        if options:
+            raise InputError(f"the EMT calculator takes no options; got {', '.join(sorted(options))}")
+        calc = _coverage_checked_class()()
+        calc.ionscreen_model_ref = loaded.ref
+        calc.ionscreen_model_sha256 = loaded.sha256
+        calc.ionscreen_covered = frozenset(loaded.atomic_numbers)
+        return calc
+
+
+@functools.cache
+def _code_source() -> CodeSource:
+    import ase
+    from ase.calculators import emt
+
+    path = Path(emt.__file__).resolve()
+    sha256 = hashlib.sha256(path.read_bytes() + ase.__version__.encode()).hexdigest()
+    return CodeSource(path, sha256, f"ASE {ase.__version__} code (ase.calculators.emt)")
+
+
+@functools.cache
+def _coverage_checked_class():
+    from ase.calculators.calculator import all_changes
+    from ase.calculators.emt import EMT
+
+    class CoverageCheckedEMT(EMT):
+        """EMT that names uncovered elements as a ModelDomainError instead of NotImplementedError."""
+
+        default_dtype = "float64"  # what NEB provenance records; EMT computes in numpy float64
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            if atoms is not None:
+                missing = sorted(set(int(z) for z in atoms.numbers) - self.ionscreen_covered)
+                if missing:
+                    names = ", ".join(chemical_symbols[z] for z in missing)
+                    raise ModelDomainError(f"model {self.ionscreen_model_ref} does not cover element(s) {names}")
+            return super().calculate(atoms, properties, system_changes)
+
+    return CoverageCheckedEMT
