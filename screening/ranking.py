@@ -1,4 +1,4 @@
-"""Uncertainty-aware ranking of screened candidates: one documented score per candidate from its result rows.
+"""Uncertainty-aware ranking of screened candidates: one documented score per candidate from its result summaries.
 
 The score is a weighted sum of standardised components, each taken at the *pessimistic* end of its interval,
 minus penalties for quality flags::
@@ -9,45 +9,47 @@ Components (higher z is better; each z is in units of a fixed physical scale, so
 depend on which other candidates are in the job and scores are comparable across jobs):
 
 * ``conductivity``: z_σ = log10(σ_lo / 1 mS/cm), σ_lo the LOWER end of the 95% interval of σ(300 K)
-  (``conductivity_300K_ci95_lo_mS_cm``). One unit = one decade. A lower bound ≤ 0 (an interval consistent with
+  (``TransportSummary.conductivity_300K_mS_cm``; an upper bound alone has σ_lo = 0). One unit = one decade. A lower bound ≤ 0 (an interval consistent with
   no conduction) counts as ``CONDUCTIVITY_FLOOR_mS_cm``. A point value without its interval is not used: the
   component counts as missing (a number without uncertainty is not ranked as if it were certain).
 * ``activation_energy``: z_Ea = (0.3 eV − Ea_hi) / 0.1 eV, Ea_hi the UPPER end of the 95% interval of the
-  Arrhenius activation energy (``activation_energy_ci95_hi_eV``).
+  Arrhenius activation energy (``TransportSummary.activation_energy_eV``).
 * ``migration_barrier``: z_b = (0.5 eV − b_eff) / 0.1 eV, with the effective percolating barrier
   b_eff = min over the dimensionalities that percolate of (barrier_d + penalty_d): 3D with no penalty, 2D with
   ``RankingWeights.penalty_2d_eV`` (default 0.15 eV), 1D with ``penalty_1d_eV`` (default 0.30 eV). A 1D channel
   is blocked by a single defect or antisite (olivine FePO4 is the textbook case) and a 2D network by stacking
   faults, so a lower-dimensional path must be clearly lower to win. barrier_d is the upper end of the NEB
-  numerical interval (``percolation_3d_hi_eV``) when the row carries it, else the threshold itself
-  (``percolation_3d_eV``). A single hop that does not percolate (``migration_barrier_eV`` alone) is not a
-  long-range path: the component counts as missing. This component matters most for cathode hosts, whose MD
+  numerical interval of ``NebSummary.percolation_<d>d_eV`` when it has one, else the threshold itself. A single hop
+  that does not percolate (``migration_barrier_eV`` alone) is not a long-range path: the component counts as
+  missing. This component matters most for cathode hosts, whose MD
   at dilute insertion rarely sees hops; it applies wherever NEB ran.
 
-A component applies to the ranking when at least one row has a value for it (or when the caller names it).
-**Missing values**: a row without a usable value for an applicable component gets the worst observed z of that
-component minus ``RankingWeights.missing_margin`` (default 1 unit), so it ranks after every row that has the
-value in that component; the component name is listed in the row's ``missing`` and the reason in its notes.
+A component applies to the ranking when at least one candidate has a value for it (or when the caller names it).
+**Missing values**: a candidate without a usable value for an applicable component gets the worst observed z of that
+component minus ``RankingWeights.missing_margin`` (default 1 unit), so it ranks after every candidate that has the
+value in that component; the component name is listed in its ``missing`` and the reason in its notes.
 
-**Flags** (union over the candidate's rows) subtract ``w_flags × FLAG_PENALTIES[flag]`` each (see the table
+**Flags** (union over the candidate's summaries) subtract ``w_flags × FLAG_PENALTIES[flag]`` each (see the table
 below; an unknown flag costs ``UNKNOWN_FLAG_PENALTY``). Flags that mean the number itself cannot be trusted
 (``unstable_md``, ``framework_melted``, ``neb_failed``) cost as much as several decades of σ; flags that mean
 the number is uncertain (``not_diffusive``, ``neb_not_converged``, ``few_temperatures``) cost about one unit.
 
-**Ties**: scores equal to 1e-9 are ordered by structure hash (then name), and noted. Pure functions; no DB.
+**Ties**: scores equal to 1e-9 are ordered by structure hash (then name), and noted. Pure functions over
+:class:`screening.summaries.Screened` candidates; no DB, no column names.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mlip.errors import InputError
+from screening.summaries import Screened
 
 CONDUCTIVITY_REFERENCE_mS_cm = 1.0  # z_σ = 0 here; one unit per decade
 CONDUCTIVITY_FLOOR_mS_cm = 1e-10  # a lower bound at or below zero counts as this
@@ -146,7 +148,7 @@ class RankedRow(BaseModel):
     flags: list[str]
     missing: list[str] = Field(description="Applicable components without a usable value (imputed).")
     notes: list[str]
-    values: dict[str, Any] = Field(description="The merged input row (transport and NEB columns).")
+    values: dict[str, Any] = Field(description="The candidate's identity and summary columns, flat.")
 
     @property
     def contributions(self) -> dict[str, float]:
@@ -192,22 +194,13 @@ class _Observation:
     detail: str
 
 
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _conductivity(row: Mapping[str, Any], weights: RankingWeights) -> _Observation:
-    lo = _number(row.get("conductivity_300K_ci95_lo_mS_cm"))
-    if lo is None:
-        if _number(row.get("conductivity_300K_mS_cm")) is not None:
+def _conductivity(c: Screened, weights: RankingWeights) -> _Observation:
+    sigma = c.transport.conductivity_300K_mS_cm if c.transport else None
+    if sigma is None or sigma.ci95 is None:
+        if sigma is not None and sigma.value is not None:
             return _Observation(None, None, "σ(300 K) has no 95% interval; a point value is not ranked")
         return _Observation(None, None, "no σ(300 K)")
+    lo = sigma.lo
     used = max(lo, CONDUCTIVITY_FLOOR_mS_cm)
     detail = "σ(300 K) 95% lower bound"
     if lo <= CONDUCTIVITY_FLOOR_mS_cm:
@@ -215,29 +208,32 @@ def _conductivity(row: Mapping[str, Any], weights: RankingWeights) -> _Observati
     return _Observation(lo, math.log10(used / CONDUCTIVITY_REFERENCE_mS_cm), detail)
 
 
-def _activation_energy(row: Mapping[str, Any], weights: RankingWeights) -> _Observation:
-    hi = _number(row.get("activation_energy_ci95_hi_eV"))
-    if hi is None:
-        if _number(row.get("activation_energy_eV")) is not None:
+def _activation_energy(c: Screened, weights: RankingWeights) -> _Observation:
+    ea = c.transport.activation_energy_eV if c.transport else None
+    if ea is None or ea.ci95 is None:
+        if ea is not None and ea.value is not None:
             return _Observation(None, None, "Ea has no 95% interval; a point value is not ranked")
         return _Observation(None, None, "no Ea")
-    return _Observation(hi, (ACTIVATION_ENERGY_REFERENCE_eV - hi) / ACTIVATION_ENERGY_SCALE_eV, "Ea 95% upper bound")
+    return _Observation(ea.hi, (ACTIVATION_ENERGY_REFERENCE_eV - ea.hi) / ACTIVATION_ENERGY_SCALE_eV,
+                        "Ea 95% upper bound")
 
 
-def _migration_barrier(row: Mapping[str, Any], weights: RankingWeights) -> _Observation:
+def _migration_barrier(c: Screened, weights: RankingWeights) -> _Observation:
     penalties = {3: 0.0, 2: weights.penalty_2d_eV, 1: weights.penalty_1d_eV}
     best: tuple[float, int, float, str] | None = None
+    neb = c.neb
     for dim in (3, 2, 1):
-        hi = _number(row.get(f"percolation_{dim}d_hi_eV"))
-        point = _number(row.get(f"percolation_{dim}d_eV"))
-        barrier, which = (hi, "upper bound") if hi is not None else (point, "threshold")
+        measured = getattr(neb, f"percolation_{dim}d_eV") if neb else None
+        if measured is None:
+            continue
+        barrier, which = (measured.hi, "upper bound") if measured.ci95 is not None else (measured.value, "threshold")
         if barrier is None:
             continue
         effective = barrier + penalties[dim]
         if best is None or effective < best[0] - 1e-12:
             best = (effective, dim, barrier, which)
     if best is None:
-        if _number(row.get("migration_barrier_eV")) is not None:
+        if neb is not None and neb.migration_barrier_eV is not None:
             return _Observation(None, None, "no percolating path (single-hop barrier only)")
         return _Observation(None, None, "no NEB barrier")
     effective, dim, barrier, which = best
@@ -247,59 +243,11 @@ def _migration_barrier(row: Mapping[str, Any], weights: RankingWeights) -> _Obse
     return _Observation(effective, (BARRIER_REFERENCE_eV - effective) / BARRIER_SCALE_eV, detail)
 
 
-_COMPONENTS: dict[Component, tuple[Callable[[Mapping[str, Any], RankingWeights], _Observation], str]] = {
+_COMPONENTS: dict[Component, tuple[Callable[[Screened, RankingWeights], _Observation], str]] = {
     Component.CONDUCTIVITY: (_conductivity, "mS/cm"),
     Component.ACTIVATION_ENERGY: (_activation_energy, "eV"),
     Component.MIGRATION_BARRIER: (_migration_barrier, "eV"),
 }
-
-
-# ---------------------------------------------------------------------------------------------- rows
-_IDENTITY = ("name", "formula", "kind", "working_ion")
-
-
-def merge_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Group result rows by ``structure_hash`` and merge each candidate's transport and NEB rows into one dict.
-
-    Non-null values win over nulls; ``flags`` are united (in first-seen order). Two rows of the same ``stage``
-    for one candidate are an error: rank one job's results at a time.
-    """
-    merged: dict[str, dict[str, Any]] = {}
-    stages: dict[str, set[str]] = {}
-    for i, row in enumerate(rows):
-        key = row.get("structure_hash")
-        if not key:
-            raise InputError(f"result row {i} has no structure_hash; rows must identify their candidate")
-        stage = row.get("stage")
-        seen = stages.setdefault(key, set())
-        if stage is not None:
-            if stage in seen:
-                raise InputError(f"two {stage} rows for candidate {key[:12]}; rank the results of one job at a time")
-            seen.add(stage)
-        target = merged.setdefault(key, {"structure_hash": key, "flags": []})
-        for column, value in row.items():
-            if column == "flags":
-                for flag in _flag_list(value):
-                    if flag not in target["flags"]:
-                        target["flags"].append(flag)
-            elif column == "stage":
-                target.setdefault("stages", []).append(value)
-            elif value is not None and target.get(column) is None:
-                target[column] = value
-    return merged
-
-
-def _flag_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        import json
-
-        text = value.strip()
-        if text.startswith("["):
-            return [str(f) for f in json.loads(text)]
-        return [f for f in (s.strip() for s in text.replace(";", ",").split(",")) if f]
-    return [str(getattr(f, "value", f)) for f in value]
 
 
 def flag_penalty(flag: str) -> float:
@@ -309,65 +257,66 @@ def flag_penalty(flag: str) -> float:
 
 # ---------------------------------------------------------------------------------------------- ranking
 def rank(
-    rows: Sequence[Mapping[str, Any]],
+    candidates: Sequence[Screened],
     weights: RankingWeights | None = None,
     components: Iterable[Component | str] | None = None,
 ) -> list[RankedRow]:
-    """Rank candidates from result rows (one or more per candidate; see :func:`merge_rows`), best first.
+    """Rank screened candidates (identity + result summaries), best first.
 
     ``components`` names the components that apply (e.g. from the job's stages); by default every component
-    with at least one value among the rows applies. See the module docstring for the score.
+    with at least one value among the candidates applies. See the module docstring for the score.
     """
     weights = weights or RankingWeights()
-    merged = merge_rows(rows)
-    if not merged:
+    seen: set[str] = set()
+    for c in candidates:
+        if c.structure_hash in seen:
+            raise InputError(f"candidate {c.structure_hash[:12]} is given twice; rank the results of one job at a time")
+        seen.add(c.structure_hash)
+    if not candidates:
         return []
-    observations = {
-        key: {c: _COMPONENTS[c][0](row, weights) for c in Component} for key, row in merged.items()
-    }
+    observations = {c.structure_hash: {k: _COMPONENTS[k][0](c, weights) for k in Component} for c in candidates}
     if components is None:
-        applicable = [c for c in Component if any(obs[c].z is not None for obs in observations.values())]
+        applicable = [k for k in Component if any(obs[k].z is not None for obs in observations.values())]
     else:
-        applicable = [Component(c) for c in components]
+        applicable = [Component(k) for k in components]
     worst: dict[Component, float | None] = {}
-    for c in applicable:
-        observed = [obs[c].z for obs in observations.values() if obs[c].z is not None]
-        worst[c] = min(observed) if observed else None
+    for k in applicable:
+        observed = [obs[k].z for obs in observations.values() if obs[k].z is not None]
+        worst[k] = min(observed) if observed else None
 
     scored: list[tuple[float, str, str, RankedRow]] = []
-    for key, row in merged.items():
+    for c in candidates:
+        key = c.structure_hash
         parts: dict[str, ComponentScore] = {}
         missing: list[str] = []
         notes: list[str] = []
-        for c in applicable:
-            obs = observations[key][c]
-            weight = float(getattr(weights, c.value))
+        for k in applicable:
+            obs = observations[key][k]
+            weight = float(getattr(weights, k.value))
             if obs.z is None:
-                missing.append(c.value)
-                notes.append(f"{c.value} missing: {obs.detail}")
-                if worst[c] is None:
-                    z = 0.0  # nobody has it: the same for every row, so it does not change the order
-                    detail = f"{obs.detail}; no row has this component"
+                missing.append(k.value)
+                notes.append(f"{k.value} missing: {obs.detail}")
+                if worst[k] is None:
+                    z = 0.0  # nobody has it: the same for every candidate, so it does not change the order
+                    detail = f"{obs.detail}; no candidate has this component"
                 else:
-                    z = worst[c] - weights.missing_margin
+                    z = worst[k] - weights.missing_margin
                     detail = f"{obs.detail}; imputed as worst observed − {weights.missing_margin:g}"
-                parts[c.value] = ComponentScore(component=c, raw=None, unit=_COMPONENTS[c][1], standardised=z,
+                parts[k.value] = ComponentScore(component=k, raw=None, unit=_COMPONENTS[k][1], standardised=z,
                                                 weight=weight, contribution=weight * z, imputed=True, detail=detail)
             else:
-                parts[c.value] = ComponentScore(component=c, raw=obs.raw, unit=_COMPONENTS[c][1], standardised=obs.z,
+                parts[k.value] = ComponentScore(component=k, raw=obs.raw, unit=_COMPONENTS[k][1], standardised=obs.z,
                                                 weight=weight, contribution=weight * obs.z, imputed=False,
                                                 detail=obs.detail)
-        flags = list(row.get("flags", []))
+        flags = c.flags
         penalties = {f: weights.flag_penalty * flag_penalty(f) for f in flags}
         for f in flags:
             if f not in FLAG_PENALTIES:
                 notes.append(f"unknown flag {f!r} penalised {UNKNOWN_FLAG_PENALTY:g}")
         score = sum(p.contribution for p in parts.values()) - sum(penalties.values())
-        ranked = RankedRow(
-            rank=0, score=score, structure_hash=key,
-            **{k: (None if row.get(k) is None else str(getattr(row.get(k), "value", row.get(k)))) for k in _IDENTITY},
-            components=parts, flag_penalties=penalties, flags=flags, missing=missing, notes=notes, values=row,
-        )
+        ranked = RankedRow(rank=0, score=score, structure_hash=key, name=c.name, formula=c.formula, kind=c.kind,
+                           working_ion=c.working_ion, components=parts, flag_penalties=penalties, flags=flags,
+                           missing=missing, notes=notes, values=c.columns())
         scored.append((-round(score, TIE_DECIMALS), key, ranked.name or "", ranked))
 
     scored.sort(key=lambda t: t[:3])

@@ -13,10 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import (
+    CAGED_REGIMES,
+    REGIME_FRAME_DT_FS,
+    REGIME_FRAMES,
+    REGIME_IONS,
+    CagedHopping,
+)
 from typer.testing import CliRunner
 
 from screening.transport.diffusion import A2_PER_FS_TO_CM2_PER_S, analyze_diffusion
-from synthetic import CAGED_REGIMES, REGIME_FRAME_DT_FS, REGIME_FRAMES, REGIME_IONS, CagedHopping
 
 LGPS = Path(__file__).parent / "data" / "lgps-aimd" / "lgps_600K.extxyz.gz"
 N_IONS, N_FRAMES, DT_FS = REGIME_IONS, REGIME_FRAMES, REGIME_FRAME_DT_FS
@@ -208,6 +214,7 @@ def test_analyze_frames_carries_window_flags_and_bounds_and_the_ranking_reads_a_
     """LGPS through the per-temperature analysis: D* from the c axis, a and b as bounds, the window in ps, the note
     and flags; a result that is only a bound starts its interval at zero, so the ranking counts the floor."""
     from screening.ranking import rank
+    from screening.summaries import Measured, Screened, TransportSummary
     from screening.transport.analysis import analyze_frames
 
     result, analysis = analyze_frames(lgps_frames, temperature_K=600.0, ion_charge=1)
@@ -218,10 +225,11 @@ def test_analyze_frames_carries_window_flags_and_bounds_and_the_ranking_reads_a_
     assert result.fit_window_ps[0] >= 1.9 and result.msd_plateau_A2 > 0 and result.analysis_note
     assert result.diffusivity_dof == 19 and result.haven_ratio_ci95 is not None
 
-    bound_row = {"structure_hash": "a" * 64, "conductivity_300K_mS_cm": None, "conductivity_300K_ci95_lo_mS_cm": 0.0,
-                 "conductivity_300K_ci95_hi_mS_cm": 1.0, "flags": ["not_diffusive", "upper_bound", "partly_diffusive"]}
-    value_row = {"structure_hash": "b" * 64, "conductivity_300K_mS_cm": 0.5, "conductivity_300K_ci95_lo_mS_cm": 0.1,
-                 "conductivity_300K_ci95_hi_mS_cm": 1.0, "flags": []}
+    bound_row = Screened(structure_hash="a" * 64, transport=TransportSummary(
+        conductivity_300K_mS_cm=Measured(value=None, ci95=(0.0, 1.0)),
+        flags=["not_diffusive", "upper_bound", "partly_diffusive"]))
+    value_row = Screened(structure_hash="b" * 64, transport=TransportSummary(
+        conductivity_300K_mS_cm=Measured(value=0.5, ci95=(0.1, 1.0))))
     ranked = rank([bound_row, value_row])
     assert [r.structure_hash[0] for r in ranked] == ["b", "a"]
     assert ranked[1].components["conductivity"].raw == 0.0 and "floor" in ranked[1].components["conductivity"].detail

@@ -1,4 +1,4 @@
-"""Ranking: the documented score on hand-made result rows — interval-aware, flag penalties, missing values, ties."""
+"""Ranking: the documented score on hand-made result summaries — interval-aware, flag penalties, missing values, ties."""
 
 from __future__ import annotations
 
@@ -15,21 +15,24 @@ from screening.ranking import (
     RankingWeights,
     rank,
 )
+from screening.summaries import Measured, NebSummary, Screened, TransportSummary
 
 
 def transport(key, sigma=None, sigma_ci=None, ea=None, ea_ci=None, flags=(), name=None, kind="electrolyte"):
-    """A transport result row as the results table holds it (σ in mS/cm, Ea in eV)."""
-    row = {"structure_hash": key, "name": name or key, "kind": kind, "stage": "transport", "flags": list(flags),
-           "conductivity_300K_mS_cm": sigma, "activation_energy_eV": ea}
-    row["conductivity_300K_ci95_lo_mS_cm"], row["conductivity_300K_ci95_hi_mS_cm"] = sigma_ci or (None, None)
-    row["activation_energy_ci95_lo_eV"], row["activation_energy_ci95_hi_eV"] = ea_ci or (None, None)
-    return row
+    """A candidate with a transport summary (σ in mS/cm, Ea in eV)."""
+    return Screened(structure_hash=key, name=name or key, kind=kind, transport=TransportSummary(
+        conductivity_300K_mS_cm=Measured(value=sigma, ci95=sigma_ci),
+        activation_energy_eV=Measured(value=ea, ci95=ea_ci), flags=list(flags)))
 
 
-def neb(key, p1=None, p2=None, p3=None, flags=(), kind="cathode_host", **extra):
-    return {"structure_hash": key, "name": key, "kind": kind, "stage": "neb", "flags": list(flags),
-            "percolation_1d_eV": p1, "percolation_2d_eV": p2, "percolation_3d_eV": p3,
-            "migration_barrier_eV": min((p for p in (p1, p2, p3) if p is not None), default=None), **extra}
+def neb_summary(p1=None, p2=None, p3=None, flags=(), p3_ci=None):
+    return NebSummary(percolation_1d_eV=Measured(value=p1), percolation_2d_eV=Measured(value=p2),
+                      percolation_3d_eV=Measured(value=p3, ci95=p3_ci), flags=list(flags),
+                      migration_barrier_eV=min((p for p in (p1, p2, p3) if p is not None), default=None))
+
+
+def neb(key, p1=None, p2=None, p3=None, flags=(), kind="cathode_host", p3_ci=None):
+    return Screened(structure_hash=key, name=key, kind=kind, neb=neb_summary(p1, p2, p3, flags, p3_ci))
 
 
 def order(ranked):
@@ -160,32 +163,47 @@ def test_percolation_barrier_dimensionality_and_bounds():
     # Smaller dimensional penalties let the 1D channel win.
     assert order(rank([one_d, three_d], RankingWeights(penalty_2d_eV=0.0, penalty_1d_eV=0.1))) == ["one", "three"]
     # The upper end of the NEB interval is used when present.
-    uncertain = neb("unc", p3=0.40, percolation_3d_hi_eV=0.60)
+    uncertain = neb("unc", p3=0.40, p3_ci=(0.40, 0.60))
     assert order(rank([uncertain, three_d])) == ["three", "unc"]
     # A single hop that does not percolate is not a long-range path: missing, marked, after the others.
-    isolated = {"structure_hash": "iso", "stage": "neb", "kind": "cathode_host", "migration_barrier_eV": 0.05,
-                "percolation_1d_eV": None, "percolation_2d_eV": None, "percolation_3d_eV": None, "flags": []}
+    isolated = Screened(structure_hash="iso", kind="cathode_host", neb=NebSummary(migration_barrier_eV=0.05))
     ranked = rank([isolated, one_d, three_d])
     assert order(ranked)[-1] == "iso" and ranked[-1].missing == ["migration_barrier"]
 
 
-def test_transport_and_neb_rows_merge_per_candidate():
-    rows = [
-        transport("h1", sigma=1.0, sigma_ci=(0.5, 2.0), ea=0.3, ea_ci=(0.28, 0.32), kind="cathode_host"),
-        neb("h1", p3=0.4, flags=["neb_not_converged"]),
+def test_transport_and_neb_summaries_of_a_candidate_rank_together():
+    both = [
+        transport("h1", sigma=1.0, sigma_ci=(0.5, 2.0), ea=0.3, ea_ci=(0.28, 0.32), kind="cathode_host").model_copy(
+            update={"neb": neb_summary(p3=0.4, flags=["neb_not_converged"])}),
         transport("h2", sigma=1.0, sigma_ci=(0.5, 2.0), ea=0.3, ea_ci=(0.28, 0.32), kind="cathode_host",
-                  flags=["few_hops"]),
-        neb("h2", p3=0.4),
+                  flags=["few_hops"]).model_copy(update={"neb": neb_summary(p3=0.4)}),
     ]
-    ranked = {r.structure_hash: r for r in rank(rows)}
+    ranked = {r.structure_hash: r for r in rank(both)}
     assert set(ranked["h1"].components) == {"conductivity", "activation_energy", "migration_barrier"}
     assert ranked["h1"].flags == ["neb_not_converged"] and ranked["h2"].flags == ["few_hops"]
     assert ranked["h2"].rank == 1  # few_hops (0.5) costs less than neb_not_converged (1.0)
-    with pytest.raises(InputError, match="two transport rows"):
-        rank(rows + [transport("h1", sigma=2.0, sigma_ci=(1.0, 3.0))])
-    with pytest.raises(InputError, match="structure_hash"):
-        rank([{"stage": "transport"}])
+    with pytest.raises(InputError, match="given twice"):
+        rank(both + [transport("h1", sigma=2.0, sigma_ci=(1.0, 3.0))])
     assert rank([]) == []
+
+
+def test_result_rows_become_one_screened_candidate_each():
+    """The database side: a candidate's transport and NEB rows (columns derived from the summaries) merge into one
+    Screened; two rows of one stage for a candidate are refused; summaries survive the columns both ways."""
+    from workflows.db.results import screened
+
+    t = transport("h1", sigma=1.0, sigma_ci=(0.5, 2.0), ea=0.3, ea_ci=(0.28, 0.32), flags=["few_hops"]).transport
+    n = neb_summary(p1=0.2, p3=0.4, p3_ci=(0.38, 0.45), flags=["neb_not_converged"])
+    rows = [{"structure_hash": "h1", "stage": "transport", "name": "a", **t.columns()},
+            {"structure_hash": "h1", "stage": "neb", "kind": "cathode_host", **n.columns()}]
+    (one,) = screened(rows)
+    assert one.transport == t and one.neb == n and one.name == "a" and one.kind == "cathode_host"
+    assert one.flags == ["few_hops", "neb_not_converged"]
+    assert rows[1]["percolation_3d_ci95_hi_eV"] == 0.45 and rows[0]["conductivity_300K_ci95_lo_mS_cm"] == 0.5
+    with pytest.raises(InputError, match="two transport rows"):
+        screened(rows + [{"structure_hash": "h1", "stage": "transport", **t.columns()}])
+    with pytest.raises(InputError, match="structure_hash"):
+        screened([{"stage": "transport"}])
 
 
 def test_weights_validation():

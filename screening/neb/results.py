@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from screening.summaries import Measured, NebSummary
+
 
 class NebFlag(enum.StrEnum):
     """Quality flags of a hop result; any flag means the number needs a human look."""
@@ -137,3 +139,18 @@ class NebStructureResult(BaseModel):
     hops: list[NebHopResult]
     percolation: PercolationResult
     provenance: Provenance
+
+    def summary(self) -> NebSummary:
+        """What the candidate is ranked by: the lowest converged barrier and the percolation barriers with intervals."""
+        converged = [h for h in self.hops if h.converged and h.barrier_forward_eV is not None]
+        barriers = [max(h.barrier_forward_eV, h.barrier_backward_eV or h.barrier_forward_eV) for h in converged]
+        p = self.percolation
+        return NebSummary(
+            migration_barrier_eV=min(barriers) if barriers else None,
+            percolation_1d_eV=Measured(value=p.barrier_1d_eV, ci95=p.barrier_1d_interval_eV),
+            percolation_2d_eV=Measured(value=p.barrier_2d_eV, ci95=p.barrier_2d_interval_eV),
+            percolation_3d_eV=Measured(value=p.barrier_3d_eV, ci95=p.barrier_3d_interval_eV),
+            n_hops_converged=len(converged),
+            n_hops_total=len(self.hops),
+            flags=sorted({str(f) for h in self.hops for f in h.flags} | {str(f) for f in p.flags}),
+        )

@@ -6,6 +6,8 @@ import enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from screening.summaries import Measured, TransportSummary
+
 
 class Flag(enum.StrEnum):
     """Quality flags. A number carrying one of these is not ranked as if it were certain."""
@@ -131,3 +133,17 @@ class TransportResult(BaseModel):
     flags: list[str] = Field(default_factory=list, description="Union of the flags of every part.")
     wall_s: float | None = None
     created_utc: str | None = None
+
+    def summary(self) -> TransportSummary:
+        """What the candidate is ranked by: σ, D* and Ea at 300 K with intervals, the Haven ratio, the hottest σ."""
+        a = self.arrhenius
+        havens = [t.haven_ratio for t in self.temperatures if t.haven_ratio is not None]
+        hottest = max(self.temperatures, key=lambda t: t.temperature_K) if self.temperatures else None
+        return TransportSummary(
+            conductivity_300K_mS_cm=Measured(value=a.conductivity_300K_mS_cm, ci95=a.conductivity_300K_ci95_mS_cm),
+            diffusivity_300K_cm2_s=Measured(value=a.diffusivity_300K_cm2_s, ci95=a.diffusivity_300K_ci95_cm2_s),
+            activation_energy_eV=Measured(value=a.activation_energy_eV, ci95=a.activation_energy_ci95_eV),
+            haven_ratio_mean=sum(havens) / len(havens) if havens else None,
+            max_temperature_conductivity_mS_cm=hottest.conductivity_mS_cm if hottest else None,
+            flags=list(self.flags),
+        )

@@ -16,6 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from screening.stages import Stage
+from screening.summaries import SUMMARIES, NebSummary, TransportSummary
 
 # Stable constraint names on every backend, so that migrations can name what they alter.
 NAMING_CONVENTION = {
@@ -193,26 +194,15 @@ class Result(Base):
     created_utc: Mapped[datetime]
     flags: Mapped[list[str]]
 
-    # transport (MD): Arrhenius extrapolation to 300 K with 95 % intervals
-    conductivity_300K_mS_cm: Mapped[float | None] = mapped_column(sa.Double)
-    conductivity_300K_ci95_lo_mS_cm: Mapped[float | None] = mapped_column(sa.Double)
-    conductivity_300K_ci95_hi_mS_cm: Mapped[float | None] = mapped_column(sa.Double)
-    diffusivity_300K_cm2_s: Mapped[float | None] = mapped_column(sa.Double)
-    diffusivity_300K_ci95_lo_cm2_s: Mapped[float | None] = mapped_column(sa.Double)
-    diffusivity_300K_ci95_hi_cm2_s: Mapped[float | None] = mapped_column(sa.Double)
-    activation_energy_eV: Mapped[float | None] = mapped_column(sa.Double)
-    activation_energy_ci95_lo_eV: Mapped[float | None] = mapped_column(sa.Double)
-    activation_energy_ci95_hi_eV: Mapped[float | None] = mapped_column(sa.Double)
-    haven_ratio_mean: Mapped[float | None] = mapped_column(sa.Double)
-    max_temperature_conductivity_mS_cm: Mapped[float | None] = mapped_column(sa.Double)
+    # The summary columns (σ, D*, Ea at 300 K with intervals; NEB barriers and percolation thresholds with intervals)
+    # are added below from the fields of screening.summaries.TransportSummary and NebSummary.
 
-    # NEB: lowest converged barrier and percolation thresholds
-    migration_barrier_eV: Mapped[float | None] = mapped_column(sa.Double)
-    percolation_1d_eV: Mapped[float | None] = mapped_column(sa.Double)
-    percolation_2d_eV: Mapped[float | None] = mapped_column(sa.Double)
-    percolation_3d_eV: Mapped[float | None] = mapped_column(sa.Double)
-    n_hops_converged: Mapped[int | None]
-    n_hops_total: Mapped[int | None]
+
+#: Result columns derived from the result summaries (name → float or int); a new summary field needs a migration.
+SUMMARY_COLUMNS: dict[str, type] = {name: kind for summary in SUMMARIES.values()
+                                    for name, kind in summary.column_types().items()}
+for _name, _type in SUMMARY_COLUMNS.items():
+    setattr(Result, _name, mapped_column(_name, sa.Double if _type is float else sa.Integer, nullable=True))
 
 
 class CandidateSummary(Base):
@@ -270,11 +260,8 @@ class ApiToken(Base):
 
 
 # (estimate, lower, upper) column triples; the store checks lower <= upper.
-INTERVAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("conductivity_300K_mS_cm", "conductivity_300K_ci95_lo_mS_cm", "conductivity_300K_ci95_hi_mS_cm"),
-    ("diffusivity_300K_cm2_s", "diffusivity_300K_ci95_lo_cm2_s", "diffusivity_300K_ci95_hi_cm2_s"),
-    ("activation_energy_eV", "activation_energy_ci95_lo_eV", "activation_energy_ci95_hi_eV"),
-)
+INTERVAL_COLUMNS: tuple[tuple[str, str, str], ...] = tuple(
+    t for summary in (TransportSummary, NebSummary) for t in summary.interval_columns())
 
 __all__ = [
     "ApiToken",
@@ -282,6 +269,7 @@ __all__ = [
     "Candidate",
     "CandidateSummary",
     "INTERVAL_COLUMNS",
+    "SUMMARY_COLUMNS",
     "Job",
     "JobCandidate",
     "JobStatus",

@@ -19,12 +19,19 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from mlip.errors import InputError
-from workflows.db.models import INTERVAL_COLUMNS, JobStatus, Stage, TaskState
+from workflows.db.models import (
+    INTERVAL_COLUMNS,
+    SUMMARY_COLUMNS,
+    JobStatus,
+    Stage,
+    TaskState,
+)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -70,11 +77,12 @@ class CandidateRow(_Input):
         return check_sha256(value, "structure_hash")
 
 
-class ResultRow(_Input):
+class _ResultRow(_Input):
     """The numbers of one finished task plus provenance; the unit of each number is in its name.
 
-    Intervals are 95 % confidence intervals (``_ci95_lo`` ≤ ``_ci95_hi``). A number that was not obtained is
-    None (never NaN); why it is missing is said by ``flags`` and the result document.
+    The numbers are the columns of the stage's result summary (``screening.summaries``; ``SUMMARY_COLUMNS``), added
+    to :class:`ResultRow` below. Intervals are 95 % confidence intervals (``_ci95_lo`` ≤ ``_ci95_hi``). A number that
+    was not obtained is None (never NaN); why it is missing is said by ``flags`` and the result document.
     """
 
     task_key: str = Field(description="sha256(candidate hash + stage + protocol hash + model sha256)")
@@ -90,26 +98,6 @@ class ResultRow(_Input):
     mlflow_run_id: str | None = Field(None, max_length=64)
     document_path: str | None = Field(None, description="result document, relative to IONSCREEN_HOME")
     flags: list[str] = Field(default_factory=list, description="quality flags (not_diffusive, few_hops, ...)")
-
-    conductivity_300K_mS_cm: float | None = Field(None, description="σ at 300 K (Arrhenius extrapolation), mS/cm")
-    conductivity_300K_ci95_lo_mS_cm: float | None = None
-    conductivity_300K_ci95_hi_mS_cm: float | None = None
-    diffusivity_300K_cm2_s: float | None = Field(None, description="tracer D at 300 K, cm²/s")
-    diffusivity_300K_ci95_lo_cm2_s: float | None = None
-    diffusivity_300K_ci95_hi_cm2_s: float | None = None
-    activation_energy_eV: float | None = Field(None, description="Arrhenius activation energy, eV")
-    activation_energy_ci95_lo_eV: float | None = None
-    activation_energy_ci95_hi_eV: float | None = None
-    haven_ratio_mean: float | None = Field(None, description="mean Haven ratio over the MD temperatures")
-    max_temperature_conductivity_mS_cm: float | None = Field(
-        None, description="σ measured at the highest MD temperature, mS/cm"
-    )
-    migration_barrier_eV: float | None = Field(None, description="lowest converged NEB barrier, eV")
-    percolation_1d_eV: float | None = Field(None, description="barrier at which hops percolate in 1D, eV")
-    percolation_2d_eV: float | None = None
-    percolation_3d_eV: float | None = None
-    n_hops_converged: int | None = Field(None, ge=0)
-    n_hops_total: int | None = Field(None, ge=0)
 
     @field_validator("task_key", "structure_hash", "protocol_hash", "model_sha256")
     @classmethod
@@ -141,7 +129,7 @@ class ResultRow(_Input):
         return value
 
     @model_validator(mode="after")
-    def _numbers(self) -> "ResultRow":
+    def _numbers(self) -> "_ResultRow":
         for name, value in self:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{name} is {value}; store None for a number that was not obtained")
@@ -149,13 +137,16 @@ class ResultRow(_Input):
             low, high = getattr(self, lo), getattr(self, hi)
             if low is not None and high is not None and low > high:
                 raise ValueError(f"{lo} ({low}) is above {hi} ({high})")
-        if (
-            self.n_hops_converged is not None
-            and self.n_hops_total is not None
-            and self.n_hops_converged > self.n_hops_total
-        ):
-            raise ValueError(f"n_hops_converged ({self.n_hops_converged}) exceeds n_hops_total ({self.n_hops_total})")
+        converged, total = getattr(self, "n_hops_converged"), getattr(self, "n_hops_total")
+        if converged is not None and total is not None and converged > total:
+            raise ValueError(f"n_hops_converged ({converged}) exceeds n_hops_total ({total})")
         return self
+
+
+ResultRow = create_model(
+    "ResultRow", __base__=_ResultRow, __module__=__name__,
+    **{name: (kind | None, Field(None, ge=0) if kind is int else None) for name, kind in SUMMARY_COLUMNS.items()},
+)
 
 
 class _Snapshot(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,11 +10,14 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from mlip.errors import InputError
+from screening.stages import Stage
+from screening.summaries import SUMMARIES, Screened
 from workflows.db.database import NotFoundError, Repository, find_candidate, find_job
 from workflows.db.models import Candidate, Result, Task, utc_now
 from workflows.db.records import ResultRow, validation_error
 
 _CANDIDATE_COLUMNS = ("name", "formula", "working_ion", "working_ion_charge", "kind", "n_atoms")
+_IDENTITY = ("name", "formula", "kind", "working_ion")
 
 
 def _result_dict(result: Result, candidate: Candidate | None = None) -> dict[str, Any]:
@@ -24,6 +27,25 @@ def _result_dict(result: Result, candidate: Candidate | None = None) -> dict[str
         row.update({key: getattr(candidate, key) for key in _CANDIDATE_COLUMNS})
     return row
 
+
+
+def screened(rows: Iterable[Mapping[str, Any]]) -> list[Screened]:
+    """Result rows (one per candidate and stage, as ``for_job`` returns them) → one ``Screened`` per candidate, typed
+    summaries rebuilt from the columns, in first-seen order. Two rows of one stage for a candidate are an error."""
+    entries: dict[str, dict[str, Any]] = {}
+    for i, row in enumerate(rows):
+        key = row.get("structure_hash")
+        if not key:
+            raise InputError(f"result row {i} has no structure_hash; rows must identify their candidate")
+        stage = Stage(row["stage"])
+        entry = entries.setdefault(key, {"structure_hash": key})
+        for column in _IDENTITY:
+            if entry.get(column) is None and row.get(column) is not None:
+                entry[column] = str(getattr(row[column], "value", row[column]))
+        if stage.value in entry:
+            raise InputError(f"two {stage} rows for candidate {key[:12]}; rank the results of one job at a time")
+        entry[stage.value] = SUMMARIES[stage].from_columns(row)
+    return [Screened(**entry) for entry in entries.values()]
 
 
 class ResultRepository(Repository):

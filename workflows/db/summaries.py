@@ -31,8 +31,10 @@ from pydantic import (
 from sqlalchemy.orm import Session
 
 from mlip.errors import InputError
+from screening.summaries import TransportSummary
 from workflows.db.database import Repository, find_candidate, find_job
 from workflows.db.models import (
+    SUMMARY_COLUMNS,
     Candidate,
     CandidateSummary,
     JobCandidate,
@@ -44,16 +46,9 @@ from workflows.db.records import validation_error
 
 _ELEMENT = re.compile(r"[A-Z][a-z]?")
 
-#: Columns copied from the newest transport result.
-TRANSPORT_COLUMNS = (
-    "conductivity_300K_mS_cm",
-    "conductivity_300K_ci95_lo_mS_cm",
-    "conductivity_300K_ci95_hi_mS_cm",
-    "activation_energy_eV",
-    "activation_energy_ci95_lo_eV",
-    "activation_energy_ci95_hi_eV",
-)
-#: Columns taken from the newest NEB result.
+#: Columns of the candidate table copied from the newest transport and NEB results (summary columns shown there).
+TRANSPORT_COLUMNS = tuple(c for t in TransportSummary.interval_columns()
+                          if t[0] in ("conductivity_300K_mS_cm", "activation_energy_eV") for c in t)
 NEB_COLUMNS = ("migration_barrier_eV", "percolation_1d_eV", "percolation_2d_eV", "percolation_3d_eV")
 
 _VALUE_COLUMNS = (
@@ -278,13 +273,14 @@ class RefreshPlan:
 def plan_refresh(session: Session) -> RefreshPlan:
     """Read phase (no write lock): merge the newest results, rank every row, compare with what is stored."""
     from screening.ranking import rank
+    from workflows.db.results import screened
 
     latest_ids = (
         sa.select(sa.func.max(Result.id))
         .group_by(Result.candidate_id, Result.model_sha256, Result.stage)
         .scalar_subquery()
     )
-    columns = [getattr(Result, c) for c in (*TRANSPORT_COLUMNS, *NEB_COLUMNS)]
+    columns = [getattr(Result, c) for c in SUMMARY_COLUMNS]
     query = (
         sa.select(Result.id, Result.candidate_id, Result.model_sha256, Result.model_ref, Result.stage, Result.flags,
                   *columns, Candidate.name, Candidate.formula, Candidate.working_ion, Candidate.kind)
@@ -293,10 +289,10 @@ def plan_refresh(session: Session) -> RefreshPlan:
         .order_by(Result.id)
     )
     merged: dict[tuple[int, str], dict[str, Any]] = {}
+    results: list[dict[str, Any]] = []
     for r in session.execute(query).mappings():
         key = (r["candidate_id"], r["model_sha256"])
         row = merged.setdefault(key, {
-            "structure_hash": f"{key[0]}:{key[1]}",  # the ranking's grouping key: one row per summary
             "candidate_id": key[0], "model_sha256": key[1], "name": r["name"], "formula": r["formula"],
             "working_ion": r["working_ion"], "kind": r["kind"],
             "elements": "," + ",".join(elements_of(r["formula"])) + ",",
@@ -304,19 +300,19 @@ def plan_refresh(session: Session) -> RefreshPlan:
         })
         row["model_ref"] = r["model_ref"]  # the newest reference text for this hash
         row["latest_result_id"] = max(row["latest_result_id"], r["id"])
-        wanted = TRANSPORT_COLUMNS if r["stage"] is Stage.TRANSPORT else NEB_COLUMNS
         row[f"{r['stage'].value}_result_id"] = r["id"]
-        for column in wanted:
+        for column in TRANSPORT_COLUMNS if r["stage"] is Stage.TRANSPORT else NEB_COLUMNS:
             row[column] = r[column]
         for flag in r["flags"] or []:
             if flag not in row["flags"]:
                 row["flags"].append(flag)
+        results.append({**r, "structure_hash": f"{key[0]}:{key[1]}"})  # the ranking's key: one row per summary
 
     for row in merged.values():
         row["percolation_barrier_eV"], row["percolation_dimension"] = _percolation(row)
         row["n_flags"] = len(row["flags"])
     if merged:
-        for ranked in rank(list(merged.values())):
+        for ranked in rank(screened(results)):
             row = merged[_key(ranked.structure_hash)]
             row["score"], row["rank"] = float(ranked.score), ranked.rank
 

@@ -202,11 +202,12 @@ def _model_mismatch(plan: JobPlan, settings: Settings) -> ModelMismatchError | N
 def ranked(store, job_id: str, plan: JobPlan | None = None):
     """The job's candidates ranked (best first, with the plan's weights) and the candidates without results."""
     from screening.ranking import rank
+    from workflows.db.results import screened
 
     rows = store.results.for_job(job_id)
     weights = plan.ranking if plan is not None else None
     components = None
-    ranked_rows = rank(rows, weights=weights, components=components) if rows else []
+    ranked_rows = rank(screened(rows), weights=weights, components=components) if rows else []
     with_results = {r["structure_hash"] for r in rows}
     others = []
     for t in store.tasks.list(job_id):

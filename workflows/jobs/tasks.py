@@ -4,7 +4,8 @@ Workers call :func:`run_task` with a :class:`workflows.jobs.plan.TaskSpec` and t
 the one the job pinned); it runs the science (``screening.transport`` or
 ``screening.neb``) in the task's own work directory — so a retried task resumes from its MD
 checkpoints — and returns a small row of numbers (with intervals, flags and provenance) for the
-driver to store. Big things (trajectories, profiles, plots) stay in files referenced by the row.
+driver to store: the result document's typed summary as columns, plus provenance. Big things (trajectories,
+profiles, plots) stay in files referenced by the row.
 """
 
 from __future__ import annotations
@@ -15,50 +16,6 @@ from typing import Callable
 from mlip.version import code_version
 from screening.stages import Stage
 from workflows.jobs.plan import TaskSpec, workdir_for
-
-
-def _interval(pair, index):
-    return None if pair is None else float(pair[index])
-
-
-def transport_row(result) -> dict:
-    """Result-table columns from a :class:`screening.transport.results.TransportResult`."""
-    a = result.arrhenius
-    havens = [t.haven_ratio for t in result.temperatures if t.haven_ratio is not None]
-    hottest = max(result.temperatures, key=lambda t: t.temperature_K)
-    return {
-        "conductivity_300K_mS_cm": a.conductivity_300K_mS_cm,
-        "conductivity_300K_ci95_lo_mS_cm": _interval(a.conductivity_300K_ci95_mS_cm, 0),
-        "conductivity_300K_ci95_hi_mS_cm": _interval(a.conductivity_300K_ci95_mS_cm, 1),
-        "diffusivity_300K_cm2_s": a.diffusivity_300K_cm2_s,
-        "diffusivity_300K_ci95_lo_cm2_s": _interval(a.diffusivity_300K_ci95_cm2_s, 0),
-        "diffusivity_300K_ci95_hi_cm2_s": _interval(a.diffusivity_300K_ci95_cm2_s, 1),
-        "activation_energy_eV": a.activation_energy_eV,
-        "activation_energy_ci95_lo_eV": _interval(a.activation_energy_ci95_eV, 0),
-        "activation_energy_ci95_hi_eV": _interval(a.activation_energy_ci95_eV, 1),
-        "haven_ratio_mean": sum(havens) / len(havens) if havens else None,
-        "max_temperature_conductivity_mS_cm": hottest.conductivity_mS_cm,
-        "flags": list(result.flags),
-        "seed": result.provenance.seed,
-    }
-
-
-def neb_row(result) -> dict:
-    """Result-table columns from a :class:`screening.neb.results.NebStructureResult`."""
-    converged = [h for h in result.hops if h.converged and h.barrier_forward_eV is not None]
-    barriers = [max(h.barrier_forward_eV, h.barrier_backward_eV or h.barrier_forward_eV) for h in converged]
-    p = result.percolation
-    flags = sorted({str(f) for h in result.hops for f in h.flags} | {str(f) for f in p.flags})
-    return {
-        "migration_barrier_eV": min(barriers) if barriers else None,
-        "percolation_1d_eV": p.barrier_1d_eV,
-        "percolation_2d_eV": p.barrier_2d_eV,
-        "percolation_3d_eV": p.barrier_3d_eV,
-        "n_hops_converged": len(converged),
-        "n_hops_total": len(result.hops),
-        "flags": flags,
-        "seed": None,
-    }
 
 
 def _neb_structure(candidate):
@@ -105,21 +62,21 @@ def run_task(
             charge=candidate.working_ion_charge, model_ref=loaded.ref, model_sha256=loaded.sha256,
             progress=lambda s, info: progress(s, info), home=home,
         )
-        row = transport_row(result)
+        row = {**result.summary().columns(), "seed": result.provenance.seed}
         document = workdir / "result.json"
     else:
-        from mlip.batched import BatchedMACE
         from screening.neb import neb_for_structure
+        from screening.neb.driver import neb_engine_for
 
         settings = spec.neb
-        engine = BatchedMACE.from_loaded(loaded, device=device, dtype="float64")
+        engine = neb_engine_for(loaded, device)  # the family's batched evaluator, else its ASE calculator
         structure, sites = _neb_structure(candidate)
         result = neb_for_structure(
             structure, candidate.working_ion, engine, settings.parameters(),
             insertion_sites_frac=sites, **settings.driver_options(), out_dir=workdir, home=home,
             progress=lambda i, n, hop: progress("hop", {"done": i + 1, "total": n}),
         )
-        row = neb_row(result)
+        row = result.summary().columns()
         document = workdir / "neb_summary.json"
     row.update(
         task_key=spec.task_key,

@@ -219,7 +219,6 @@ def seed_sample(store, home: Path, candidate_rows: list[dict[str, Any]], *, seed
                 second_model_for: tuple[str, ...] = ("Li6PS5Cl",)) -> SampleDatabase:
     """A sample job over ``candidate_rows`` with done tasks, result rows and their documents under ``home``."""
     from workflows.jobs.plan import task_key, workdir_for
-    from workflows.jobs.tasks import neb_row, transport_row
 
     rng = random.Random(seed)
     job_id = store.jobs.create({"name": "web-sample-synthetic", "model": SAMPLE_MODEL_REF},
@@ -258,12 +257,12 @@ def seed_sample(store, home: Path, candidate_rows: list[dict[str, Any]], *, seed
                         _msd_png(workdir / t.msd_plot, t.temperature_K, t.diffusivity_cm2_s)
                     document_file = workdir / "result.json"
                     document_file.write_text(document.model_dump_json(indent=1))
-                    values = transport_row(document)
+                    values = {**document.summary().columns(), "seed": document.provenance.seed}
                     code = document.provenance.code_version
                 else:
                     neb_document = _neb_document(row, NEB_SAMPLES[row["name"]], model_ref, model_sha, workdir)
                     document_file = workdir / "neb_summary.json"
-                    values = neb_row(neb_document)
+                    values = neb_document.summary().columns()
                     code = neb_document.provenance.code_version
                 if model_index == 0:
                     task_id = store.tasks.add(job_id, cid, stage, key, workdir=str(workdir.relative_to(home)))
