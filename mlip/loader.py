@@ -10,108 +10,16 @@ model is (its facts, its calculators) is the family's backend's business (:mod:`
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
-
-from ase.data import chemical_symbols
 
 from mlip import bundled, foundation, registry
 from mlip._mace import import_mace
-from mlip.backends import FILE_FAMILY, ModelBackend, get_backend
+from mlip.backends import get_backend
 from mlip.config import Settings, load_settings
-from mlip.errors import InputError, ModelDomainError, ModelNotFoundError, UntrustedModelError
+from mlip.errors import InputError, ModelNotFoundError, UntrustedModelError
+from mlip.model import FILE_FAMILY, LoadedModel, ResolvedModel, missing_elements  # noqa: F401 (re-exported)
 from mlip.refs import ModelRef, RefKind, parse_ref
 from mlip.trust import TrustStore, sha256_bytes, sha256_file
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A reference resolved to a local file, with the trust decision for its current content."""
-
-    ref: ModelRef
-    path: Path
-    sha256: str
-    source: str  # where it came from, in words
-    trusted_by: str | None  # why it may be unpickled; None = refused
-    registry_version: registry.RegistryVersion | None = None
-    family: str = FILE_FAMILY  # the potential family whose backend turns it into a LoadedModel
-    pickled: bool = True  # False: defined by code; ``path`` is its source and nothing is unpickled
-
-
-@dataclass
-class LoadedModel:
-    """A model in memory with the facts every caller needs (provenance, domain, family).
-
-    ``module`` is the torch module for MACE and None for families without one; what the model can do
-    (calculators, batched evaluation, lean MD) is asked of :attr:`backend`, never of :attr:`family`.
-    """
-
-    ref: str
-    sha256: str
-    path: Path
-    source: str
-    trusted_by: str
-    module: object | None  # torch.nn.Module for MACE; None for potentials defined by code
-    atomic_numbers: tuple[int, ...]
-    n_params: int
-    dtype: str
-    r_max_A: float
-    model_class: str
-    heads: tuple[str, ...] = ("Default",)
-    extra: dict = field(default_factory=dict)
-    family: str = FILE_FAMILY
-
-    @property
-    def backend(self) -> ModelBackend:
-        return get_backend(self.family)
-
-    @property
-    def elements(self) -> tuple[str, ...]:
-        return tuple(chemical_symbols[z] for z in self.atomic_numbers)
-
-    def metadata(self) -> dict:
-        return {
-            "family": self.family,
-            "elements": list(self.elements),
-            "atomic_numbers": list(self.atomic_numbers),
-            "n_params": self.n_params,
-            "dtype": self.dtype,
-            "r_max_A": self.r_max_A,
-            "model_class": self.model_class,
-            "heads": list(self.heads),
-        }
-
-    def missing_elements(self, numbers_or_symbols: Iterable[int | str]) -> list[str]:
-        return missing_elements(self.atomic_numbers, numbers_or_symbols)
-
-    def check_elements(self, numbers_or_symbols: Iterable[int | str], what: str = "structure") -> None:
-        """Raise :class:`ModelDomainError` naming every element the model was not trained on."""
-        missing = self.missing_elements(numbers_or_symbols)
-        if missing:
-            raise ModelDomainError(
-                f"model {self.ref} (sha256 {self.sha256[:12]}) does not cover element(s) "
-                f"{', '.join(missing)} in the {what}; it covers {', '.join(self.elements)}"
-            )
-
-    def calculator(self, **kwargs):
-        """An ASE calculator from this model's backend; see :func:`mlip.calculators.make_calculator`."""
-        from mlip.calculators import make_calculator
-
-        return make_calculator(self, **kwargs)
-
-
-def missing_elements(covered: Iterable[int], numbers_or_symbols: Iterable[int | str]) -> list[str]:
-    covered = set(int(z) for z in covered)
-    needed = set()
-    for item in numbers_or_symbols:
-        if isinstance(item, str):
-            if item not in chemical_symbols[1:]:
-                raise InputError(f"unknown chemical element {item!r}")
-            needed.add(chemical_symbols.index(item))
-        else:
-            needed.add(int(item))
-    return [chemical_symbols[z] for z in sorted(needed - covered)]
 
 
 def _how_to_trust(ref: ModelRef, path: Path) -> str:
@@ -193,7 +101,7 @@ def load_model(
     resolved = resolve(ref, settings)
     backend = get_backend(resolved.family)
     if not resolved.pickled:
-        return backend.describe(resolved, None)
+        return _attached(backend.describe(resolved, None), backend)
     data = resolved.path.read_bytes()
     sha = sha256_bytes(data)
     if sha != resolved.sha256:
@@ -208,8 +116,14 @@ def load_model(
         module = _unpickle(data, device)
     except Exception as err:
         raise InputError(f"{resolved.path} could not be loaded as a torch model: {err}") from err
-    loaded = backend.describe(resolved, module)
+    loaded = _attached(backend.describe(resolved, module), backend)
     TrustStore(settings.trust_store_path).update_metadata(sha, loaded.metadata())
+    return loaded
+
+
+def _attached(loaded: LoadedModel, backend) -> LoadedModel:
+    """The model with its family's backend, which everything else asks for calculators and engines."""
+    loaded.backend = backend
     return loaded
 
 

@@ -222,7 +222,7 @@ class _LennardJonesBackend(ModelBackend):
         return CodeSource(path, hashlib.sha256(path.read_bytes()).hexdigest(), "ASE code (ase.calculators.lj)")
 
     def describe(self, resolved, module):
-        from mlip.loader import LoadedModel
+        from mlip.model import LoadedModel
 
         return LoadedModel(ref=resolved.ref.text, sha256=resolved.sha256, path=resolved.path, source=resolved.source,
                            trusted_by=resolved.trusted_by, module=None, atomic_numbers=(18,), n_params=2,

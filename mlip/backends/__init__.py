@@ -10,12 +10,12 @@ from mlip.backends.base import BatchedEvaluator, Capability, CodeSource, ModelBa
 from mlip.backends.emt import EmtBackend
 from mlip.backends.mace import MaceBackend
 from mlip.errors import InputError
+from mlip.model import FILE_FAMILY
 
 #: Every family this install knows, by ``family`` name.
 BACKENDS: dict[str, ModelBackend] = {backend.family: backend for backend in (MaceBackend(), EmtBackend())}
 
-#: The family of model *files* (paths, ``mace-mp:``, ``models:/``, ``bundled:``): MACE pickles.
-FILE_FAMILY = MaceBackend.family
+assert MaceBackend.family == FILE_FAMILY  # model files (paths, mace-mp:, models:/, bundled:) are MACE pickles
 
 
 def get_backend(family: str) -> ModelBackend:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ase.calculators.calculator import Calculator
 
     from mlip.calculators import Task
-    from mlip.loader import LoadedModel, ResolvedModel
+    from mlip.model import LoadedModel, ResolvedModel
 
 
 class Capability(enum.StrEnum):

@@ -20,7 +20,7 @@ from mlip.backends.base import Capability, CodeSource, ModelBackend
 from mlip.errors import InputError, ModelDomainError
 
 if TYPE_CHECKING:
-    from mlip.loader import LoadedModel, ResolvedModel
+    from mlip.model import LoadedModel, ResolvedModel
 
 
 class EmtBackend(ModelBackend):
@@ -35,7 +35,7 @@ class EmtBackend(ModelBackend):
         from ase import Atoms
         from ase.calculators import emt
 
-        from mlip.loader import LoadedModel
+        from mlip.model import LoadedModel
 
         # EMT's neighbour-search radius with its default cutoff (set by the largest atom in the table).
         _, r_list_A, _ = emt.EMT()._calc_cutoff(Atoms())

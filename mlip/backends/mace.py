@@ -15,7 +15,7 @@ from mlip.backends.base import Capability, ModelBackend
 from mlip.errors import InputError, ModelDomainError
 
 if TYPE_CHECKING:
-    from mlip.loader import LoadedModel, ResolvedModel
+    from mlip.model import LoadedModel, ResolvedModel
 
 
 class MaceBackend(ModelBackend):
@@ -26,7 +26,7 @@ class MaceBackend(ModelBackend):
     def describe(self, resolved: "ResolvedModel", module) -> "LoadedModel":
         import torch
 
-        from mlip.loader import LoadedModel
+        from mlip.model import LoadedModel
 
         is_mace = isinstance(module, torch.nn.Module) and hasattr(module, "atomic_numbers") and hasattr(module, "r_max")
         if not is_mace:

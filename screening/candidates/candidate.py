@@ -102,17 +102,13 @@ class Candidate(BaseModel):
         ](path)
 
     @classmethod
-    def from_cif(cls, path: str | Path, **import_options) -> "Candidate":
-        """Read a CIF written by :meth:`to_cif` (metadata restored) or any CIF (imported like a new candidate)."""
-        from screening.structio import read_structure
-
+    def from_cif(cls, path: str | Path) -> "Candidate":
+        """Read a CIF written by :meth:`to_cif` (metadata restored). A CIF from elsewhere is a new candidate:
+        ``screening.candidates.import_file`` (``ionscreen candidates import``) orders and identifies it."""
         path = Path(path)
-        first = path.read_text(errors="replace").splitlines()[:1]
-        if first and first[0].startswith(CIF_METADATA_PREFIX):
-            return cls.from_cif_text(path.read_text(), source=str(path))
-        from screening.candidates.builder import candidate_from_structure
-
-        return candidate_from_structure(read_structure(path), name=import_options.pop("name", path.stem), **import_options)
+        if not path.is_file():
+            raise InputError(f"CIF {path} does not exist")
+        return cls.from_cif_text(path.read_text(errors="replace"), source=str(path))
 
     @classmethod
     def from_cif_text(cls, text: str, *, source: str = "CIF") -> "Candidate":
