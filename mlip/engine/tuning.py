@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mlip.batched import _cache_path, _read_cache, _update_cache, candidate_batch_sizes, describe_device, size_bucket
-from mlip.engine.core import BatchTooLarge, Integrator, LeanMACE, MDBatch, SystemSpec
+from mlip.engine import BatchTooLarge, Integrator, LeanMACE, MDBatch, SystemSpec
 from mlip.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def measure_md_throughput(model: LeanMACE, atoms_list: Sequence, sizes: Sequence
     0 and no larger size is tried."""
     import torch
 
-    from mlip.engine.core import DEFAULT_SKIN_A
+    from mlip.engine import DEFAULT_SKIN_A
 
     atoms_list = list(atoms_list)
     if not atoms_list:
