@@ -243,3 +243,41 @@ def test_a_new_family_is_one_registry_entry(monkeypatch, settings):
     assert argon.get_potential_energy() < 0
     with pytest.raises(InputError, match="ase:lj"):
         parse_ref("ase:argon")
+
+
+def test_a_screening_job_runs_end_to_end_with_a_calculator_only_family(cu3au_cif, settings):
+    """A job with the toy family: planned (model pinned by its code's SHA-256), run on Ray workers through the ASE
+    fallbacks for both stages, ranked; the transport result says which engine really ran."""
+    import json as _json
+
+    import ray
+    import yaml
+
+    from mlip.backends.emt import EmtBackend
+    from workflows.db import Store
+    from workflows.jobs.plan import plan_job
+    from workflows.jobs.run import ranked, run_job
+    from workflows.jobs.spec import load_job_spec
+
+    job = cu3au_cif.parent / "emt-job.yaml"
+    job.write_text(yaml.safe_dump({
+        "name": "emt-toy", "model": "ase:emt", "working_ion": "Cu",
+        "candidates": [{"file": "Cu3Au.cif", "oxidation": {"Cu": 1, "Au": -3}}],
+        "transport": {"overrides": TINY}, "neb": {"max_hops": 1, "n_images": 3, "fmax_eV_A": 0.1, "max_steps": 60},
+        "resources": {"workers": 1, "threads_per_worker": 1},
+    }))
+    store = Store.open(settings.db_url)
+    try:
+        planned = plan_job(load_job_spec(job), settings, store=store)
+        assert planned.plan.model.sha256 == EmtBackend().code_source().sha256 and planned.n_tasks == 2
+        summary = run_job(planned.job_id, settings)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert summary.done == 2 and summary.failed == 0, summary.errors
+    rows, others = ranked(store, planned.job_id)
+    (row,) = rows
+    assert not others and row.name and set(row.values) >= {"conductivity_300K_mS_cm", "percolation_3d_eV"}
+    transport = next(r for r in store.results.for_job(planned.job_id) if r["stage"] == "transport")
+    document = _json.loads((settings.home / transport["document_path"]).read_text())
+    assert document["provenance"]["md_engine"] == FALLBACK and transport["model_sha256"] == planned.plan.model.sha256
