@@ -10,14 +10,11 @@ measured on the actual structures and cached per (device, model hash, dtype, siz
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
-import fcntl
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -28,6 +25,7 @@ from ase.data import chemical_symbols
 
 from mlip._mace import import_mace
 from mlip.errors import InputError, ModelDomainError, SimulationFailed
+from mlip.util import atomic_write_json, file_lock
 
 CACHE_FILE_NAME = "batch_size_cache.json"
 
@@ -352,14 +350,7 @@ def _read_cache(path: Path) -> dict:
 
 
 def _update_cache(path: Path, key: str, entry: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = path.with_suffix(".lock")
-    with open(lock_path, "w") as lock, contextlib.ExitStack() as stack:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        stack.callback(fcntl.flock, lock, fcntl.LOCK_UN)
+    with file_lock(path.with_suffix(".lock")):
         data = _read_cache(path)
         data[key] = entry
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".batch_size_cache.")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write_json(path, data, indent=2)

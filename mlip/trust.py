@@ -10,18 +10,14 @@ written atomically under a lock so concurrent workers never corrupt it.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import fcntl
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from mlip.errors import ConfigError
+from mlip.util import atomic_write_text, file_lock
 
 _CHUNK = 1 << 20
 
@@ -59,15 +55,8 @@ class TrustStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self):
+        return file_lock(self.path.with_suffix(".lock"))
 
     def _read(self) -> dict[str, TrustEntry]:
         if not self.path.exists():
@@ -87,17 +76,7 @@ class TrustStore:
             "version": self.VERSION,
             "entries": {sha: asdict(e) for sha, e in sorted(entries.items())},
         }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".trust-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(payload, fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(self.path, json.dumps(payload, indent=2))
 
     def entries(self) -> list[TrustEntry]:
         return list(self._read().values())

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,12 +24,20 @@ def canonical_sha256(data: Any) -> str:
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old content or the new, never half of it."""
+    """Write ``data`` to ``path`` so that readers see the old content or the new, never half of it, and a crash
+    right after leaves the new (file and directory entry flushed to disk)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the file should look like any other
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -38,6 +47,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return path
 
 
@@ -54,17 +68,23 @@ class LockBusy(RuntimeError):
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path, *, blocking: bool = True) -> Iterator[None]:
+def file_lock(path: str | Path, *, blocking: bool = True, timeout_s: float | None = None) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block.
 
-    ``blocking=False`` raises :class:`LockBusy` at once when another process holds it."""
+    ``blocking=False`` raises :class:`LockBusy` at once when another process holds it; ``timeout_s`` waits that
+    long (polling each second) before raising it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            raise LockBusy(f"{path} is locked by another process") from err
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX if blocking and deadline is None else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as err:
+                if deadline is None or time.monotonic() > deadline:
+                    raise LockBusy(f"{path} is locked by another process") from err
+                time.sleep(1.0)
         try:
             yield
         finally:

@@ -493,14 +493,14 @@ def test_element_outside_allowed_set_named(tmp_path):
 def test_crash_while_writing_keeps_the_old_dataset(tmp_path, dataset, monkeypatch):
     write(tmp_path / "more.xyz", _labelled(3, seed=7))
     before = _files_state(dataset)
-    real = store_mod._atomic_write_bytes
+    real = store_mod.atomic_write_bytes
 
     def crash_on_manifest(path, data):
         if path.name == "manifest.json":
             raise OSError("disk full")
         return real(path, data)
 
-    monkeypatch.setattr(store_mod, "_atomic_write_bytes", crash_on_manifest)
+    monkeypatch.setattr(store_mod, "atomic_write_bytes", crash_on_manifest)
     with pytest.raises(OSError):
         import_files([tmp_path / "more.xyz"], dataset)
     monkeypatch.undo()

@@ -10,7 +10,6 @@ smearing, relative cutoff, spin), the per-frame provenance, and the resumable jo
 from __future__ import annotations
 
 import enum
-import fcntl
 import functools
 import hashlib
 import json
@@ -19,7 +18,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +30,7 @@ from ase.units import Rydberg
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlip.errors import InputError, SimulationFailed
+from mlip.util import LockBusy, atomic_write_text, file_lock
 from training.data.hashing import structure_hash
 
 DEFAULT_COMMAND = "cp2k_shell"
@@ -391,27 +390,6 @@ class LabelRunSummary(BaseModel):
     collected_file: str | None = None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the file should look like any other
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_write_atoms(path: Path, frames: Sequence[Atoms]) -> None:
     import io
 
@@ -419,20 +397,18 @@ def _atomic_write_atoms(path: Path, frames: Sequence[Atoms]) -> None:
 
     buf = io.StringIO()
     write(buf, list(frames), format="extxyz")
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 @contextmanager
 def _exclusive(out_dir: Path):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            raise InputError(
-                f"another labelling run is using {out_dir} (lock held); wait for it or use another --out"
-            ) from err
-        yield
+    try:
+        with file_lock(out_dir / ".lock", blocking=False):
+            yield
+    except LockBusy as err:
+        raise InputError(
+            f"another labelling run is using {out_dir} (lock held); wait for it or use another --out"
+        ) from err
 
 
 def _check_run_file(out_dir: Path, settings: CP2KSettings, version: str) -> None:
@@ -452,7 +428,7 @@ def _check_run_file(out_dir: Path, settings: CP2KSettings, version: str) -> None
                                                    version})
         else:
             return
-    _atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def labelled_frame(atoms: Atoms, result: LabelResult, settings: CP2KSettings, version: str,
@@ -558,7 +534,7 @@ def run_labelling(
                           "formula": atoms.get_chemical_formula(), "info": _jsonable(atoms.info),
                           "settings_hash": settings.settings_hash(), "time": time.time(),
                           "traceback": traceback.format_exc(limit=3)}
-                _atomic_write_text(failed_dir / f"{key}.json", json.dumps(record, indent=2) + "\n")
+                atomic_write_text(failed_dir / f"{key}.json", json.dumps(record, indent=2) + "\n")
                 say(f"[{i + 1}/{limit}] FAILED {key[:12]} {atoms.get_chemical_formula()}: "
                     f"{str(err).splitlines()[0]}")
                 continue
@@ -629,7 +605,7 @@ def collect(out_dir: Path, structures: Sequence[Atoms] | None = None) -> Path | 
     target = out_dir / COLLECTED_FILE
     _atomic_write_atoms(target, frames)
     failures = [json.loads(p.read_text()) for p in sorted((out_dir / FAILED_DIR).glob("*.json"))]
-    _atomic_write_text(out_dir / FAILED_SUMMARY_FILE, json.dumps(
+    atomic_write_text(out_dir / FAILED_SUMMARY_FILE, json.dumps(
         [{k: f.get(k) for k in ("structure_hash", "formula", "n_atoms", "error")} for f in failures], indent=2
     ) + "\n")
     return target

@@ -11,13 +11,14 @@ and a home that cannot be written to just means nothing is cached.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from mlip.util import atomic_write_text, canonical_sha256
 
 #: Bump when the file layout changes.
 CACHE_FORMAT = 1
@@ -56,7 +57,7 @@ def cache_key(entry, seed: int, ordering_params: dict[str, Any]) -> str:
         "ordering": ordering_params,
         "code": code_digest(),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return canonical_sha256(payload)
 
 
 def cache_dir() -> Path:
@@ -91,17 +92,8 @@ def store_atom_count(key: str, count: int) -> None:
     except (OSError, ValueError):
         counts = {}
     counts[key] = int(count)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".atom_counts.", suffix=".tmp")
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(counts, handle, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # a cache that cannot be written only costs a recount
+        atomic_write_text(path, json.dumps(counts, sort_keys=True))
 
 
 def load(key: str):
@@ -135,15 +127,7 @@ def store(key: str, entry_name: str, structure, record, sites) -> Path | None:
     }
     path = cache_path(key)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=".tmp")
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, separators=(",", ":"))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(payload, separators=(",", ":")))
     except (OSError, TypeError, ValueError):
-        Path(tmp).unlink(missing_ok=True)
         return None
     return path

@@ -12,12 +12,12 @@ alternative; the hash is the fast exact key used for deduplication).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from functools import lru_cache
 
 import numpy as np
+
+from mlip.util import canonical_sha256
 
 #: Fractional coordinates are compared on a 1/1024 grid (~0.001). A power of two, not of ten: literature
 #: coordinates have 3-5 decimals, so their differences never fall exactly on a rounding boundary.
@@ -78,5 +78,4 @@ def canonical_form(structure) -> dict:
 
 def structure_hash(structure) -> str:
     """SHA-256 (hex) of the canonical form: equal for equal crystals, different otherwise."""
-    payload = json.dumps(canonical_form(structure), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return canonical_sha256(canonical_form(structure))

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
-import hashlib
 import json
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from mlip.util import canonical_sha256
+from screening.provenance import Provenance as BaseProvenance
 from screening.summaries import Measured, NebSummary
 
 
@@ -36,13 +37,13 @@ class PercolationFlag(enum.StrEnum):
 
 def parameters_hash(parameters: dict) -> str:
     """SHA-256 of the parameters as canonical JSON (sorted keys)."""
-    text = json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return canonical_sha256(json.loads(json.dumps(parameters, default=str)))  # enums and paths as their text
 
 
-class Provenance(BaseModel):
-    model_ref: str | None = Field(None, description="Model reference string, when a MACE model was used.")
-    model_sha256: str | None = Field(None, description="SHA-256 of the model file, when a MACE model was used.")
+class Provenance(BaseProvenance):
+    """Model and code (the base), plus the energy/force engine, its device and precision, and the NEB parameters."""
+
+    model_config = ConfigDict(extra="ignore")  # NEB documents have always tolerated extra provenance keys
     calculator: str = Field(description="Name of the energy/force engine (ASE calculator class or batched MACE).")
     device: str | None = Field(None, description="Device the model ran on.")
     dtype: str | None = Field(None, description="Floating-point precision of the model evaluation.")
@@ -50,7 +51,6 @@ class Provenance(BaseModel):
     batch_size_source: str | None = Field(None, description="measured, cache or configured.")
     parameters: dict[str, Any] = Field(description="All NEB parameters, as data.")
     parameters_sha256: str = Field(description="SHA-256 of the canonical JSON of `parameters`.")
-    code_version: str = Field(description="ionscreen version (+ git commit).")
     created_utc: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mlip.errors import InputError
+from mlip.util import atomic_write_text
 
 FORMAT = "ionscreen-framelog/1"
 _BASE_FIELDS = ["time_fs", "temperature_K", "epot_eV", "ekin_eV", "centroid_x_A", "centroid_y_A", "centroid_z_A", "min_distance_A"]
@@ -58,9 +59,7 @@ class FrameLog:
         d.mkdir(parents=True, exist_ok=True)
         meta = dict(meta, format=FORMAT)
         meta["fields"] = _BASE_FIELDS + [f"framework_msd_{s}_A2" for s in meta["framework_species"]]
-        tmp = d / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, d / "meta.json")
+        atomic_write_text(d / "meta.json", json.dumps(meta, indent=1))
         for name in ("frames.f64", "mobile.f32"):
             (d / name).write_bytes(b"")
         return cls(d)

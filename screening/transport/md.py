@@ -13,8 +13,8 @@ instability) lives in ``SegmentRun``, which the lean engine's batch runner
 from __future__ import annotations
 
 import enum
+import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.neighborlist import neighbor_list
 
 from mlip.errors import InputError
+from mlip.util import atomic_write_bytes, atomic_write_text
 from screening.transport.framelog import FrameLog
 from screening.transport.protocol import Thermostat
 
@@ -118,26 +119,23 @@ def check_structure(atoms: Atoms, mobile_symbol: str | None = None) -> None:
 
 
 def _save_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data))
+
+
+def _npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def _save_checkpoint(path: Path, positions: np.ndarray, momenta: np.ndarray, cell: np.ndarray, step: int, frames: int,
                      rng: np.random.Generator, extra: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp,
+    atomic_write_bytes(path, _npz_bytes(
         positions=positions,
         momenta=momenta,
         cell=cell,
         state=np.array(json.dumps({"step": step, "frames": frames, "rng": rng.bit_generator.state, **extra})),
-    )
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    ))
 
 
 def _load_checkpoint(path: Path) -> tuple[dict, dict]:
@@ -223,9 +221,7 @@ class SegmentRun:
         if self.in_production and self.ref is None:
             fw = self.framework
             self.ref = {"framework": positions[fw], "centroid": positions[fw].mean(axis=0) if len(fw) else np.zeros(3)}
-            tmp = self.ref_path.with_name("production_reference.tmp.npz")
-            np.savez(tmp, **self.ref)
-            os.replace(tmp, self.ref_path)
+            atomic_write_bytes(self.ref_path, _npz_bytes(**self.ref))
 
     def wants_sample(self) -> bool:
         seg = self.seg

@@ -8,13 +8,19 @@ and ``custom`` (any values, validated).
 from __future__ import annotations
 
 import enum
-import hashlib
-import json
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mlip.errors import InputError
+from mlip.util import canonical_sha256
 from screening.transport.diffusion import FitWindow
 
 
@@ -137,8 +143,7 @@ class TransportProtocol(BaseModel):
     @property
     def hash(self) -> str:
         """SHA-256 of the canonical JSON of everything that affects the numbers (not the name)."""
-        blob = json.dumps(self.physics_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return canonical_sha256(self.physics_dict())
 
 
 _PRESETS = {

@@ -6,6 +6,7 @@ import enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from screening.provenance import Provenance as BaseProvenance
 from screening.summaries import Measured, TransportSummary
 
 
@@ -102,13 +103,10 @@ class ArrheniusResult(BaseModel):
     plot: str | None = None
 
 
-class Provenance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Provenance(BaseProvenance):
+    """Model and code (the base), plus the transport protocol's hash, the seed, the MLflow run and the MD engine."""
 
-    model_ref: str | None = None
-    model_sha256: str | None = None
     protocol_hash: str
-    code_version: str
     seed: int
     mlflow_run_id: str | None = None
     md_engine: dict | None = Field(None, description="Which MD engine ran (lean or ase) and, for lean, the batch "

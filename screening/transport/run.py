@@ -10,19 +10,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import fcntl
+import io
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import ase.io
-import numpy as np
 from ase import Atoms
 
 from mlip.calculators import Task
 from mlip.errors import InputError, SimulationFailed
+from mlip.util import LockBusy, atomic_write_text, file_lock
 from mlip.version import code_version
 from screening.cells import make_supercell
 from screening.ions import ion_charge as stated_charge
@@ -31,7 +30,12 @@ from screening.transport.framelog import FrameLog
 from screening.transport.md import MDSegment, MDStatus, check_structure, run_md
 from screening.transport.plots import plot_arrhenius, plot_msd
 from screening.transport.protocol import MDEngine, TransportProtocol
-from screening.transport.results import Flag, Provenance, TemperatureResult, TransportResult
+from screening.transport.results import (
+    Flag,
+    Provenance,
+    TemperatureResult,
+    TransportResult,
+)
 
 CalculatorFactory = Callable[[Task, str | None], object]
 Progress = Callable[[str, dict], None]
@@ -111,9 +115,9 @@ def _relax(atoms: Atoms, protocol: TransportProtocol, calc, workdir: Path) -> At
     atoms.info["relax_converged"] = bool(converged)
     atoms.info["relax_steps"] = int(opt.nsteps)
     check_structure(atoms)
-    tmp = workdir / "relaxed.tmp.extxyz"
-    ase.io.write(tmp, atoms, format="extxyz")
-    os.replace(tmp, done)
+    text = io.StringIO()
+    ase.io.write(text, atoms, format="extxyz")
+    atomic_write_text(done, text.getvalue())
     return ase.io.read(done)
 
 
@@ -178,9 +182,8 @@ class _Temperature:
                 if self.production_steps < budget:
                     self.production_steps = min(self.production_steps + protocol.steps(protocol.extension_ps), budget)
                     self.extensions += 1
-                    tmp = tdir / "adaptive.tmp"
-                    tmp.write_text(json.dumps({"production_steps": self.production_steps, "extensions": self.extensions}))
-                    os.replace(tmp, tdir / "adaptive.json")
+                    atomic_write_text(tdir / "adaptive.json", json.dumps(
+                        {"production_steps": self.production_steps, "extensions": self.extensions}))
                     return
                 result = result.model_copy(update={"flags": result.flags + [Flag.TARGET_NOT_MET]})
         self.result, self.analysis = result, analysis
@@ -239,20 +242,11 @@ def _md_lean(atoms: Atoms, protocol: TransportProtocol, states: list[_Temperatur
 @contextlib.contextmanager
 def _exclusive(workdir: Path, timeout_s: float = 300.0):
     """One process at a time per work directory (a retried task must not race a dying copy of itself)."""
-    deadline = time.monotonic() + timeout_s
-    with open(workdir / ".lock", "a+") as fh:
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise SimulationFailed(f"{workdir} is locked by another process for {timeout_s:.0f} s") from None
-                time.sleep(1.0)
-        try:
+    try:
+        with file_lock(workdir / ".lock", timeout_s=timeout_s):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except LockBusy as err:
+        raise SimulationFailed(f"{workdir} is locked by another process for {timeout_s:.0f} s") from err
 
 
 def run_transport(
@@ -330,9 +324,7 @@ def _run_transport(structure, calculator_factory, protocol, workdir: Path, ion, 
         wall_s=time.perf_counter() - t0,
         created_utc=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
-    tmp = workdir / "result.json.tmp"
-    tmp.write_text(result.model_dump_json(indent=1))
-    os.replace(tmp, workdir / "result.json")
+    atomic_write_text(workdir / "result.json", result.model_dump_json(indent=1))
     return result
 
 

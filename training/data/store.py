@@ -15,13 +15,9 @@ never a mix, and a failed import leaves the dataset untouched.
 from __future__ import annotations
 
 import enum
-import fcntl
 import gzip
 import hashlib
 import io
-import json
-import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -33,9 +29,22 @@ from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mlip.errors import InputError
+from mlip.util import LockBusy, atomic_write_bytes, file_lock
 from training.data.hashing import split_fraction, structure_hash
-from training.data.readers import Format, RawFrame, ReadOptions, detect_format, read_frames
-from training.data.validate import Problem, ValidationLimits, check_frame, composition_key, energy_outliers
+from training.data.readers import (
+    Format,
+    RawFrame,
+    ReadOptions,
+    detect_format,
+    read_frames,
+)
+from training.data.validate import (
+    Problem,
+    ValidationLimits,
+    check_frame,
+    composition_key,
+    energy_outliers,
+)
 
 DATASET_FORMAT = "ionscreen-dataset-v1"
 MANIFEST = "manifest.json"
@@ -207,31 +216,6 @@ def _sha256_path(path: Path) -> str:
     return h.hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the file should look like any other
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _gzip_bytes(text: str) -> bytes:
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, filename="") as gz:  # mtime=0: same bytes each time
@@ -262,7 +246,7 @@ class Dataset:
         paths = {}
         for s in Split:
             p = out_dir / f"{s.value}.xyz"
-            _atomic_write_bytes(p, _to_text(self.split(s)).encode())
+            atomic_write_bytes(p, _to_text(self.split(s)).encode())
             paths[s.value] = p
         return paths
 
@@ -292,13 +276,11 @@ def load_dataset(path: str | Path, *, verify: bool = True) -> Dataset:
 
 @contextmanager
 def _locked(path: Path):
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            raise InputError(f"another import is writing to {path}; try again when it has finished") from err
-        yield
+    try:
+        with file_lock(path / ".lock", blocking=False):
+            yield
+    except LockBusy as err:
+        raise InputError(f"another import is writing to {path}; try again when it has finished") from err
 
 
 def _store_frame(raw: RawFrame, config_type: str | None, source_sha: str) -> Atoms:
@@ -466,13 +448,13 @@ def import_files(
         frames_name = f"frames-{ds_hash[:12]}.xyz.gz"
         data = _gzip_bytes(_to_text(all_frames))
         fpath = dataset_dir / frames_name
-        _atomic_write_bytes(fpath, data)
+        atomic_write_bytes(fpath, data)
         manifest = Manifest(
             dataset_hash=ds_hash, frames_file=frames_name, frames_sha256=hashlib.sha256(data).hexdigest(),
             split=split, sources=sources, code_version=code_version(), updated_at=now,
             **summarise(all_frames, split),
         )
-        _atomic_write_bytes(dataset_dir / MANIFEST, (manifest.model_dump_json(indent=2) + "\n").encode())
+        atomic_write_bytes(dataset_dir / MANIFEST, (manifest.model_dump_json(indent=2) + "\n").encode())
         if existing and existing.manifest.frames_file != frames_name:
             (dataset_dir / existing.manifest.frames_file).unlink(missing_ok=True)
         return ImportReport(dataset_dir=str(dataset_dir), n_read=sum(len(x[3]) for x in per_file),

@@ -13,6 +13,7 @@ from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
 from mlip.errors import InputError
+from mlip.util import canonical_json
 from screening.stages import Stage
 from workflows.db.candidates import candidate_row, link_in, upsert_in
 from workflows.db.database import (
@@ -65,7 +66,7 @@ def _spec_fields(spec: Any) -> tuple[dict[str, Any], str, str, str]:
     else:
         raise InputError(f"a job spec must be a JobSpec or a mapping, got {type(spec).__name__}")
     try:
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        canonical = canonical_json(data)
     except (TypeError, ValueError) as err:
         raise InputError(f"the job spec is not plain JSON data: {err}") from err
     if spec_hash is None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import difflib
 import enum
-import hashlib
-import json
 import typing
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from mlip.errors import InputError
+from mlip.util import canonical_sha256
 from screening.candidates.library import CandidateKind
 from screening.neb.band import NebParameters
 from screening.neb.hops import Mechanism
@@ -405,18 +404,14 @@ class JobSpec(_Strict):
     def protocol_hash(self, stage: Stage | str) -> str:
         if Stage(stage) is Stage.TRANSPORT and self.transport is not None:
             return self.transport.protocol().hash
-        return _sha256_json(self.protocol_dict(stage))
+        return canonical_sha256(self.protocol_dict(stage))
 
     @property
     def spec_hash(self) -> str:
         """SHA-256 of the canonical JSON of the whole spec (paths as resolved absolute paths)."""
-        return _sha256_json(self.model_dump(mode="json"))
+        return canonical_sha256(self.model_dump(mode="json"))
 
     def to_yaml(self) -> str:
         import yaml
 
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
-
-
-def _sha256_json(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
