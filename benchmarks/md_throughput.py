@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlip.util import synchronize
+
 LIPSCL = [3, 15, 16, 17]
 MODELS = {"a": ("small", "32x0e"), "b": ("L=1", "64x0e+64x1o")}
 
@@ -64,15 +66,8 @@ def _reset_peak(device: str) -> None:
     import torch
 
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats()
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _with_velocities(atoms, k: int, temperature_K: float):
@@ -103,10 +98,10 @@ def bench_ase(module, systems, device: str, dtype: str, steps: int, temperature_
         atoms.calc = calc
         dyn = Bussi(atoms, 2 * units.fs, temperature_K=temperature_K, taut=100 * units.fs, rng=np.random.default_rng(k))
         atoms.get_forces()  # the first evaluation is outside the clock, as for the engine
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         dyn.run(steps)
-        _sync(device)
+        synchronize(device)
         seconds += time.perf_counter() - start
         atom_steps += len(atoms) * steps
     return {"atom_steps_per_s": atom_steps / seconds, "seconds": seconds, "peak_memory_bytes": _peak_bytes(device)}
@@ -134,11 +129,11 @@ def bench_engine(module, systems, device: str, dtype: str, steps: int, temperatu
     rebuilds = 0
     for lo in range(0, len(specs), size):
         batch = MDBatch(model, specs[lo:lo + size])  # first evaluation outside the clock
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
             batch.step()
-        _sync(device)
+        synchronize(device)
         seconds += time.perf_counter() - start
         atom_steps += batch.graph.n_atoms * steps
         rebuilds += batch.graph.n_rebuilds - batch.n_systems

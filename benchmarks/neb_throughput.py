@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from mlip.util import synchronize
+
 
 def make_bands(n_bands: int, n_images: int, min_length_A: float):
     """IDPP bands of distinct vacancy hops in an antifluorite Li2S supercell (Li, S)."""
@@ -51,7 +53,6 @@ def make_bands(n_bands: int, n_images: int, min_length_A: float):
 
 def bench_model(label: str, hidden_irreps: str, bands, device: str, repeats: int, deadline: float) -> dict:
     """Images/s per mode, modes interleaved round by round (best round kept) so load drift hits all alike."""
-    import torch
 
     from mlip._mace import import_mace
     from mlip.batched import BatchedMACE
@@ -59,10 +60,6 @@ def bench_model(label: str, hidden_irreps: str, bands, device: str, repeats: int
 
     import_mace()
     from mace.calculators import MACECalculator
-
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
 
     module = build_mace([3, 16], hidden_irreps=hidden_irreps, r_max=5.0, seed=0, dtype="float64")
     engine = BatchedMACE(module, device=device, dtype="float64")
@@ -88,10 +85,10 @@ def bench_model(label: str, hidden_irreps: str, bands, device: str, repeats: int
     rounds = 0
     while rounds < repeats and (rounds == 0 or time.perf_counter() < deadline):
         for mode, fn in modes.items():
-            sync()
+            synchronize(device)
             start = time.perf_counter()
             fn()
-            sync()
+            synchronize(device)
             best[mode] = min(best[mode], time.perf_counter() - start)
         rounds += 1
     rates = {mode: len(flat) / seconds for mode, seconds in best.items()}

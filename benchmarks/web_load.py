@@ -37,7 +37,11 @@ def free_port() -> int:
 
 def seed(home: Path, n: int) -> tuple[str, float]:
     from workflows.db import Store
-    from workflows.web.sample import SAMPLE_MODEL_SHA256, build_candidate_rows, bulk_seed
+    from workflows.web.sample import (
+        SAMPLE_MODEL_SHA256,
+        build_candidate_rows,
+        bulk_seed,
+    )
 
     t0 = time.perf_counter()
     templates = build_candidate_rows(("Li6PS5Cl", "Na3PS4-cubic", "Li3YCl6", "TiS2"))

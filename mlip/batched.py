@@ -25,7 +25,7 @@ from ase.data import chemical_symbols
 
 from mlip._mace import import_mace
 from mlip.errors import InputError, ModelDomainError, SimulationFailed
-from mlip.util import atomic_write_json, file_lock
+from mlip.util import atomic_write_json, file_lock, synchronize
 
 CACHE_FILE_NAME = "batch_size_cache.json"
 
@@ -273,20 +273,13 @@ def measure_batch_sizes(model: BatchedMACE, atoms_list: Sequence, sizes: Sequenc
     for size in sizes:
         best = float("inf")
         for _ in range(max(1, repeats)):
-            _synchronize(model.device)
+            synchronize(model.device)
             start = time.perf_counter()
             model.evaluate_in_batches(atoms_list, size)
-            _synchronize(model.device)
+            synchronize(model.device)
             best = min(best, time.perf_counter() - start)
         rates[size] = len(atoms_list) / best
     return rates
-
-
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def choose_batch_size(

@@ -63,6 +63,14 @@ def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 1) ->
     return atomic_write_text(path, json.dumps(data, indent=indent, sort_keys=True) + "\n")
 
 
+def synchronize(device: str) -> None:
+    """Wait until the device has finished its queued work (a GPU timing measures nothing otherwise); no-op on CPU."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 class LockBusy(RuntimeError):
     """Another process holds the lock (non-blocking mode)."""
 

@@ -11,7 +11,14 @@ import abc
 import enum
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Iterable, Protocol, Sequence, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    ClassVar,
+    Iterable,
+    Protocol,
+    Sequence,
+    runtime_checkable,
+)
 
 if TYPE_CHECKING:
     from ase.calculators.calculator import Calculator

@@ -25,9 +25,17 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from mlip.batched import _cache_path, _read_cache, _update_cache, candidate_batch_sizes, describe_device, size_bucket
+from mlip.batched import (
+    _cache_path,
+    _read_cache,
+    _update_cache,
+    candidate_batch_sizes,
+    describe_device,
+    size_bucket,
+)
 from mlip.engine import BatchTooLarge, Integrator, LeanMACE, MDBatch, SystemSpec
 from mlip.errors import InputError
+from mlip.util import synchronize
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +70,6 @@ def select_batch_size(rates: dict[int, float], atoms_per_system: float, max_batc
         return 1
     best = max(fits.values())
     return min(size for size, rate in fits.items() if rate >= (1.0 - tolerance) * best)
-
-
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def _specs(atoms_list: Sequence) -> list[SystemSpec]:
@@ -108,11 +109,11 @@ def measure_md_throughput(model: LeanMACE, atoms_list: Sequence, sizes: Sequence
                 torch.cuda.reset_peak_memory_stats()
             batch = MDBatch(model, _specs(systems), skin_A=DEFAULT_SKIN_A if skin_A is None else skin_A)
             batch.step()  # warm-up
-            _synchronize(model.device)
+            synchronize(model.device)
             start = time.perf_counter()
             for _ in range(steps):
                 batch.step()
-            _synchronize(model.device)
+            synchronize(model.device)
             rates[size] = n_atoms * steps / (time.perf_counter() - start)
             if cuda:
                 peaks[size] = int(torch.cuda.max_memory_allocated())
