@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from mlip.errors import InputError, IonscreenError
+from workflows.cli.options import JsonFlag
 
 app = typer.Typer(
     name="ionscreen",
@@ -50,7 +51,6 @@ def _register_area_commands() -> None:
 
 _register_area_commands()
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 def _settings():

@@ -9,11 +9,10 @@ from typing import Annotated, Optional
 import typer
 
 from mlip.errors import InputError
+from workflows.cli.options import AddressOpt, WorkersOpt
 
 jobs_app = typer.Typer(help="Screening jobs: list, status, cancel, resume.", no_args_is_help=True)
 
-AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (or RAY_ADDRESS); default: Ray in this process.")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Override the job file's number of model-holding workers.")]
 
 
 def _settings():

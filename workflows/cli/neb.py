@@ -6,13 +6,12 @@ Wire it into the main CLI with ``app.command("neb")(workflows.cli.neb.neb)``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from mlip.errors import InputError, IonscreenError
+from mlip.errors import InputError
 
 app = typer.Typer(
     name="neb",
@@ -124,15 +123,3 @@ def neb(
     typer.echo(_table(document))
     typer.echo(f"\nfiles: {out_dir}/ (summary neb_summary.json, per hop .profile.json, .band.extxyz, .png)")
 
-
-def main() -> None:
-    """Run this command on its own: ionscreen errors become one line and a non-zero exit code."""
-    try:
-        app()
-    except IonscreenError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2 if isinstance(err, InputError) else 1)
-
-
-if __name__ == "__main__":
-    main()

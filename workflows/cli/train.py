@@ -7,48 +7,27 @@ imports happen inside the commands (wired into the main CLI by :mod:`workflows.c
 
 from __future__ import annotations
 
-import enum
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
-from mlip.errors import InputError, IonscreenError
+from mlip.errors import InputError
+from workflows.cli.options import JsonFlag
 
 app = typer.Typer(help="Train MACE potentials and compare them.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Compare models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
-# Mirrors of training.train's enums (not imported here so that `--help` stays instant).
-class ModeChoice(str, enum.Enum):
-    scratch = "scratch"
-    naive = "naive"
-    multihead = "multihead"
-
-
-class LossChoice(str, enum.Enum):
-    auto = "auto"
-    weighted = "weighted"
-    stress = "stress"
-    universal = "universal"
-    huber = "huber"
-    forces_only = "forces_only"
-
-
-class DtypeChoice(str, enum.Enum):
-    float32 = "float32"
-    float64 = "float64"
-
-
-class SplitChoice(str, enum.Enum):
-    train = "train"
-    valid = "valid"
-    test = "test"
+# Choices as literals (typer lists them in --help); they mirror training.train's enums, which are not imported
+# here so that `--help` stays instant.
+Mode = Literal["scratch", "naive", "multihead"]
+LossName = Literal["auto", "weighted", "stress", "universal", "huber", "forces_only"]
+Dtype = Literal["float32", "float64"]
+SplitName = Literal["train", "valid", "test"]
 
 
 def parse_e0s(text: str):
@@ -108,7 +87,7 @@ def train(
     name: Annotated[str, typer.Option("--name", "-n", help="Model name (file name and MLflow run name).")],
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML training config; flags below override it.")] = None,
     foundation: Annotated[Optional[str], typer.Option("--foundation", help="Fine-tune this model (path, mace-mp:NAME, models:/..., trusted).")] = None,
-    mode: Annotated[Optional[ModeChoice], typer.Option("--mode", help="scratch, naive or multihead (default from --foundation/--replay-file).")] = None,
+    mode: Annotated[Optional[Mode], typer.Option("--mode", help="scratch, naive or multihead (default from --foundation/--replay-file).")] = None,
     replay_file: Annotated[Optional[Path], typer.Option("--replay-file", help="Labelled extxyz replay data: multihead fine-tuning.")] = None,
     pseudolabel_replay: Annotated[Optional[bool], typer.Option("--pseudolabel-replay/--no-pseudolabel-replay", help="Relabel replay data with the foundation model.")] = None,
     hidden_irreps: Annotated[Optional[str], typer.Option("--hidden-irreps", help="e.g. 32x0e or 32x0e+32x1o (scratch).")] = None,
@@ -122,7 +101,7 @@ def train(
     energy_weight: Annotated[Optional[float], typer.Option("--energy-weight")] = None,
     forces_weight: Annotated[Optional[float], typer.Option("--forces-weight")] = None,
     stress_weight: Annotated[Optional[float], typer.Option("--stress-weight")] = None,
-    loss: Annotated[Optional[LossChoice], typer.Option("--loss", help="auto: stress if every training frame has one.")] = None,
+    loss: Annotated[Optional[LossName], typer.Option("--loss", help="auto: stress if every training frame has one.")] = None,
     e0s: Annotated[Optional[str], typer.Option("--e0s", help="average (least squares), foundation, estimated, or Li=-1.9,Cl=-0.7 (eV).")] = None,
     stage_two: Annotated[Optional[bool], typer.Option("--stage-two/--no-stage-two", help="mace's stage two (SWA) at the end.")] = None,
     start_stage_two: Annotated[Optional[int], typer.Option("--start-stage-two", help="Epoch at which stage two starts.")] = None,
@@ -130,7 +109,7 @@ def train(
     patience: Annotated[Optional[int], typer.Option("--patience", help="Epochs without improvement before stopping.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
-    dtype: Annotated[Optional[DtypeChoice], typer.Option("--dtype", help="Training precision.")] = None,
+    dtype: Annotated[Optional[Dtype], typer.Option("--dtype", help="Training precision.")] = None,
     mace_arg: Annotated[Optional[list[str]], typer.Option("--mace-arg", help="Extra mace-torch flag FLAG=VALUE (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default $IONSCREEN_HOME/training/NAME/TIME).")] = None,
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment.")] = "ionscreen-training",
@@ -150,9 +129,9 @@ def train(
     top = {
         "pseudolabel_replay": pseudolabel_replay, "max_num_epochs": epochs, "batch_size": batch_size, "lr": lr,
         "energy_weight": energy_weight, "forces_weight": forces_weight, "stress_weight": stress_weight,
-        "loss": loss.value if loss else None, "e0s": parse_e0s(e0s) if e0s is not None else None,
+        "loss": loss, "e0s": parse_e0s(e0s) if e0s is not None else None,
         "stage_two": stage_two, "start_stage_two": start_stage_two, "ema": ema, "patience": patience, "seed": seed,
-        "device": device, "default_dtype": dtype.value if dtype else None, "intended_use": intended_use,
+        "device": device, "default_dtype": dtype, "intended_use": intended_use,
     }
     data = cfg.model_dump(exclude_unset=True)  # what is unset keeps mace-torch's/ionscreen's mode defaults
     data["architecture"] = {**data.get("architecture", {}), **arch}
@@ -164,7 +143,7 @@ def train(
     except ValueError as err:
         raise InputError(f"invalid training option: {err}") from err
     result = run_training(dataset, load_settings(), name=name, config=cfg, foundation=foundation,
-                          mode=mode.value if mode else None, replay_file=replay_file, out_dir=out,
+                          mode=mode, replay_file=replay_file, out_dir=out,
                           experiment=experiment, register=register, alias=alias)
     typer.echo(result.model_dump_json(indent=2) if as_json else _train_summary(result))
 
@@ -197,9 +176,9 @@ def models_compare(
     ref_a: Annotated[str, typer.Argument(help="First model reference (A).")],
     ref_b: Annotated[str, typer.Argument(help="Second model reference (B).")],
     dataset: Annotated[Path, typer.Option("--dataset", help="Dataset directory.")],
-    split: Annotated[SplitChoice, typer.Option("--split", help="Which split to evaluate on.")] = SplitChoice.test,
+    split: Annotated[SplitName, typer.Option("--split", help="Which split to evaluate on.")] = "test",
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
-    dtype: Annotated[DtypeChoice, typer.Option("--dtype", help="Evaluation precision.")] = DtypeChoice.float64,
+    dtype: Annotated[Dtype, typer.Option("--dtype", help="Evaluation precision.")] = "float64",
     as_json: JsonFlag = False,
 ) -> None:
     """Errors of two models on a dataset split: energy (meV/atom) and forces (meV/Å), per element and config type."""
@@ -207,23 +186,11 @@ def models_compare(
     from mlip.config import load_settings
     from training.evaluate import compare_models
 
-    report = compare_models(ref_a, ref_b, dataset, split=split.value, settings=load_settings(),
-                            device=resolve_device(device), dtype=dtype.value)
+    report = compare_models(ref_a, ref_b, dataset, split=split, settings=load_settings(),
+                            device=resolve_device(device), dtype=dtype)
     typer.echo(report.model_dump_json(indent=2) if as_json else comparison_table(report))
 
 
 app.command("train")(train)
 models_app.command("compare")(models_compare)
 
-
-def main() -> None:
-    """Run these commands on their own: ionscreen errors become one line and a non-zero exit code."""
-    try:
-        app()
-    except IonscreenError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2 if isinstance(err, InputError) else 1)
-
-
-if __name__ == "__main__":
-    main()

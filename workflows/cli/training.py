@@ -9,47 +9,28 @@ Wire into the main app with::
 
 from __future__ import annotations
 
-import enum
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
 from mlip.errors import IonscreenError
+from workflows.cli.options import JsonFlag
 
 data_app = typer.Typer(help="Import DFT data into validated, split datasets.", no_args_is_help=True)
 app = typer.Typer(help="DFT data and labelling.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
 app.add_typer(data_app, name="data")
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
-# Choices as enums (typer lists them in --help); values mirror training.data / training.label, which are
-# not imported here so that `--help` stays instant.
-class FormatChoice(str, enum.Enum):
-    vasprun = "vasprun"
-    outcar = "outcar"
-    extxyz = "extxyz"
-    ase_db = "ase-db"
-    cp2k_md = "cp2k-md"
-    label_dir = "label-dir"
-
-
-class EnergyChoice(str, enum.Enum):
-    free = "free"
-    sigma0 = "sigma0"
-
-
-class BasisChoice(str, enum.Enum):
-    SZV = "SZV"
-    DZVP = "DZVP"
-
-
-class ScfChoice(str, enum.Enum):
-    smear = "smear"
-    ot = "ot"
+# Choices as literals (typer lists them in --help); they mirror training.data / training.label, which are not
+# imported here so that `--help` stays instant.
+FormatName = Literal["vasprun", "outcar", "extxyz", "ase-db", "cp2k-md", "label-dir"]
+EnergyName = Literal["free", "sigma0"]
+BasisName = Literal["SZV", "DZVP"]
+ScfName = Literal["smear", "ot"]
 
 
 def _fail(err: Exception) -> None:
@@ -75,8 +56,8 @@ def data_import(
     dataset: Annotated[Path, typer.Option("--dataset", help="Dataset directory (created if absent).")],
     config_type: Annotated[Optional[str], typer.Option("--config-type", help="config_type for every frame "
                                                        "(default: the frame's own, else 'Default').")] = None,
-    fmt: Annotated[Optional[FormatChoice], typer.Option("--format", help="Force a format (default: from the name).")] = None,
-    energy: Annotated[EnergyChoice, typer.Option("--energy", help="VASP energy: free (force-consistent) or sigma0.")] = EnergyChoice.free,
+    fmt: Annotated[Optional[FormatName], typer.Option("--format", help="Force a format (default: from the name).")] = None,
+    energy: Annotated[EnergyName, typer.Option("--energy", help="VASP energy: free (force-consistent) or sigma0.")] = "free",
     energy_key: Annotated[Optional[str], typer.Option(help="extxyz/db info key of the energy (eV).")] = None,
     forces_key: Annotated[Optional[str], typer.Option(help="extxyz/db array key of the forces (eV/Å).")] = None,
     stress_key: Annotated[Optional[str], typer.Option(help="extxyz/db info key of the stress (eV/Å³, ASE sign).")] = None,
@@ -114,8 +95,8 @@ def data_import(
                 raise typer.BadParameter("--split needs three fractions: train,valid,test")
             split = SplitSpec(seed=split_seed or 0, train=fr[0], valid=fr[1], test=fr[2])
         report = import_files(
-            files, dataset, config_type=config_type, fmt=Format(fmt.value) if fmt else None,
-            read_options=ReadOptions(energy_kind=EnergyKind(energy.value), energy_key=energy_key, forces_key=forces_key,
+            files, dataset, config_type=config_type, fmt=Format(fmt) if fmt else None,
+            read_options=ReadOptions(energy_kind=EnergyKind(energy), energy_key=energy_key, forces_key=forces_key,
                                      stress_key=stress_key, allow_incomplete=allow_incomplete),
             limits=ValidationLimits(max_force_eV_A=max_force, max_stress_eV_A3=max_stress,
                                     max_energy_deviation_eV_atom=max_energy_dev, require_stress=require_stress,
@@ -180,10 +161,10 @@ def data_export(
 def label_command(
     structures: Annotated[Path, typer.Argument(help="Structures to label (any ASE-readable file, e.g. extxyz).")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (resumable: rerun to continue).")],
-    basis: Annotated[BasisChoice, typer.Option("--basis", help="MOLOPT-SR-GTH basis.")] = BasisChoice.DZVP,
+    basis: Annotated[BasisName, typer.Option("--basis", help="MOLOPT-SR-GTH basis.")] = "DZVP",
     cutoff_Ry: Annotated[float, typer.Option("--cutoff-Ry", help="Plane-wave cutoff, Ry.")] = 400.0,
     rel_cutoff_Ry: Annotated[float, typer.Option("--rel-cutoff-Ry", help="Relative cutoff, Ry.")] = 50.0,
-    scf: Annotated[ScfChoice, typer.Option("--scf", help="smear (diagonalisation, robust, needed for k-points) or ot.")] = ScfChoice.smear,
+    scf: Annotated[ScfName, typer.Option("--scf", help="smear (diagonalisation, robust, needed for k-points) or ot.")] = "smear",
     eps_scf: Annotated[float, typer.Option("--eps-scf", help="SCF convergence threshold.")] = 1e-6,
     max_scf: Annotated[int, typer.Option("--max-scf", help="SCF iterations (inner loop for OT).")] = 100,
     outer_max_scf: Annotated[int, typer.Option("--outer-max-scf", help="Outer SCF loops (OT).")] = 10,
@@ -205,8 +186,8 @@ def label_command(
     )
 
     try:
-        settings = CP2KSettings(basis=Basis[basis.value], cutoff_Ry=cutoff_Ry, rel_cutoff_Ry=rel_cutoff_Ry,
-                                scf=ScfMethod(scf.value), eps_scf=eps_scf, max_scf=max_scf, outer_max_scf=outer_max_scf,
+        settings = CP2KSettings(basis=Basis[basis], cutoff_Ry=cutoff_Ry, rel_cutoff_Ry=rel_cutoff_Ry,
+                                scf=ScfMethod(scf), eps_scf=eps_scf, max_scf=max_scf, outer_max_scf=outer_max_scf,
                                 smearing_temperature_K=smearing_K, kpoint_min_length_A=kpoint_min_length_A)
     except (KeyError, ValueError) as err:
         _fail(ValueError(f"bad labelling settings: {err}"))
@@ -228,6 +209,3 @@ def label_command(
 
 
 app.command("label")(label_command)
-
-if __name__ == "__main__":
-    app()

@@ -10,8 +10,8 @@ import typer
 
 from mlip.errors import InputError
 from screening.transport.cli_keys import ANALYZE_KEYS, ARRHENIUS_KEYS
+from workflows.cli.options import JsonFlag
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 def _fmt(value, ci=None, unit=""):
     if value is None:
