@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import json
 import os
 import resource
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mlip.util import synchronize
+from report import device_label, finish
 
 LIPSCL = [3, 15, 16, 17]
 MODELS = {"a": ("small", "32x0e"), "b": ("L=1", "64x0e+64x1o")}
@@ -199,7 +199,7 @@ def main() -> None:
     began = time.perf_counter()
     systems = make_systems(args.systems)
     header = {
-        "device": device if device == "cpu" else f"{device} ({torch.cuda.get_device_name(torch.device(device))})",
+        "device": device_label(device),
         "torch_threads": torch.get_num_threads(),
         "systems": args.systems,
         "atoms_per_system": len(systems[0]),
@@ -226,12 +226,10 @@ def main() -> None:
         if args.workers_threads and key == "a" and device == "cpu":
             res["workers_threads"] = bench_workers_threads(module, systems[:2], args.dtype, max(2, args.steps // 2), home)
         results.append(res)
-    header["wall_s"] = round(time.perf_counter() - began, 1)
-    if args.json:
-        print(json.dumps({"setup": header, "results": results}, indent=2, default=str))
+    setup = (f", load {header['load_average']:.2f}: {args.systems} systems x {header['atoms_per_system']} atoms, "
+             f"{args.steps} Bussi steps each, {args.dtype}")
+    if finish(header, results, began, args.json, setup):
         return
-    print(f"device {header['device']}, torch threads {header['torch_threads']}, load {header['load_average']:.2f}: "
-          f"{args.systems} systems x {header['atoms_per_system']} atoms, {args.steps} Bussi steps each, {args.dtype}")
     print(f"{'case':<5} {'irreps':<13} {'mode':<7} {'atom-steps/s':>13} {'peak MiB':>9}  notes")
     for res in results:
         for mode in ("ase", "engine"):

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 
 import numpy as np
 
 from mlip.util import synchronize
+from report import device_label, finish
 
 
 def make_bands(n_bands: int, n_images: int, min_length_A: float):
@@ -134,7 +134,7 @@ def main() -> None:
     deadline = began + args.time_budget_s
     bands, n_atoms = make_bands(args.bands, args.images, args.min_length_A)
     header = {
-        "device": device if device == "cpu" else f"{device} ({torch.cuda.get_device_name(torch.device(device))})",
+        "device": device_label(device),
         "torch_threads": torch.get_num_threads(),
         "bands": args.bands,
         "images_per_band": args.images,
@@ -149,12 +149,9 @@ def main() -> None:
             continue
         share = now + (deadline - now) / (len(models) - i)  # rounds stop here; the warm-up and one round always run
         results.append(bench_model(label, irreps, bands, device, args.repeats, share))
-    header["wall_s"] = round(time.perf_counter() - began, 1)
-    if args.json:
-        print(json.dumps({"setup": header, "results": results}, indent=2, default=str))
+    setup = f": {args.bands} bands x {args.images} images x {n_atoms} atoms, float64, best round of up to {args.repeats}"
+    if finish(header, results, began, args.json, setup):
         return
-    print(f"device {header['device']}, torch threads {header['torch_threads']}: {args.bands} bands x "
-          f"{args.images} images x {n_atoms} atoms, float64, best round of up to {args.repeats}")
     print(f"{'model':<6} {'irreps':<13} {'mode':<12} {'images/s':>9} {'x single':>9}")
     for res in results:
         if "skipped" in res:

@@ -33,6 +33,19 @@ class ResolvedModel:
     family: str = FILE_FAMILY  # the potential family whose backend turns it into a LoadedModel
     pickled: bool = True  # False: defined by code; ``path`` is its source and nothing is unpickled
 
+    def loaded(self, *, family: str, module: object | None, **facts) -> "LoadedModel":
+        """The :class:`LoadedModel` for this file: its provenance plus what the family's backend read from it."""
+        return LoadedModel(
+            ref=self.ref.text,
+            sha256=self.sha256,
+            path=self.path,
+            source=self.source,
+            trusted_by=self.trusted_by or "",
+            module=module,
+            family=family,
+            **facts,
+        )
+
 
 @dataclass
 class LoadedModel:

@@ -84,3 +84,12 @@ def save_model(model, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model, path)
     return path
+
+
+def numerical_force(atoms, index: int, axis: int, h_A: float = 1e-4) -> float:
+    """-dE/dx of atom ``index`` along ``axis`` by central differences with the atoms' own calculator (eV/Å)."""
+    plus, minus = atoms.copy(), atoms.copy()
+    plus.positions[index, axis] += h_A
+    minus.positions[index, axis] -= h_A
+    plus.calc = minus.calc = atoms.calc
+    return -(plus.get_potential_energy() - minus.get_potential_energy()) / (2 * h_A)

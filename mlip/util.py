@@ -97,3 +97,15 @@ def file_lock(path: str | Path, *, blocking: bool = True, timeout_s: float | Non
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def exclusive_or_refuse(path: str | Path, busy: str) -> Iterator[None]:
+    """Hold the lock at ``path`` without waiting; if another process holds it, refuse with ``busy`` (InputError)."""
+    from mlip.errors import InputError
+
+    try:
+        with file_lock(path, blocking=False):
+            yield
+    except LockBusy as err:
+        raise InputError(busy) from err

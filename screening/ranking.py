@@ -194,12 +194,17 @@ class _Observation:
     detail: str
 
 
+def _unranked(quantity, name: str) -> _Observation:
+    """A quantity without a 95% interval is not ranked; say whether it is missing or only a point value."""
+    if quantity is not None and quantity.value is not None:
+        return _Observation(None, None, f"{name} has no 95% interval; a point value is not ranked")
+    return _Observation(None, None, f"no {name}")
+
+
 def _conductivity(c: Screened, weights: RankingWeights) -> _Observation:
     sigma = c.transport.conductivity_300K_mS_cm if c.transport else None
     if sigma is None or sigma.ci95 is None:
-        if sigma is not None and sigma.value is not None:
-            return _Observation(None, None, "σ(300 K) has no 95% interval; a point value is not ranked")
-        return _Observation(None, None, "no σ(300 K)")
+        return _unranked(sigma, "σ(300 K)")
     lo = sigma.lo
     used = max(lo, CONDUCTIVITY_FLOOR_mS_cm)
     detail = "σ(300 K) 95% lower bound"
@@ -211,9 +216,7 @@ def _conductivity(c: Screened, weights: RankingWeights) -> _Observation:
 def _activation_energy(c: Screened, weights: RankingWeights) -> _Observation:
     ea = c.transport.activation_energy_eV if c.transport else None
     if ea is None or ea.ci95 is None:
-        if ea is not None and ea.value is not None:
-            return _Observation(None, None, "Ea has no 95% interval; a point value is not ranked")
-        return _Observation(None, None, "no Ea")
+        return _unranked(ea, "Ea")
     return _Observation(ea.hi, (ACTIVATION_ENERGY_REFERENCE_eV - ea.hi) / ACTIVATION_ENERGY_SCALE_eV,
                         "Ea 95% upper bound")
 

@@ -49,6 +49,15 @@ def tiny_model_copy(tiny_model_file, tmp_path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="session")
+def soft_model_file(tmp_path_factory) -> Path:
+    """A tiny MACE model for Li, P, S, Cl with a pair repulsion and weak interactions: stable, diffusive MD."""
+    from mlip.testing import build_mace, save_model
+
+    model = build_mace(LIPSCL, seed=1, pair_repulsion=True, interaction_scale=0.02)
+    return save_model(model, tmp_path_factory.mktemp("soft") / "soft.model")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Database fixtures (workflows.db): real SQLite and real PostgreSQL. PostgreSQL runs at 127.0.0.1:5432 on the
 # development machine; an unreachable server makes the tests FAIL (not skip). Override with TEST_POSTGRES_URL.

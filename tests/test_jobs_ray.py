@@ -18,20 +18,11 @@ import yaml
 
 from mlip.errors import InputError
 from mlip.loader import trust
+from protocols import short_protocol
 
-JOB_TRANSPORT = {  # small on purpose: these tests are about orchestration, not physics
-    "overrides": {
-        "temperatures_K": [600],
-        "timestep_fs": 2.0,
-        "equilibration_ps": 0.1,
-        "production_ps": 0.6,
-        "sample_interval_fs": 10.0,
-        "checkpoint_interval_ps": 0.1,
-        "supercell_min_length_A": 5.0,
-        "relax_max_steps": 10,
-        "analysis": {"n_blocks": 4, "fit_min_start_fs": 50.0, "min_hops": 1},
-    }
-}
+# small on purpose: these tests are about orchestration, not physics
+JOB_TRANSPORT = {"overrides": short_protocol(equilibration_ps=0.1, production_ps=0.6, supercell_min_length_A=5.0,
+                                             relax_max_steps=10)}
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +34,10 @@ def ray_session():
         ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def soft_file(tmp_path_factory):
-    from mlip.testing import build_mace, save_model
-
-    return save_model(build_mace([3, 15, 16, 17], seed=1, pair_repulsion=True, interaction_scale=0.02),
-                      tmp_path_factory.mktemp("soft") / "soft.model")
-
-
 @pytest.fixture
-def job_dir(tmp_path, soft_file, settings):
+def job_dir(tmp_path, soft_model_file, settings):
     model = tmp_path / "soft.model"
-    model.write_bytes(soft_file.read_bytes())
+    model.write_bytes(soft_model_file.read_bytes())
     trust(str(model), settings)
     from ase.io import write
     from ase.spacegroup import crystal

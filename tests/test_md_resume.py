@@ -16,8 +16,8 @@ from ase import Atoms
 from mlip.errors import InputError
 from mlip.loader import load_model, trust
 from screening.transport.framelog import FrameLog
-from screening.transport.md import MDSegment, MDStatus, check_structure, run_md
-from screening.transport.protocol import Thermostat, make_protocol
+from screening.transport.md import MDStatus, check_structure, run_md
+from screening.transport.protocol import make_protocol
 
 WORKER = Path(__file__).with_name("md_worker.py")
 

@@ -19,20 +19,12 @@ from mlip.backends import BACKENDS, Capability, ModelBackend
 from mlip.errors import InputError, ModelDomainError
 from mlip.loader import load_model, trust
 from mlip.refs import RefKind, parse_ref
+from mlip.testing import numerical_force
 from mlip.trust import TrustStore
+from protocols import short_protocol
 
 #: A tiny protocol: one temperature, 0.3 ps of production, a 2x2x2 cell of Cu3Au (32 atoms).
-TINY = dict(
-    temperatures_K=[600.0],
-    timestep_fs=2.0,
-    equilibration_ps=0.05,
-    production_ps=0.3,
-    sample_interval_fs=10.0,
-    checkpoint_interval_ps=0.1,
-    supercell_min_length_A=7.0,
-    relax_max_steps=20,
-    analysis={"n_blocks": 4, "fit_min_start_fs": 50.0, "min_hops": 1},
-)
+TINY = short_protocol()
 FALLBACK = {"md_engine": "ase", "requested": "lean", "fallback": "family emt has no lean MD engine"}
 
 
@@ -87,14 +79,8 @@ def test_emt_is_a_code_defined_family(settings):
     atoms.positions += np.random.default_rng(0).normal(0, 0.05, atoms.positions.shape)
     atoms.calc = loaded.calculator(task="md")  # float32 asked, float64 computed: EMT is numpy
     forces = atoms.get_forces()
-    h = 1e-5
     for i, k in [(0, 0), (3, 1), (6, 2)]:
-        plus, minus = atoms.copy(), atoms.copy()
-        plus.positions[i, k] += h
-        minus.positions[i, k] -= h
-        plus.calc = minus.calc = atoms.calc
-        slope = (plus.get_potential_energy() - minus.get_potential_energy()) / (2 * h)
-        assert -slope == pytest.approx(forces[i, k], abs=1e-6)
+        assert numerical_force(atoms, i, k, h_A=1e-5) == pytest.approx(forces[i, k], abs=1e-6)
     iron = Atoms("Fe2", positions=[[0, 0, 0], [1.4, 1.4, 1.4]], cell=[2.87] * 3, pbc=True)
     iron.calc = loaded.calculator(task="single_point")
     with pytest.raises(ModelDomainError, match="Fe"):

@@ -14,32 +14,16 @@ from screening.transport.protocol import make_protocol, preset
 from screening.transport.results import TransportResult
 from screening.transport.run import calculator_factory_for, load_result, run_transport
 from md_worker import li2s_cell
+from protocols import short_protocol
 
-SMALL = dict(
-    temperatures_K=(500.0, 700.0),
-    timestep_fs=2.0,
-    equilibration_ps=0.1,
-    production_ps=1.2,
-    sample_interval_fs=10.0,
-    checkpoint_interval_ps=0.2,
-    supercell_min_length_A=5.5,
-    relax_max_steps=20,
-    analysis={"n_blocks": 4, "fit_min_start_fs": 50.0, "min_hops": 1},
-)
-
-
-@pytest.fixture(scope="module")
-def soft_file(tmp_path_factory):
-    from mlip.testing import build_mace, save_model
-
-    return save_model(build_mace([3, 15, 16, 17], seed=1, pair_repulsion=True, interaction_scale=0.02),
-                      tmp_path_factory.mktemp("soft") / "soft.model")
+SMALL = short_protocol(temperatures_K=[500.0, 700.0], equilibration_ps=0.1, production_ps=1.2,
+                       checkpoint_interval_ps=0.2, supercell_min_length_A=5.5)
 
 
 @pytest.fixture
-def soft(soft_file, settings, tmp_path):
+def soft(soft_model_file, settings, tmp_path):
     copy = tmp_path / "soft.model"
-    copy.write_bytes(soft_file.read_bytes())
+    copy.write_bytes(soft_model_file.read_bytes())
     return trust(str(copy), settings)
 
 

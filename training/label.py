@@ -21,7 +21,6 @@ import subprocess
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from ase.units import Rydberg
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlip.errors import InputError, SimulationFailed
-from mlip.util import LockBusy, atomic_write_text, file_lock
+from mlip.util import atomic_write_text, exclusive_or_refuse
 from training.data.hashing import structure_hash
 
 DEFAULT_COMMAND = "cp2k_shell"
@@ -400,15 +399,10 @@ def _atomic_write_atoms(path: Path, frames: Sequence[Atoms]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-@contextmanager
 def _exclusive(out_dir: Path):
-    try:
-        with file_lock(out_dir / ".lock", blocking=False):
-            yield
-    except LockBusy as err:
-        raise InputError(
-            f"another labelling run is using {out_dir} (lock held); wait for it or use another --out"
-        ) from err
+    return exclusive_or_refuse(
+        out_dir / ".lock", f"another labelling run is using {out_dir} (lock held); wait for it or use another --out"
+    )
 
 
 def _check_run_file(out_dir: Path, settings: CP2KSettings, version: str) -> None:

@@ -35,23 +35,16 @@ class EmtBackend(ModelBackend):
         from ase import Atoms
         from ase.calculators import emt
 
-        from mlip.model import LoadedModel
-
         # EMT's neighbour-search radius with its default cutoff (set by the largest atom in the table).
         _, r_list_A, _ = emt.EMT()._calc_cutoff(Atoms())
-        return LoadedModel(
-            ref=resolved.ref.text,
-            sha256=resolved.sha256,
-            path=resolved.path,
-            source=resolved.source,
-            trusted_by=resolved.trusted_by or "",
+        return resolved.loaded(
+            family=self.family,
             module=None,
             atomic_numbers=tuple(sorted(atomic_numbers[symbol] for symbol in emt.parameters)),
             n_params=sum(len(values) for values in emt.parameters.values()),
             dtype="float64",
             r_max_A=float(r_list_A),
             model_class="EMT",
-            family=self.family,
         )
 
     def calculator(self, loaded: "LoadedModel", *, task, dtype: str, device: str = "auto", **options):

@@ -26,8 +26,6 @@ class MaceBackend(ModelBackend):
     def describe(self, resolved: "ResolvedModel", module) -> "LoadedModel":
         import torch
 
-        from mlip.model import LoadedModel
-
         is_mace = isinstance(module, torch.nn.Module) and hasattr(module, "atomic_numbers") and hasattr(module, "r_max")
         if not is_mace:
             raise InputError(
@@ -36,12 +34,8 @@ class MaceBackend(ModelBackend):
         params = list(module.parameters())
         dtype = str(params[0].dtype).removeprefix("torch.") if params else "float64"
         heads = tuple(getattr(module, "heads", None) or ("Default",))
-        return LoadedModel(
-            ref=resolved.ref.text,
-            sha256=resolved.sha256,
-            path=resolved.path,
-            source=resolved.source,
-            trusted_by=resolved.trusted_by or "",
+        return resolved.loaded(
+            family=self.family,
             module=module,
             atomic_numbers=tuple(int(z) for z in module.atomic_numbers),
             n_params=int(sum(p.numel() for p in params)),
@@ -49,7 +43,6 @@ class MaceBackend(ModelBackend):
             r_max_A=float(module.r_max),
             model_class=type(module).__name__,
             heads=heads,
-            family=self.family,
         )
 
     def calculator(self, loaded: "LoadedModel", *, task, dtype: str, device: str = "auto",

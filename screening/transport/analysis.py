@@ -189,16 +189,8 @@ def analyze_arrhenius(
             d300_ci = (d300_ci[0], ceiling)
         elif Flag.NON_ARRHENIUS not in flags:
             flags.append(str(Flag.NON_ARRHENIUS))  # the line passes above a temperature's measured bound
-    return ArrheniusResult(
-        temperatures_K=fit.temperatures_K,
-        activation_energy_eV=fit.activation_energy_eV,
-        activation_energy_ci95_eV=fit.activation_energy_ci95_eV,
-        prefactor_cm2_s=fit.prefactor_cm2_s,
-        prefactor_ci95_cm2_s=fit.prefactor_ci95_cm2_s,
-        diffusivity_300K_cm2_s=d300,
-        diffusivity_300K_ci95_cm2_s=d300_ci,
-        conductivity_300K_mS_cm=d300 * factor,
-        conductivity_300K_ci95_mS_cm=_scaled(d300_ci, factor),
-        reduced_chi2=fit.reduced_chi2,
-        flags=flags,
-    ), fit
+    result = ArrheniusResult(
+        **fit.fitted(), diffusivity_300K_cm2_s=d300, diffusivity_300K_ci95_cm2_s=d300_ci,
+        conductivity_300K_mS_cm=d300 * factor, conductivity_300K_ci95_mS_cm=_scaled(d300_ci, factor), flags=flags,
+    )
+    return result, fit

@@ -31,6 +31,12 @@ class ArrheniusFit:
     flags: list[str] = field(default_factory=list)
     _samples: tuple[np.ndarray, np.ndarray] | None = None  # (Ea, ln D0) Monte Carlo samples
 
+    def fitted(self) -> dict:
+        """The fitted line's fields (temperatures, Ea and D0 with their intervals, reduced χ²) by name."""
+        names = ("temperatures_K", "activation_energy_eV", "activation_energy_ci95_eV", "prefactor_cm2_s",
+                 "prefactor_ci95_cm2_s", "reduced_chi2")
+        return {name: getattr(self, name) for name in names}
+
     def diffusivity_at(self, temperature_K: float) -> tuple[float, tuple[float, float]]:
         """D (cm²/s) extrapolated to ``temperature_K`` with its 95% interval."""
         value = self.prefactor_cm2_s * np.exp(-self.activation_energy_eV / (KB_EV_K * temperature_K))

@@ -7,8 +7,13 @@ and ``custom`` (any values, validated).
 
 from __future__ import annotations
 
+import copy
 import enum
+import functools
+from importlib import resources
 from typing import Annotated
+
+import yaml
 
 from pydantic import (
     BaseModel,
@@ -146,38 +151,19 @@ class TransportProtocol(BaseModel):
         return canonical_sha256(self.physics_dict())
 
 
-_PRESETS = {
-    "quick": dict(
-        temperatures_K=(700.0, 900.0, 1100.0),
-        timestep_fs=2.0,
-        equilibration_ps=0.5,
-        production_ps=4.0,
-        sample_interval_fs=20.0,
-        checkpoint_interval_ps=0.5,
-        supercell_min_length_A=8.0,
-        relax_max_steps=100,
-        analysis=AnalysisSettings(n_blocks=4, fit_min_start_fs=100.0, min_hops=10, max_rel_half_width=0.6),
-    ),
-    "standard": dict(
-        temperatures_K=(500.0, 600.0, 700.0, 800.0, 900.0),
-        timestep_fs=1.0,
-        equilibration_ps=10.0,
-        production_ps=100.0,
-        sample_interval_fs=20.0,
-        checkpoint_interval_ps=5.0,
-        supercell_min_length_A=10.0,
-        relax_cell=True,
-        relax_max_steps=500,
-        analysis=AnalysisSettings(n_blocks=5),
-    ),
-}
+@functools.cache
+def _presets() -> dict[str, dict]:
+    """The named protocols, read once from the packaged ``presets.yaml``."""
+    text = resources.files("screening.transport").joinpath("presets.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
 
 
 def preset(name: str, **overrides) -> TransportProtocol:
     """A named preset, optionally with fields overridden (the result is then named ``custom``)."""
-    if name not in _PRESETS:
-        raise InputError(f"unknown protocol preset {name!r}; presets: {', '.join(sorted(_PRESETS))}, or custom")
-    values = {**_PRESETS[name], **overrides}
+    presets = _presets()
+    if name not in presets:
+        raise InputError(f"unknown protocol preset {name!r}; presets: {', '.join(sorted(presets))}, or custom")
+    values = {**copy.deepcopy(presets[name]), **overrides}
     return make_protocol(name=name if not overrides else "custom", **values)
 
 
@@ -193,4 +179,4 @@ def make_protocol(**values) -> TransportProtocol:
 
 
 def preset_names() -> list[str]:
-    return sorted(_PRESETS)
+    return sorted(_presets())

@@ -100,10 +100,18 @@ def _tail_text(path: Path, n_bytes: int = 4096) -> str:
         return fh.read().decode(errors="replace")
 
 
+def _read_images(path: Path, fmt: str, what: str) -> list[Atoms]:
+    """Every frame of ``path`` read by ASE as ``fmt``; a file ASE cannot parse is an InputError naming it."""
+    from ase.io import read
+
+    try:
+        return read(str(path), index=":", format=fmt)
+    except Exception as err:
+        raise InputError(f"{path}: cannot parse {what}: {type(err).__name__}: {err}") from err
+
+
 def _vasp_xml(path: Path, opts: ReadOptions) -> list[RawFrame]:
     import xml.etree.ElementTree as ET
-
-    from ase.io import read
 
     complete = _tail_text(path).rstrip().endswith("</modeling>")
     if not complete and not opts.allow_incomplete:
@@ -119,16 +127,10 @@ def _vasp_xml(path: Path, opts: ReadOptions) -> list[RawFrame]:
                     pass
         except ET.ParseError as err:
             raise InputError(f"{path}: vasprun.xml is not well-formed XML ({err}); nothing imported") from err
-    try:
-        images = read(str(path), index=":", format="vasp-xml")
-    except Exception as err:
-        raise InputError(f"{path}: cannot parse vasprun.xml: {err}") from err
-    return [_from_calc(a, path, i, opts) for i, a in enumerate(images)]
+    return [_from_calc(a, path, i, opts) for i, a in enumerate(_read_images(path, "vasp-xml", "vasprun.xml"))]
 
 
 def _vasp_outcar(path: Path, opts: ReadOptions) -> list[RawFrame]:
-    from ase.io import read
-
     tail = _tail_text(path, 20000)
     if "General timing and accounting" not in tail and not opts.allow_incomplete:
         raise InputError(
@@ -136,11 +138,7 @@ def _vasp_outcar(path: Path, opts: ReadOptions) -> list[RawFrame]:
             "the file is truncated. Nothing from it was imported. Pass --allow-incomplete to import the "
             "completed ionic steps."
         )
-    try:
-        images = read(str(path), index=":", format="vasp-out")
-    except Exception as err:
-        raise InputError(f"{path}: cannot parse OUTCAR: {err}") from err
-    return [_from_calc(a, path, i, opts) for i, a in enumerate(images)]
+    return [_from_calc(a, path, i, opts) for i, a in enumerate(_read_images(path, "vasp-out", "OUTCAR"))]
 
 
 def _from_calc(atoms: Atoms, path: Path, index: int, opts: ReadOptions) -> RawFrame:
@@ -208,12 +206,7 @@ def _from_labelled_atoms(atoms: Atoms, path: Path, index: int, opts: ReadOptions
 
 
 def _extxyz(path: Path, opts: ReadOptions) -> list[RawFrame]:
-    from ase.io import read
-
-    try:
-        images = read(str(path), index=":", format="extxyz")
-    except Exception as err:
-        raise InputError(f"{path}: cannot parse extended XYZ: {type(err).__name__}: {err}") from err
+    images = _read_images(path, "extxyz", "extended XYZ")
     return [_from_labelled_atoms(a, path, i, opts) for i, a in enumerate(images)]
 
 

@@ -21,7 +21,6 @@ import io
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mlip.errors import InputError
-from mlip.util import LockBusy, atomic_write_bytes, file_lock
+from mlip.util import atomic_write_bytes, exclusive_or_refuse
 from training.data.hashing import split_fraction, structure_hash
 from training.data.readers import (
     Format,
@@ -274,13 +273,8 @@ def load_dataset(path: str | Path, *, verify: bool = True) -> Dataset:
     return Dataset(path, manifest, frames)
 
 
-@contextmanager
 def _locked(path: Path):
-    try:
-        with file_lock(path / ".lock", blocking=False):
-            yield
-    except LockBusy as err:
-        raise InputError(f"another import is writing to {path}; try again when it has finished") from err
+    return exclusive_or_refuse(path / ".lock", f"another import is writing to {path}; try again when it has finished")
 
 
 def _store_frame(raw: RawFrame, config_type: str | None, source_sha: str) -> Atoms:

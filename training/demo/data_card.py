@@ -52,7 +52,7 @@ def render(dataset_dir: Path, labels_dir: Path | None, errors: dict | None, stat
     lines = [f"# Data card: {dataset_dir.name}", "",
              f"- dataset hash: `{m.dataset_hash}`",
              f"- frames: {m.n_frames} ({m.n_atoms} atoms); updated {m.updated_at}; code {m.code_version}",
-             f"- labels: `REF_energy` (eV), `REF_forces` (eV/Å), `REF_stress` (eV/Å³, ASE sign, Voigt)", ""]
+             "- labels: `REF_energy` (eV), `REF_forces` (eV/Å), `REF_stress` (eV/Å³, ASE sign, Voigt)", ""]
     if status:
         lines += ["## Status", "", status, ""]
     lines += ["## How the frames were made", "",

@@ -16,13 +16,7 @@ from mlip.errors import InputError
 from mlip.util import canonical_json
 from screening.stages import Stage
 from workflows.db.candidates import candidate_row, link_in, upsert_in
-from workflows.db.database import (
-    _JOB_ID,
-    InvalidTransition,
-    Repository,
-    _parse_enum,
-    find_job,
-)
+from workflows.db.database import _JOB_ID, InvalidTransition, Repository, _parse_enum, find_job
 from workflows.db.models import Job, JobStatus, Task, TaskState, utc_now
 from workflows.db.records import JobRecord, check_sha256
 from workflows.db.tasks import add_in

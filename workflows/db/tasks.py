@@ -11,14 +11,7 @@ from sqlalchemy.orm import Session
 
 from mlip.errors import InputError
 from screening.stages import Stage
-from workflows.db.database import (
-    InvalidTransition,
-    Repository,
-    _parse_enum,
-    find_candidate,
-    find_job,
-    find_task,
-)
+from workflows.db.database import InvalidTransition, Repository, _parse_enum, find_candidate, find_job, find_task
 from workflows.db.models import Result, Task, TaskState, utc_now
 from workflows.db.records import TaskRecord, check_sha256
 

@@ -14,6 +14,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from screening.neb.results import NebStructureResult
+from screening.transport.results import TransportResult
+
 #: Files the server hands out from a result's directory (plots and small JSON documents).
 SERVED_SUFFIXES = {".png": "image/png", ".json": "application/json", ".svg": "image/svg+xml"}
 
@@ -83,17 +86,22 @@ class NebView:
     hop_profiles: dict[int, str] = field(default_factory=dict)  # hop index -> relative path of its profile JSON
 
 
-def load_transport(home: Path, document_path: str | None) -> TransportView | None:
-    from screening.transport.results import TransportResult
-
+def _load_document(home: Path, document_path: str | None, model):
+    """The result document at ``document_path`` (under ``home``) as ``model``, and its directory; (None, None) if
+    absent or unreadable (the page then shows the summary row only)."""
     path = _document_file(home, document_path)
     if path is None:
-        return None
+        return None, None
     try:
-        document = TransportResult.model_validate_json(path.read_text())
+        return model.model_validate_json(path.read_text()), path.parent
     except (ValidationError, OSError, ValueError):
+        return None, None
+
+
+def load_transport(home: Path, document_path: str | None) -> TransportView | None:
+    document, directory = _load_document(home, document_path, TransportResult)
+    if document is None:
         return None
-    directory = path.parent
     view = TransportView(document, directory, _relative_to_dir(directory, document.arrhenius.plot))
     for t in document.temperatures:
         plot = _relative_to_dir(directory, t.msd_plot)
@@ -103,21 +111,15 @@ def load_transport(home: Path, document_path: str | None) -> TransportView | Non
 
 
 def load_neb(home: Path, document_path: str | None) -> NebView | None:
-    from screening.neb.results import NebStructureResult
-
-    path = _document_file(home, document_path)
-    if path is None:
+    document, directory = _load_document(home, document_path, NebStructureResult)
+    if document is None:
         return None
-    try:
-        document = NebStructureResult.model_validate_json(path.read_text())
-    except (ValidationError, OSError, ValueError):
-        return None
-    view = NebView(document, path.parent)
+    view = NebView(document, directory)
     for index, hop in enumerate(document.hops):
-        plot = _relative_to_dir(path.parent, hop.plot_file)
+        plot = _relative_to_dir(directory, hop.plot_file)
         if plot is not None:
             view.hop_plots[index] = plot
-        profile = _relative_to_dir(path.parent, hop.profile_file)
+        profile = _relative_to_dir(directory, hop.profile_file)
         if profile is not None:
             view.hop_profiles[index] = profile
     return view
