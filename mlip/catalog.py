@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlip import bundled, foundation, registry
+from mlip import bundled, foundation, registry, signing
 from mlip.backends import FILE_FAMILY, code_defined_families
-from mlip.config import Settings
+from mlip.config import Settings, mask_password
 from mlip.refs import ModelRef, RefKind
 from mlip.trust import TrustStore, sha256_file
 
@@ -74,9 +74,9 @@ def list_models(settings: Settings, *, inspect_trusted: bool = True) -> list[Mod
         info = ModelInfo(
             f"models:/{v.name}/{v.version}",
             tags.get(registry.TAG_SHA256, "unknown"),
-            f"MLflow registry ({settings.mlflow_tracking_uri}), run {v.run_id}",
+            f"MLflow registry ({mask_password(settings.mlflow_tracking_uri)}), run {v.run_id}",
             tags.get(registry.TAG_SHA256) in trusted
-            or (settings.trust_registry and registry.TAG_SHA256 in tags),
+            or signing.registry_signature_verifies(tags, tags.get(registry.TAG_SHA256, ""), settings),
             v.source,
             aliases=[f"models:/{v.name}@{a}" for a in v.aliases],
         )

@@ -35,6 +35,7 @@ class Settings:
     trust_registry: bool = True
     api_reads_require_token: bool = False
     mlflow_ui_url: str | None = None
+    registry_signing_key_file: Path | None = None
     config_file: Path | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -46,6 +47,11 @@ class Settings:
     @property
     def trust_store_path(self) -> Path:
         return self.home / "trusted_models.json"
+
+    @property
+    def signing_key_path(self) -> Path:
+        """The team's registry signing key (HMAC): the configured file, else ``$IONSCREEN_HOME/registry-signing.key``."""
+        return self.registry_signing_key_file or self.home / "registry-signing.key"
 
     @property
     def registry_cache_dir(self) -> Path:
@@ -85,6 +91,8 @@ _KEYS = {
     "api_reads_require_token": _parse_bool,
     # base URL of an MLflow UI (e.g. http://127.0.0.1:5000) for run links on candidate pages
     "mlflow_ui_url": str,
+    # the team's shared secret for signing registered models (see mlip.signing); a file readable only by its owner
+    "registry_signing_key_file": str,
 }
 
 
@@ -138,21 +146,38 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         trust_registry=bool(values.get("trust_registry", True)),
         api_reads_require_token=bool(values.get("api_reads_require_token", False)),
         mlflow_ui_url=str(values["mlflow_ui_url"]).rstrip("/") if values.get("mlflow_ui_url") else None,
+        registry_signing_key_file=(Path(str(values["registry_signing_key_file"])).expanduser().resolve()
+                                   if values.get("registry_signing_key_file") else None),
         config_file=config_file if config_file.is_file() else None,
         sources=sources,
     )
 
 
+def mask_password(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part replaced by ``***`` (for printing and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
 def settings_as_dict(settings: Settings) -> dict[str, str]:
-    """A printable view of the settings (for ``ionscreen config``)."""
+    """A printable view of the settings (for ``ionscreen config``): passwords in URLs masked."""
     out = {}
     for f in fields(settings):
         if f.name == "sources":
             continue
-        out[f.name] = str(getattr(settings, f.name))
+        out[f.name] = mask_password(str(getattr(settings, f.name)))
     out["model_cache_dir"] = str(settings.model_cache_dir)
     out["trust_store"] = str(settings.trust_store_path)
     return out
 
 
-__all__ = ["Settings", "load_settings", "settings_as_dict", "replace"]
+__all__ = ["Settings", "load_settings", "mask_password", "settings_as_dict", "replace"]

@@ -1,9 +1,11 @@
 """MACE foundation models (``mace-mp:<name>``): where they are cached and how they are fetched.
 
 Downloading goes through mace-torch's own downloader (``download_mace_mp_checkpoint``), so the
-file lands where mace-torch itself would look for it. A file that ionscreen downloads from the
-official URL is recorded as trusted; a file copied into the cache by hand must be trusted
-explicitly (``ionscreen models trust mace-mp:<name>``) because nothing vouches for its content.
+file lands where mace-torch itself would look for it. A download is trusted only if its SHA-256 equals
+the hash pinned for that name in :data:`PINNED_SHA256` (a file that does not match is deleted and
+refused). A name without a pinned hash, or a file copied into the cache by hand, must be trusted
+explicitly (``ionscreen models trust mace-mp:<name>``) after its hash has been compared with the one
+the release publishes, because nothing else vouches for its content: the download's URL does not.
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from pathlib import Path
 
 from mlip._mace import import_mace, quiet_stdout
 from mlip.errors import ModelNotFoundError, ModelUnavailableOffline
+
+
+#: Name → SHA-256 of the released file, as published with the release (GitHub shows each asset's
+#: digest). Add a name here only after comparing the hash with the published one; names missing here
+#: are downloaded but not trusted until someone who checked runs ``ionscreen models trust``.
+PINNED_SHA256: dict[str, str] = {}
 
 
 def foundation_urls() -> dict[str, str]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from mlip import bundled, foundation, registry
+from mlip import bundled, foundation, registry, signing
 from mlip._mace import import_mace
 from mlip.backends import get_backend
-from mlip.config import Settings, load_settings
+from mlip.config import Settings, load_settings, mask_password
 from mlip.errors import InputError, ModelNotFoundError, UntrustedModelError
 from mlip.model import FILE_FAMILY, LoadedModel, ResolvedModel, missing_elements  # noqa: F401 (re-exported)
 from mlip.refs import ModelRef, RefKind, parse_ref
@@ -24,10 +24,17 @@ from mlip.trust import TrustStore, sha256_bytes, sha256_file
 
 def _how_to_trust(ref: ModelRef, path: Path) -> str:
     target = ref.text if ref.kind is not RefKind.PATH else str(path)
-    return (
+    advice = (
         f"If you know where this file came from and accept that loading it runs code, trust it "
         f"with `ionscreen models trust {target}` (records its SHA-256)."
     )
+    if ref.kind is RefKind.FOUNDATION:
+        advice += (f" ionscreen pins no published hash for {ref.text}: compare the SHA-256 above with the digest "
+                   f"published for {foundation.foundation_urls()[ref.name]} first.")
+    elif ref.kind is RefKind.REGISTRY:
+        advice += (" A registry tag never makes a file loadable; versions that a teammate registered are loaded "
+                   "without this step when both machines hold the team's signing key (`ionscreen models signing-key`).")
+    return advice
 
 
 def resolve(ref: str | Path | ModelRef, settings: Settings | None = None, *, download: bool = True) -> ResolvedModel:
@@ -65,22 +72,38 @@ def resolve(ref: str | Path | ModelRef, settings: Settings | None = None, *, dow
             if not download:
                 raise ModelNotFoundError(f"{ref.text} is not cached at {path}")
             path = foundation.download(ref.name, settings.model_cache_dir)
-            store.add(sha256_file(path), source="downloaded", path=path, ref=ref.text,
-                      note=f"downloaded by ionscreen from {foundation.foundation_urls()[ref.name]}")
+            _trust_if_pinned(ref, path, store)
         source = f"MACE foundation model cache ({path.parent})"
     else:
         version = registry.get_version(ref, settings)
         path = registry.fetch_model_file(version, settings)
-        source = f"MLflow registry {settings.mlflow_tracking_uri}, {version.name} v{version.version}"
+        source = f"MLflow registry {mask_password(settings.mlflow_tracking_uri)}, {version.name} v{version.version}"
 
     sha = sha256_file(path)
     trusted_by = None
     entry = store.get(sha)
     if entry is not None:
         trusted_by = f"trust store ({entry.source})"
-    elif version is not None and settings.trust_registry and version.sha256 == sha:
-        trusted_by = "registered through ionscreen (registry tag matches)"
+    elif version is not None and signing.registry_signature_verifies(version.tags, sha, settings):
+        trusted_by = "registered through ionscreen (signature verified with the team key)"
     return ResolvedModel(ref, path, sha, source, trusted_by, version)
+
+
+
+def _trust_if_pinned(ref: ModelRef, path: Path, store: TrustStore) -> None:
+    """Trust a fresh download whose hash is the pinned one; delete one that differs; leave others untrusted."""
+    pinned = foundation.PINNED_SHA256.get(ref.name)
+    if pinned is None:
+        return
+    sha = sha256_file(path)
+    if sha != pinned:
+        path.unlink(missing_ok=True)
+        raise UntrustedModelError(
+            f"the download of {ref.text} has SHA-256 {sha}, but the published hash pinned by ionscreen is {pinned}: "
+            "the file was altered or the release was replaced. It was deleted and nothing was loaded."
+        )
+    store.add(sha, source="downloaded", path=path, ref=ref.text,
+              note=f"downloaded by ionscreen from {foundation.foundation_urls()[ref.name]}; matches the pinned SHA-256")
 
 
 def _unpickle(data: bytes, device: str):

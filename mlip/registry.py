@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlip.config import Settings
+from mlip.config import Settings, mask_password
 from mlip.errors import ModelNotFoundError
 from mlip.refs import ModelRef, RefKind
 from mlip.trust import sha256_file
@@ -67,7 +67,7 @@ def get_version(ref: ModelRef, settings: Settings) -> RegistryVersion:
             mv = c.get_model_version(ref.name, str(ref.version))
     except MlflowException as err:
         raise ModelNotFoundError(
-            f"{ref.text} does not resolve in the MLflow registry at {settings.mlflow_tracking_uri}: "
+            f"{ref.text} does not resolve in the MLflow registry at {mask_password(settings.mlflow_tracking_uri)}: "
             f"{err.message if hasattr(err, 'message') else err}. "
             "List registered models with `ionscreen models list`."
         ) from err

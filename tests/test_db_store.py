@@ -140,6 +140,16 @@ def test_candidate_upsert_by_hash(store):
     assert [c.id for c in store.candidates.for_job(job_id)] == sorted({first, other})
 
 
+def test_a_duplicate_structure_keeps_every_name_it_was_given(store):
+    """A later job that names a stored structure differently: the stored name stays, the new one is recorded."""
+    first = store.candidates.upsert(candidate(1))
+    for name in ("renamed", "cand-1", "renamed", "third name"):
+        assert store.candidates.upsert(candidate(1, name=name)) == first
+    stored = store.candidates.get(first)
+    assert stored.name == "cand-1"
+    assert stored.metadata_json["other_names"] == ["renamed", "third name"]
+
+
 def test_real_candidate_round_trips_through_the_cif_column(store, tmp_path):
     from screening.candidates import build_candidate
     from screening.candidates.candidate import Candidate

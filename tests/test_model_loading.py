@@ -129,32 +129,6 @@ def test_foundation_offline_error_names_cache_path(settings, monkeypatch):
     assert not expected.exists() and not Path(str(expected) + ".part").exists()
 
 
-def test_foundation_download_is_trusted_on_first_use(tiny_model_file, settings, monkeypatch):
-    """A download from the official URL (served here from a local file) is recorded as trusted."""
-    import io
-
-    payload = tiny_model_file.read_bytes()
-
-    class Response(io.BytesIO):
-        headers = {"Content-Length": str(len(payload))}
-
-        def info(self):
-            return "Content-Type: application/octet-stream"
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    urls = []
-    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout=None: urls.append(url) or Response(payload))
-    loaded = load_model("mace-mp:small-0b", settings)
-    assert urls and "mace_agnesi_small.model" in urls[0]
-    entry = TrustStore(settings.trust_store_path).get(loaded.sha256)
-    assert entry.source == "downloaded" and "mace-mp:small-0b" in entry.refs
-
-
 def test_unknown_foundation_name(settings):
     with pytest.raises(ModelNotFoundError, match="known names:.*small"):
         load_model("mace-mp:gigantic", settings)

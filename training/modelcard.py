@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from mlip.config import mask_password
+
 from training.evaluate import ErrorSet, Estimate, EvaluationReport
 
 
@@ -112,7 +114,7 @@ def render_markdown(card: ModelCard) -> str:
     if card.replay_file:
         lines.append(f"| replay data | `{card.replay_file}` |")
     if card.mlflow_run_id:
-        lines.append(f"| MLflow run | `{card.mlflow_run_id}` ({card.mlflow_tracking_uri}) |")
+        lines.append(f"| MLflow run | `{card.mlflow_run_id}` ({mask_password(card.mlflow_tracking_uri)}) |")
     if card.registered_as:
         lines.append(f"| registered | `{card.registered_as}` |")
     if card.flags:

@@ -1,7 +1,9 @@
 """Register trained MACE models in the MLflow model registry and move aliases between versions.
 
 A version registered here carries the SHA-256 of its file and a summary of the model as tags, and
-its hash is added to the local trust store, so ``models:/NAME@ALIAS`` loads without a prompt.
+its hash is added to the local trust store, so ``models:/NAME@ALIAS`` loads without a prompt here. With a
+team signing key (:mod:`mlip.signing`) the version is also signed, so that other machines holding the key
+load it too; a tag alone never makes a file loadable.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlip import registry as mlip_registry
+from mlip import signing
 from mlip.config import Settings
 from mlip.errors import InputError, UntrustedModelError
 from mlip.loader import load_model
@@ -75,6 +78,10 @@ def register_model(
             mlip_registry.TAG_FILE: path.name,
             **(extra_tags or {}),
         }
+        tags.pop(signing.TAG_SIGNATURE, None)  # only ionscreen's own key signs
+        key = signing.read_key(settings.signing_key_path)
+        if key is not None:
+            tags[signing.TAG_SIGNATURE] = signing.sign(loaded.sha256, key)
         mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags,
                                          description=description or None)
         if alias:

@@ -198,6 +198,17 @@ def models_register(
     typer.echo(f"registered models:/{v.name}/{v.version}" + (f" (models:/{v.name}@{alias})" if alias else ""))
 
 
+@models_app.command("signing-key")
+def models_signing_key() -> None:
+    """Create the team's registry signing key (a secret; copy it, mode 600, to every machine of the team)."""
+    from mlip.signing import create_key
+
+    settings = _settings()
+    path = create_key(settings.signing_key_path)
+    typer.echo(f"created {path} (mode 600). Versions registered from now on are signed; a machine with this key "
+               "loads them without `models trust`. Set registry_signing_key_file to use a key elsewhere.")
+
+
 @models_app.command("promote")
 def models_promote(
     name: Annotated[str, typer.Argument(help="Registered model name.")],

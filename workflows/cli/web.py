@@ -36,13 +36,14 @@ def serve(
     """Serve the candidate browser (ranked table, candidate pages) and the REST API (docs at /docs)."""
     import uvicorn
 
+    from mlip.config import mask_password
     from workflows.web import create_app
 
     settings = _settings()
     app = create_app(settings, max_body_bytes=max_body_kb * 1024, refresh_interval_s=refresh_s,
                      reads_require_token=reads_require_token)
     closed = app.state.reads_require_token
-    typer.echo(f"ionscreen web on http://{host}:{port}/  (API docs: /docs; database {settings.db_url}; "
+    typer.echo(f"ionscreen web on http://{host}:{port}/  (API docs: /docs; database {mask_password(settings.db_url)}; "
                f"reads {'need a token' if closed else 'open'}, writes need a token)", err=True)
     if host not in ("127.0.0.1", "localhost", "::1") and not closed:
         typer.echo("note: listening beyond this machine with open reads; anyone who can reach it sees the results "

@@ -45,11 +45,22 @@ def candidate_row(candidate: Any) -> CandidateRow:
 
 
 
+#: Metadata key of the other names a stored structure was given (by later jobs or imports), in order.
+OTHER_NAMES = "other_names"
+
+
 def upsert_in(session: Session, insert, row: CandidateRow) -> int:
-    """Store ``row`` once per structure hash inside ``session``; its id (an existing row is kept)."""
+    """Store ``row`` once per structure hash inside ``session``; its id. An existing row is kept, and a name it
+    did not have yet is added to its metadata's ``other_names`` (a duplicate's name is never dropped silently)."""
     values = row.model_dump() | {"created_utc": utc_now()}
     session.execute(insert(Candidate).values(**values).on_conflict_do_nothing(index_elements=["structure_hash"]))
-    return session.scalar(sa.select(Candidate.id).where(Candidate.structure_hash == row.structure_hash))
+    stored = session.scalars(sa.select(Candidate).where(Candidate.structure_hash == row.structure_hash)).one()
+    metadata = dict(stored.metadata_json or {})
+    known = [stored.name, *metadata.get(OTHER_NAMES, [])]
+    if row.name and row.name not in known:
+        stored.metadata_json = {**metadata, OTHER_NAMES: [*known[1:], row.name]}
+        session.flush()
+    return stored.id
 
 
 def link_in(session: Session, insert, job_id: str, candidate_id: int) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
+from mlip.config import mask_password
 from mlip.errors import ConfigError, InputError
 from workflows.db import migrations
 from workflows.db.models import Candidate, Job, Task
@@ -83,7 +84,7 @@ def create_db_engine(db_url: str, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOU
     try:
         url = make_url(db_url)
     except exc.ArgumentError as err:
-        raise ConfigError(f"database URL {db_url!r} is not a valid SQLAlchemy URL: {err}") from err
+        raise ConfigError(f"database URL {mask_password(db_url)!r} is not a valid SQLAlchemy URL: {err}") from err
     try:
         backend = Backend(url.get_backend_name())
     except ValueError:

@@ -84,6 +84,7 @@ def _worker_env(settings: Settings, options: ExecutionOptions) -> dict[str, str]
         "IONSCREEN_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "IONSCREEN_MLFLOW_ARTIFACT_LOCATION": settings.mlflow_artifact_location,
         "IONSCREEN_TRUST_REGISTRY": "true" if settings.trust_registry else "false",
+        "IONSCREEN_REGISTRY_SIGNING_KEY_FILE": str(settings.signing_key_path),
         "OMP_NUM_THREADS": str(options.threads_per_worker),
     }
     for key in ("XDG_CACHE_HOME", "IONSCREEN_CONFIG"):

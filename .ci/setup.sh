@@ -1,0 +1,39 @@
+# Shared by .ci/test and .ci/demo (sourced, not run): the system programs the real components need, and the
+# project's virtual environment. Run from the repository root.
+
+# CP2K with its basis/potential data (DFT labelling) and Chromium (the browser tests), from Debian's packages:
+# through apt when this user can (root, or sudo without a password), otherwise a message naming what to install.
+ensure_system_packages() {
+    local missing=""
+    command -v cp2k_shell >/dev/null 2>&1 || missing="$missing cp2k"
+    [ -f /usr/share/cp2k/GTH_POTENTIALS ] || missing="$missing cp2k-data"
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+    [ -z "$missing" ] && return 0
+    local apt=""
+    if [ "$(id -u)" -eq 0 ]; then
+        apt="apt-get"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        apt="sudo -n apt-get"
+    fi
+    if [ -z "$apt" ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "ionscreen needs these system packages:$missing" >&2
+        echo "install them (Debian/Ubuntu: sudo apt-get install$missing) and run this again" >&2
+        return 1
+    fi
+    echo "installing system packages:$missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    # shellcheck disable=SC2086
+    $apt update -qq && $apt install -y -qq $missing >/dev/null
+}
+
+# The virtual environment in .venv (created if missing), with PyTorch's CPU build first (a bare "torch"
+# requirement would pull a multi-GB CUDA build) and the project with its dev extra.
+ensure_venv() {
+    local venv="${IONSCREEN_VENV:-.venv}"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    # shellcheck disable=SC1091
+    . "$venv/bin/activate"
+    python -m pip install --quiet --upgrade pip
+    python -m pip install --quiet torch==2.13.0
+    python -m pip install --quiet -e '.[dev]'
+}
