@@ -32,6 +32,13 @@ def serve(
     max_body_kb: Annotated[int, typer.Option(help="Largest request body accepted, KiB (larger: 413).")] = 1024,
     refresh_s: Annotated[float, typer.Option(help="How often new results are merged into the table, s.")] = 5.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    proxy_headers: Annotated[bool, typer.Option(
+        "--proxy-headers/--no-proxy-headers",
+        help="Behind a reverse proxy: take the client address and scheme from X-Forwarded-For/-Proto (so https at "
+             "the proxy marks the session cookie Secure). Only from --forwarded-allow-ips.")] = False,
+    forwarded_allow_ips: Annotated[str, typer.Option(
+        help="Comma-separated addresses (or networks) of the proxies whose X-Forwarded-* headers are trusted; "
+             "'*' trusts every client (only when nothing but the proxy can reach this port).")] = "127.0.0.1",
 ) -> None:
     """Serve the candidate browser (ranked table, candidate pages) and the REST API (docs at /docs)."""
     import uvicorn
@@ -48,7 +55,8 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and not closed:
         typer.echo("note: listening beyond this machine with open reads; anyone who can reach it sees the results "
                    "(use --reads-require-token, or a reverse proxy with access control)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=proxy_headers,
+                forwarded_allow_ips=forwarded_allow_ips)
 
 
 @tokens_app.command("create")

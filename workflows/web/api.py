@@ -17,6 +17,7 @@ from workflows.db.records import JobRecord
 from workflows.db.summaries import MAX_PER_PAGE, SortKey, SortOrder, SummaryRecord
 from workflows.db.tokens import TokenRecord
 from workflows.web.auth import require_read, require_write
+from workflows.web.params import CandidateId, JobId
 from workflows.web.structures import download_format, file_text, media_type, safe_stem
 from workflows.web.submit import CONTENT_TYPES, SubmitError, submit
 from workflows.web.views import QueryError, browse_query, csv_text
@@ -155,7 +156,7 @@ def export_csv(request: Request, query: TableQuery):
 
 
 @router.get("/candidates/{candidate_id}", tags=["candidates"], summary="A candidate with all its results")
-def get_candidate(request: Request, candidate_id: int):
+def get_candidate(request: Request, candidate_id: CandidateId):
     store = _store(request)
     record = store.candidates.get(candidate_id)
     stem = safe_stem(record.name)
@@ -173,7 +174,7 @@ def get_candidate(request: Request, candidate_id: int):
 @router.get("/candidates/{candidate_id}/download/{filename}", tags=["candidates"],
             summary="The structure as CIF or POSCAR", response_class=Response,
             responses={200: {"content": {"chemical/x-cif": {}, "text/plain": {}}}, 422: {"model": Problem}})
-def download(request: Request, candidate_id: int, filename: str):
+def download(request: Request, candidate_id: CandidateId, filename: str):
     """``NAME.cif`` (the stored CIF, whose first line holds ionscreen's metadata), or ``POSCAR`` / ``NAME.vasp``."""
     fmt = download_format(filename)
     record = _store(request).candidates.get(candidate_id)
@@ -218,7 +219,7 @@ def list_jobs(request: Request, status: Annotated[str | None, Query(description=
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatusOut, tags=["jobs"], summary="A job's status and progress")
-def job_status(request: Request, job_id: str):
+def job_status(request: Request, job_id: JobId):
     store = _store(request)
     job = store.jobs.get(job_id)
     running = [
@@ -231,7 +232,7 @@ def job_status(request: Request, job_id: str):
 
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"], summary="Cancel a job",
              responses={401: {"model": Problem}, 403: {"model": Problem}})
-def cancel_job(request: Request, job_id: str, token: TokenRecord = Depends(require_write)):
+def cancel_job(request: Request, job_id: JobId, token: TokenRecord = Depends(require_write)):
     """Pending tasks are cancelled at once; a running driver sees the status within seconds and stops its workers."""
     store = _store(request)
     job = store.jobs.get(job_id)
@@ -240,7 +241,7 @@ def cancel_job(request: Request, job_id: str, token: TokenRecord = Depends(requi
 
 
 @router.get("/jobs/{job_id}/results", tags=["jobs"], summary="A job's ranked results")
-def job_results(request: Request, job_id: str):
+def job_results(request: Request, job_id: JobId):
     """The job's candidates ranked with the job's own weights (as ``ionscreen results JOB --format json``)."""
     from workflows.jobs.plan import load_plan
     from workflows.jobs.run import ranked

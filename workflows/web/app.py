@@ -1,5 +1,6 @@
-"""The FastAPI application of ``ionscreen serve``: state (settings, store, job launcher), error mapping, the body
-size limit, offline API docs, and the background thread that keeps the candidate table in step with new results."""
+"""The FastAPI application of ``ionscreen serve``: state (settings, store, job launcher, browser sessions), error
+mapping, the outer ASGI layers (security headers, server paths kept out of responses, the body size limit), offline
+API docs, and the background thread that keeps the candidate table in step with new results."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -21,8 +21,11 @@ from mlip.config import Settings, load_settings
 from mlip.errors import InputError, IonscreenError
 from workflows.db import NotFoundError, Store
 from workflows.web.auth import LoginRequired
+from workflows.web.headers import SecurityHeaders
 from workflows.web.launcher import JobLauncher, SubprocessLauncher
 from workflows.web.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, BodyTooLarge
+from workflows.web.redact import PathRedactor, RedactPaths
+from workflows.web.sessions import SESSION_COOKIE, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +64,18 @@ class SummaryRefresher:
 
 
 class IonscreenApp(FastAPI):
-    """FastAPI with the body-size limit outermost, so even the error middleware never sees an oversized body."""
+    """FastAPI inside three plain ASGI layers, outermost first: security headers, path redaction, body-size limit.
+    The first two see every response (FastAPI's own 500 and the limit's 413 too); the limit sits outside FastAPI's
+    error middleware, so that never sees an oversized body."""
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    redactor: PathRedactor | None = None
 
     async def __call__(self, scope, receive, send):
-        limit = BodySizeLimit(functools.partial(FastAPI.__call__, self), self.max_body_bytes)
-        await limit(scope, receive, send)
+        app = BodySizeLimit(functools.partial(FastAPI.__call__, self), self.max_body_bytes)
+        if self.redactor is not None:
+            app = RedactPaths(app, self.redactor)
+        await SecurityHeaders(app)(scope, receive, send)
 
 
 def _wants_json(request: Request) -> bool:
@@ -80,7 +88,7 @@ def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(WEB_DIR / "templates"))
     env = templates.env
     env.filters.update(num=views.num, interval=views.interval, formula=views.formula_html, model=views.short_model)
-    env.globals.update(FLAG_HELP=views.FLAG_HELP, SEVERE_FLAGS=views.SEVERE_FLAGS)
+    env.globals.update(FLAG_HELP=views.FLAG_HELP, SEVERE_FLAGS=views.SEVERE_FLAGS, SESSION_COOKIE=SESSION_COOKIE)
     return templates
 
 
@@ -127,6 +135,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.max_body_bytes = int(max_body_bytes)
+    app.redactor = PathRedactor.for_server(settings.home, [settings.db_url, store.db_url])
     app.state.settings = settings
     app.state.store = store
     app.state.launcher = launcher or SubprocessLauncher(settings)
@@ -134,6 +143,7 @@ def create_app(
                                      else bool(reads_require_token))
     app.state.templates = _templates()
     app.state.refresher = refresher
+    app.state.sessions = SessionStore()
 
     from workflows.web import api, pages
 
@@ -142,16 +152,11 @@ def create_app(
     app.include_router(pages.pages)
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
 
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        # Swagger UI from the vendored copy in static/ (FastAPI's default loads it from a CDN)
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url,
-            title="ionscreen API",
-            swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
-            swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
-            swagger_favicon_url="/static/vendor/swagger-ui/favicon-32x32.png",
-        )
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    def docs(request: Request) -> HTMLResponse:
+        # Swagger UI from the vendored copy in static/ (FastAPI's default page loads it from a CDN and starts it
+        # with an inline script, which the Content-Security-Policy forbids; static/docs.js starts it instead)
+        return app.state.templates.TemplateResponse(request, "docs.html", {"openapi_url": app.openapi_url})
 
     def problem(request: Request, status: int, detail, headers=None):
         if _wants_json(request):
@@ -188,6 +193,11 @@ def create_app(
     async def invalid_request(request: Request, err: RequestValidationError):
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in err.errors()]
         return problem(request, 422, errors)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception):
+        # the last resort (Starlette still logs the traceback): no exception text, which may name server internals
+        return problem(request, 500, "internal server error; the server's log has the details")
 
     return app
 

@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from mlip.errors import InputError
 from workflows.db.summaries import SortKey, SortOrder
 from workflows.web import plots
-from workflows.web.auth import COOKIE_NAME, require_page_read
+from workflows.web.auth import LEGACY_TOKEN_COOKIE, require_page_read
 from workflows.web.documents import (
     UnsafePath,
     load_neb,
@@ -22,6 +22,8 @@ from workflows.web.documents import (
     read_profile,
     result_file,
 )
+from workflows.web.params import CandidateId, HopIndex, JobId, ResultId
+from workflows.web.sessions import SESSION_COOKIE
 from workflows.web.structures import safe_stem, viewer_cif
 from workflows.web.views import QueryError, browse_query, mlflow_run_url, query_string
 
@@ -89,7 +91,7 @@ def table(request: Request):
 
 # ---------------------------------------------------------------------------------------------- a candidate
 @pages.get("/candidates/{candidate_id}", response_class=HTMLResponse)
-def candidate_page(request: Request, candidate_id: int, model: str | None = None):
+def candidate_page(request: Request, candidate_id: CandidateId, model: str | None = None):
     state = request.app.state
     store, home = state.store, state.settings.home
     record = store.candidates.get(candidate_id)
@@ -153,7 +155,7 @@ def jobs_page(request: Request):
 
 
 @pages.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: str):
+def job_page(request: Request, job_id: JobId):
     store = request.app.state.store
     job = store.jobs.get(job_id)
     tasks = store.tasks.list(job.id)
@@ -169,7 +171,7 @@ def _result(request: Request, result_id: int) -> dict[str, Any]:
 
 
 @pages.get("/results/{result_id}/arrhenius.png")
-def arrhenius_plot(request: Request, result_id: int):
+def arrhenius_plot(request: Request, result_id: ResultId):
     """The stored Arrhenius plot, else one drawn from the result document's numbers."""
     home = request.app.state.settings.home
     row = _result(request, result_id)
@@ -183,7 +185,7 @@ def arrhenius_plot(request: Request, result_id: int):
 
 
 @pages.get("/results/{result_id}/neb/{hop_index}.png")
-def neb_plot(request: Request, result_id: int, hop_index: int):
+def neb_plot(request: Request, result_id: ResultId, hop_index: HopIndex):
     """A hop's stored energy-profile plot, else one drawn from its profile JSON."""
     home = request.app.state.settings.home
     row = _result(request, result_id)
@@ -201,7 +203,7 @@ def neb_plot(request: Request, result_id: int, hop_index: int):
 
 
 @pages.get("/results/{result_id}/files/{relative:path}")
-def result_files(request: Request, result_id: int, relative: str):
+def result_files(request: Request, result_id: ResultId, relative: str):
     """A plot or JSON file under the result document's directory (MSD plots, profiles, the document itself)."""
     row = _result(request, result_id)
     try:
@@ -221,30 +223,49 @@ def login_form(request: Request, next: str = "/"):
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request):
+    """Open a browser session for a valid token: the cookie gets a random session id, not the token."""
     from urllib.parse import parse_qs
 
+    _refuse_cross_site(request)
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0].strip()
     target = _local((form.get("next") or ["/"])[0])
     record = request.app.state.store.tokens.verify(token) if token else None
     if record is None:
         return _render(request, "login.html", {"next": target, "error": "That token is not valid."}, status_code=403)
+    sessions = request.app.state.sessions
+    sessions.close(request.cookies.get(SESSION_COOKIE))  # a new id at each sign-in (no session fixation)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(COOKIE_NAME, token, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", max_age=30 * 24 * 3600)
+    response.set_cookie(SESSION_COOKIE, sessions.open(record.token_id), httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", max_age=int(sessions.lifetime_s), path="/")
+    response.delete_cookie(LEGACY_TOKEN_COOKIE)
     return response
 
 
 @router.post("/logout")
-def logout():
+def logout(request: Request):
+    """End the browser's session on the server and delete its cookie."""
+    _refuse_cross_site(request)
+    request.app.state.sessions.close(request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(COOKIE_NAME)
+    secure = request.url.scheme == "https"
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=secure)
+    response.delete_cookie(LEGACY_TOKEN_COOKIE)
     return response
 
 
+def _refuse_cross_site(request: Request) -> None:
+    """Sign-in and sign-out only from this site's own pages: browsers label every request with ``Sec-Fetch-Site``;
+    a form posted from another site (login CSRF: signing a victim in as the attacker) is refused."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise HTTPException(403, "sign-in and sign-out are accepted only from this server's own pages")
+
+
 def _local(target: str) -> str:
-    """Only same-site paths as redirect targets (no open redirect)."""
-    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
+    """Only same-site paths as redirect targets (no open redirect, nothing that breaks the Location header)."""
+    safe = (target.startswith("/") and not target.startswith("//") and "\\" not in target
+            and target.isprintable() and len(target) <= 2000)
+    return target if safe else "/"
 
 
 __all__ = ["pages", "router"]

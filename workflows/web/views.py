@@ -36,6 +36,7 @@ TABLE_PARAMS: dict[str, str] = {
 }
 _FIELD_PARAM = {field: param for param, field in TABLE_PARAMS.items()}
 _LIST_FIELDS = {"elements_present", "elements_absent"}
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tabs and line breaks are only whitespace
 
 #: What each quality flag means, for badges (titles) and the candidate page.
 FLAG_HELP: dict[str, str] = {
@@ -70,8 +71,23 @@ class QueryError(ValueError):
         super().__init__("; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in errors))
 
 
+def _control_characters(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Errors for table parameters holding control characters (PostgreSQL refuses NUL in text; no filter needs any)."""
+    getlist = getattr(params, "getlist", None)
+    errors = []
+    for param in TABLE_PARAMS:
+        values = getlist(param) if getlist else [params.get(param)]
+        if any(isinstance(v, str) and _CONTROL.search(v) for v in values):
+            errors.append({"loc": ["query", param], "msg": "control characters (such as NUL) are not allowed",
+                           "type": "string_control_characters"})
+    return errors
+
+
 def browse_query(params: Mapping[str, Any]) -> BrowseQuery:
     """The table query from URL parameters (a Starlette QueryParams or a plain dict). QueryError if invalid."""
+    errors = _control_characters(params)
+    if errors:
+        raise QueryError(errors)
     raw: dict[str, Any] = {}
     getlist = getattr(params, "getlist", None)
     for param, field in TABLE_PARAMS.items():

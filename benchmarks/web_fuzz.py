@@ -1,0 +1,74 @@
+"""Fuzz the web server in process, longer than the test does: schemathesis over the REST API's OpenAPI schema (valid
+and invalid data, existing and made-up ids, a valid write token) and hypothesis over the HTML pages, on a fresh
+sample database. Prints the number of requests, the statuses, and every 5xx (exit status 1 if there is one).
+
+Usage:
+
+    python benchmarks/web_fuzz.py [--examples 100] [--page-examples 1500] [--seed 0] [--db-url URL]
+
+``--db-url`` fuzzes against another database (e.g. an empty PostgreSQL schema); the default is SQLite in a
+temporary ``IONSCREEN_HOME``. Needs the ``dev`` extra (schemathesis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def build_app(home: Path, db_url: str | None):
+    """(app, write token, existing ids) over a sample database seeded under ``home``."""
+    from mlip.config import load_settings
+    from workflows.db import Store
+    from workflows.web import create_app
+    from workflows.web.sample import build_candidate_rows, seed_sample
+
+    class NoLaunch:
+        def launch(self, job_id: str) -> int:
+            return 4242
+
+    os.environ["IONSCREEN_HOME"] = str(home)
+    if db_url:
+        os.environ["IONSCREEN_DB_URL"] = db_url
+    settings = load_settings()
+    store = Store.open(settings.db_url)
+    sample = seed_sample(store, home, build_candidate_rows(("Li6PS5Cl", "beta-Li3PS4", "TiS2")))
+    _, token = store.tokens.create("fuzzer")
+    known = {"candidate_id": sorted(sample.candidate_ids.values()), "job_id": [sample.job_id],
+             "result_id": sorted(sample.result_ids.values())}
+    return create_app(settings, store=store, launcher=NoLaunch(), refresh_interval_s=0), token, known
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--examples", type=int, default=100, help="per API operation and generation mode")
+    parser.add_argument("--page-examples", type=int, default=1500, help="page requests in all")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--db-url", default=None, help="database to fuzz against (default: SQLite, temporary)")
+    args = parser.parse_args(argv)
+
+    from workflows.web.fuzz import fuzz_app, fuzz_pages
+
+    with tempfile.TemporaryDirectory(prefix="ionscreen-fuzz-") as tmp:
+        t0 = time.perf_counter()
+        app, token, known = build_app(Path(tmp) / "home", args.db_url)
+        print(f"sample database ready in {time.perf_counter() - t0:.1f} s", flush=True)
+        report = fuzz_app(app, token=token, examples=args.examples, seed=args.seed, known_ids=known)
+        print(f"API:   {report.summary()}", flush=True)
+        api = (report.requests, len(report.server_errors))
+        fuzz_pages(app, examples=args.page_examples, seed=args.seed, known_ids=known, report=report)
+        print(f"pages: {report.requests - api[0]} requests, {len(report.server_errors) - api[1]} server errors")
+        print(f"total: {report.summary()}")
+        for operation, n in sorted(report.by_operation.items()):
+            print(f"  {n:6d}  {operation}")
+        for error in report.server_errors:
+            print(f"5xx: {error}")
+    return 1 if report.server_errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
