@@ -97,7 +97,7 @@ class Component(enum.StrEnum):
 class RankingWeights(BaseModel):
     """Weights of the score components and the dimensional penalties of percolating paths (job spec ``ranking:``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     conductivity: float = Field(1.0, ge=0, description="Weight per decade of the σ(300 K) lower bound.")
     activation_energy: float = Field(1.0, ge=0, description="Weight per 0.1 eV of the Ea upper bound (lower is better).")

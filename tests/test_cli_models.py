@@ -106,3 +106,12 @@ def test_untrust_removes(tiny_model_copy):
     ionscreen("models", "untrust", str(tiny_model_copy), check=True)
     proc = ionscreen("models", "info", str(tiny_model_copy))
     assert proc.returncode == 1 and "not trusted" in proc.stderr
+
+
+def test_models_check_refuses_a_structure_without_atoms(tiny_model_copy, tmp_path):
+    """A 0-atom POSCAR was reported as "covered" (every element of nothing is covered)."""
+    ionscreen("models", "trust", str(tiny_model_copy), check=True)
+    empty = _write(tmp_path / "POSCAR", "empty\n1.0\n5 0 0\n0 5 0\n0 0 5\nLi\n0\nDirect\n")
+    proc = ionscreen("models", "check", str(tiny_model_copy), "--structure", str(empty))
+    assert proc.returncode == 2 and "covered" not in proc.stdout
+    assert "POSCAR" in proc.stderr and "atom" in proc.stderr

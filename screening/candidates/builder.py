@@ -13,9 +13,18 @@ from mlip.errors import InputError
 from screening.candidates.candidate import Candidate
 from screening.candidates.identity import structure_hash
 from screening.candidates.library import CandidateKind, LibraryEntry, build_parent, get_entry, insertion_positions
+from screening.candidates.limits import (
+    MAX_BOND_VALENCE_SITES,
+    MAX_SIMULATION_ATOMS,
+    check_input_structure,
+    check_ordered_distances,
+    read_input_structure,
+    wrapped_into_cell,
+)
 from screening.candidates.ordering import (
     HARD_CORE_FRACTION,
     OrderingRecord,
+    _supercell_matrix,
     assign_counts,
     find_sublattices,
     order_structure,
@@ -211,12 +220,32 @@ def candidate_from_structure(
     supercell: Any = None,
     seed: int = DEFAULT_SEED,
     insertion_sites_frac: list[list[float]] | None = None,
+    source: str | None = None,
 ) -> Candidate:
     """Import: assign oxidation states (table, or bond valence with the working ion's stated charge), order
-    partial occupancies (auto supercell when not given), check neutrality, hash."""
+    partial occupancies (auto supercell when not given), check neutrality, hash.
+
+    The bounds of :mod:`screening.candidates.limits` are checked first (sites, cell, overlapping atoms, the
+    size of the ordering cell), and the ordered cell is checked for overlapping atoms again. ``source`` (e.g.
+    the file) names the structure in their messages; default: ``name``.
+    """
     kind = CandidateKind(kind)
     ion = element_symbol(working_ion)
     ion_charge(ion)
+    source = source or name
+    check_input_structure(structure, source)
+    structure = wrapped_into_cell(structure)
+    if supercell is not None:
+        try:
+            matrix = np.array(_supercell_matrix(supercell), dtype=float)
+        except InputError:
+            raise
+        except (TypeError, ValueError, OverflowError) as err:
+            raise InputError(f"{source}: supercell {supercell!r} is not 3 integers or a 3x3 integer matrix") from err
+        n_cell = len(structure) * abs(round(float(np.linalg.det(matrix))))
+        if n_cell > MAX_SIMULATION_ATOMS:
+            raise InputError(f"{source}: the ordering supercell {supercell!r} of {len(structure)} sites holds {n_cell:,} "
+                             f"sites, more than {MAX_SIMULATION_ATOMS:,} (MAX_SIMULATION_ATOMS); use a smaller supercell")
     elements = {el.symbol for el in structure.composition.elements}
     if ion not in elements and not insertion_sites_frac:
         raise InputError(
@@ -229,6 +258,10 @@ def candidate_from_structure(
         if float(table[ion]) != float(ion_charge(ion)):
             raise InputError(f"{ion} is given oxidation state {table[ion]} but the working ion {ion} is {ion_charge(ion)}+")
         decorated = assign_from_table(structure, table)
+    elif len(structure) > MAX_BOND_VALENCE_SITES:
+        raise InputError(f"{source} has {len(structure):,} sites, more than the {MAX_BOND_VALENCE_SITES} that bond-valence "
+                         "analysis handles in reasonable time (MAX_BOND_VALENCE_SITES); give the oxidation states "
+                         "explicitly (e.g. --oxidation Li=1,P=5,S=-2, or oxidation: in a job file)")
     else:
         decorated = assign_by_bond_valence(structure, working_ion=ion if ion in elements else None)
     check_neutral(decorated, name)
@@ -236,6 +269,7 @@ def candidate_from_structure(
         supercell = auto_supercell(decorated)
     ordered, record = order_structure(decorated, supercell=supercell, seed=seed, parent_cell="input")
     check_neutral(ordered, f"ordered {name}")
+    check_ordered_distances(ordered, f"{source} (ordered)")
     sites = [list(map(float, s)) for s in (insertion_sites_frac or [])]
     if sites and record.supercell != [[1, 0, 0], [0, 1, 0], [0, 0, 1]]:
         m = np.array(record.supercell)
@@ -273,9 +307,9 @@ def _sites_in_supercell(sites: list[list[float]], matrix: np.ndarray) -> list[li
 
 
 def import_file(path: str | Path, **options) -> Candidate:
-    """Read CIF/POSCAR/extxyz (``screening.structio``) and import it (see :func:`candidate_from_structure`)."""
-    from screening.structio import read_structure
-
+    """Read CIF/POSCAR/extxyz within the bounds of :mod:`screening.candidates.limits` and import it (see
+    :func:`candidate_from_structure`)."""
     path = Path(path)
     options.setdefault("name", path.stem)
-    return candidate_from_structure(read_structure(path), **options)
+    options.setdefault("source", str(path))
+    return candidate_from_structure(read_input_structure(path), **options)

@@ -546,11 +546,18 @@ def _enumerate_with_pymatgen(sc, sublattices: list[Sublattice], hard_core_fracti
     from pymatgen.transformations.standard_transformations import OrderDisorderedStructureTransformation
 
     exact = sc.copy()
+    empty = []
     for sub in sublattices:
         n = len(sub.indices)
         occ = {_species_from_string(sp): c / n for sp, c in sub.counts.items() if sp != VACANCY}
+        if not occ:  # every site of the sublattice is vacant (e.g. one site of occupancy 0.25)
+            empty.extend(sub.indices)
+            continue
         for index in sub.indices:
             exact.replace(index, occ, properties=exact[index].properties)
+    exact.remove_sites(empty)
+    if exact.is_ordered:  # the rounded counts fill every sublattice completely or not at all: one configuration
+        return exact.get_sorted_structure(), 0, 1, "the rounded occupancies leave a single configuration"
     n_conf = n_configurations(sublattices)
     transformation = OrderDisorderedStructureTransformation(algo=OrderDisorderedStructureTransformation.ALGO_BEST_FIRST)
     ranked = transformation.apply_transformation(exact, return_ranked_list=max(1, min(int(n_conf), 100)))

@@ -17,10 +17,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlip.errors import InputError, SimulationFailed
+from screening.candidates.limits import MAX_SIMULATION_ATOMS
 from screening.neb.results import NebFlag
 
 # An interior image this far (eV) below both endpoints means the path holds another minimum.
 INTERMEDIATE_MINIMUM_TOL_EV = 0.01
+MAX_FORCE_EV_A = 10.0  # a force tolerance above this accepts any structure
+MAX_OPTIMIZER_STEPS = 100_000  # step budgets (band, each endpoint)
+MAX_NEB_CELL_LENGTH_A = 100.0  # supercell lattice vectors, as the transport protocol's supercell_min_length_A
 
 
 class OptimizerKind(enum.StrEnum):
@@ -43,27 +47,30 @@ def optimizer_class(kind: OptimizerKind):
 class NebParameters(BaseModel):
     """Everything that decides a NEB result (recorded, hashed, in provenance)."""
 
-    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+    # Bounds: physical ranges and affordable sizes; no value changes, so no protocol hash changes.
+    model_config = ConfigDict(extra="forbid", use_enum_values=True, allow_inf_nan=False)
 
     n_images: int = Field(5, ge=1, le=64, description="Moving images between the endpoints.")
-    fmax_eV_A: float = Field(0.05, gt=0, description="Band force tolerance (max per-atom NEB force), eV/Å.")
-    max_steps: int = Field(500, ge=0, description="Optimizer step budget for the band (both stages).")
+    fmax_eV_A: float = Field(0.05, gt=0, le=MAX_FORCE_EV_A, description="Band force tolerance (max per-atom NEB force), eV/Å.")
+    max_steps: int = Field(500, ge=0, le=MAX_OPTIMIZER_STEPS, description="Optimizer step budget for the band (both stages).")
     climb: bool = Field(True, description="Climbing image (the highest image climbs to the saddle).")
     pre_climb_fmax_eV_A: float | None = Field(
-        0.5, gt=0, description="Relax without climbing until this force first; None: climb from the start.")
-    spring_constant_eV_A2: float = Field(0.1, gt=0, description="NEB spring constant, eV/Å².")
+        0.5, gt=0, le=MAX_FORCE_EV_A, description="Relax without climbing until this force first; None: climb from the start.")
+    spring_constant_eV_A2: float = Field(0.1, gt=0, le=100.0, description="NEB spring constant, eV/Å².")
     optimizer: OptimizerKind = Field(OptimizerKind.FIRE, description="Band optimizer.")
     interpolation: Interpolation = Field(Interpolation.IDPP, description="Initial band guess.")
     relax_endpoints: bool = Field(True, description="Relax both endpoints (fixed cell) before the band.")
-    endpoint_fmax_eV_A: float = Field(0.02, gt=0, description="Endpoint force tolerance, eV/Å.")
-    endpoint_max_steps: int = Field(300, ge=0, description="Optimizer step budget per endpoint.")
+    endpoint_fmax_eV_A: float = Field(0.02, gt=0, le=MAX_FORCE_EV_A, description="Endpoint force tolerance, eV/Å.")
+    endpoint_max_steps: int = Field(300, ge=0, le=MAX_OPTIMIZER_STEPS, description="Optimizer step budget per endpoint.")
     endpoint_optimizer: OptimizerKind = Field(OptimizerKind.BFGS, description="Endpoint optimizer.")
     drift_tolerance_A: float = Field(
-        0.5, gt=0, description="Moving-ion displacement during endpoint relaxation that raises endpoint_drifted, Å.")
-    min_length_A: float = Field(8.0, gt=0, description="Every supercell lattice vector at least this long, Å.")
-    max_atoms: int | None = Field(None, ge=1, description="Refuse supercells with more atoms than this.")
+        0.5, gt=0, le=10.0, description="Moving-ion displacement during endpoint relaxation that raises endpoint_drifted, Å.")
+    min_length_A: float = Field(8.0, gt=0, le=MAX_NEB_CELL_LENGTH_A,
+                                description="Every supercell lattice vector at least this long, Å.")
+    max_atoms: int | None = Field(None, ge=1, le=MAX_SIMULATION_ATOMS,
+                                  description="Refuse supercells with more atoms than this.")
     batch_size: int | None = Field(
-        None, ge=1, description="Images per model call (batched MACE); None: measured on the band and cached.")
+        None, ge=1, le=64, description="Images per model call (batched MACE); None: measured on the band and cached.")
 
 
 @dataclasses.dataclass

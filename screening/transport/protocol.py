@@ -39,25 +39,40 @@ class MDEngine(enum.StrEnum):
     ASE = "ase"  # ASE dynamics with MACE's ASE calculator, one temperature at a time (any ASE calculator)
 
 
+# Bounds of every field: physical ranges (a 10^9 K temperature is a typo) and sizes a run can afford.
+# They change no value, so no protocol hash; ``allow_inf_nan=False`` refuses .inf and .nan everywhere.
+MIN_TEMPERATURE_K = 50.0  # below this an MSD fit sees no hop in any affordable run
+MAX_TEMPERATURE_K = 5000.0  # above this every inorganic solid has melted
+MAX_TEMPERATURES = 32  # an Arrhenius fit needs 3-8 points
+MAX_RUN_PS = 10_000.0  # 10 ns per temperature: production, budget, extension, equilibration
+MAX_FRAMES_PER_TEMPERATURE = 500_000  # stored frames of one temperature (10 ns every 20 fs)
+MAX_SUPERCELL_LENGTH_A = 100.0  # every cell height; 100 Å already means >10^5 atoms of a dense solid
+MAX_SEED = 2**63 - 1  # numpy and torch take 64-bit seeds
+
 PositiveFloat = Annotated[float, Field(gt=0)]
+Temperature = Annotated[float, Field(ge=MIN_TEMPERATURE_K, le=MAX_TEMPERATURE_K)]
 
 
 class AnalysisSettings(BaseModel):
     """How trajectories are analysed (part of the protocol, so part of its hash)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     n_blocks: int = Field(5, ge=3, le=50, description="Time blocks of the temperature-stationarity check (thermostat_off).")
     fit_end_fraction: float = Field(0.5, gt=0.1, le=0.9, description="Last lag of the MSD fit, fraction of the run.")
     fit_min_start_fraction: float = Field(
         0.1, ge=0, lt=0.5, description="The MSD fit never starts before this fraction of the run.")
-    fit_min_start_fs: float = Field(200.0, ge=0, description="Nor before this lag (ballistic regime), fs.")
+    fit_min_start_fs: float = Field(200.0, ge=0, le=MAX_RUN_PS * 1000.0,
+                                    description="Nor before this lag (ballistic regime), fs.")
     relaxation_multiple: float = Field(
         4.0, gt=0, le=20, description="The MSD fit starts this many relaxation times of its local slope past the cage peak.")
-    hop_distance_A: float = Field(1.5, gt=0, description="Displacement from the resting point that counts as a hop, Å.")
-    min_hops: int = Field(20, ge=0, description="Fewer hops than this at a temperature → few_hops.")
-    max_rel_half_width: float = Field(0.5, gt=0, description="95% interval half-width / D above this → short_run.")
-    framework_msd_limit_A2: float = Field(2.0, gt=0, description="Framework MSD above this (Å²) → framework_melted.")
+    hop_distance_A: float = Field(1.5, gt=0, le=10.0,
+                                  description="Displacement from the resting point that counts as a hop, Å.")
+    min_hops: int = Field(20, ge=0, le=1_000_000, description="Fewer hops than this at a temperature → few_hops.")
+    max_rel_half_width: float = Field(0.5, gt=0, le=100.0,
+                                      description="95% interval half-width / D above this → short_run.")
+    framework_msd_limit_A2: float = Field(2.0, gt=0, le=100.0,
+                                          description="Framework MSD above this (Å²) → framework_melted.")
     thermostat_tolerance: float = Field(0.05, gt=0, lt=1, description="Mean T off target by more (fraction) → thermostat_off.")
 
     def fit_window(self) -> FitWindow:
@@ -68,33 +83,39 @@ class AnalysisSettings(BaseModel):
 class TransportProtocol(BaseModel):
     """Relax → equilibrate → NVT production at each temperature → analyse. Units are in the names."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: str = Field("custom", description="Preset name (not part of the hash).")
-    temperatures_K: tuple[PositiveFloat, ...] = Field(..., min_length=1, description="Production temperatures, K.")
-    timestep_fs: PositiveFloat = Field(..., le=5.0, description="MD time step, fs.")
-    equilibration_ps: float = Field(..., ge=0, description="Equilibration before sampling, ps.")
-    production_ps: PositiveFloat = Field(..., description="Production length per temperature, ps.")
-    sample_interval_fs: PositiveFloat = Field(..., description="Time between stored frames, fs.")
-    checkpoint_interval_ps: PositiveFloat = Field(1.0, description="Time between MD checkpoints, ps.")
+    name: str = Field("custom", max_length=64, description="Preset name (not part of the hash).")
+    temperatures_K: tuple[Temperature, ...] = Field(
+        ..., min_length=1, max_length=MAX_TEMPERATURES,
+        description=f"Production temperatures, K ({MIN_TEMPERATURE_K:g}-{MAX_TEMPERATURE_K:g}).")
+    timestep_fs: float = Field(..., ge=0.1, le=5.0, description="MD time step, fs.")
+    equilibration_ps: float = Field(..., ge=0, le=MAX_RUN_PS, description="Equilibration before sampling, ps.")
+    production_ps: float = Field(..., gt=0, le=MAX_RUN_PS, description="Production length per temperature, ps.")
+    sample_interval_fs: float = Field(..., gt=0, le=10_000.0, description="Time between stored frames, fs.")
+    checkpoint_interval_ps: float = Field(1.0, gt=0, le=MAX_RUN_PS, description="Time between MD checkpoints, ps.")
     thermostat: Thermostat = Thermostat.BUSSI
-    thermostat_time_constant_fs: PositiveFloat = Field(100.0, description="Bussi τ_T or Langevin 1/friction, fs.")
+    thermostat_time_constant_fs: float = Field(100.0, gt=0, le=100_000.0,
+                                               description="Bussi τ_T or Langevin 1/friction, fs.")
     equilibration_thermostat: Thermostat = Thermostat.LANGEVIN
-    supercell_min_length_A: PositiveFloat = Field(..., description="Every cell height (and so every lattice vector) ≥ this, Å.")
+    supercell_min_length_A: float = Field(..., gt=0, le=MAX_SUPERCELL_LENGTH_A,
+                                          description="Every cell height (and so every lattice vector) ≥ this, Å.")
     relax: bool = Field(True, description="Relax positions (float64) before MD.")
     relax_cell: bool = Field(False, description="Also relax the cell.")
-    relax_fmax_eV_A: PositiveFloat = 0.05
-    relax_max_steps: int = Field(300, ge=1)
+    relax_fmax_eV_A: float = Field(0.05, gt=0, le=10.0)
+    relax_max_steps: int = Field(300, ge=1, le=100_000)
     md_dtype: str = Field("float32", pattern="^float(32|64)$")
     md_engine: MDEngine = Field(
         MDEngine.LEAN, description="lean: the batched MACE engine (mlip.engine); ase: ASE's dynamics and calculator. "
         "Same physics; the random streams agree but float32 rounding differs, so trajectories differ bit for bit.")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     target_rel_half_width: float | None = Field(
-        None, gt=0, description="Adaptive runs: extend production until the 95% half-width / D* is below this."
+        None, gt=0, le=100.0, description="Adaptive runs: extend production until the 95% half-width / D* is below this."
     )
-    max_production_ps: float | None = Field(None, gt=0, description="Adaptive runs: production budget per temperature, ps.")
-    extension_ps: float | None = Field(None, gt=0, description="Adaptive runs: production added per extension, ps.")
+    max_production_ps: float | None = Field(None, gt=0, le=MAX_RUN_PS,
+                                            description="Adaptive runs: production budget per temperature, ps.")
+    extension_ps: float | None = Field(None, gt=0, le=MAX_RUN_PS,
+                                       description="Adaptive runs: production added per extension, ps.")
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
 
     @field_validator("temperatures_K")
@@ -115,6 +136,11 @@ class TransportProtocol(BaseModel):
             raise ValueError("adaptive runs need target_rel_half_width, max_production_ps and extension_ps together")
         if self.max_production_ps is not None and self.max_production_ps < self.production_ps:
             raise ValueError("max_production_ps must be at least production_ps")
+        longest_ps = max(self.production_ps, self.max_production_ps or 0.0)
+        frames = longest_ps * 1000.0 / self.sample_interval_fs
+        if frames > MAX_FRAMES_PER_TEMPERATURE:
+            raise ValueError(f"{longest_ps:g} ps sampled every {self.sample_interval_fs:g} fs stores {frames:,.0f} frames "
+                             f"per temperature, more than {MAX_FRAMES_PER_TEMPERATURE:,}; raise sample_interval_fs")
         return self
 
     # -- derived step counts -------------------------------------------------------------------

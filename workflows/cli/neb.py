@@ -84,7 +84,8 @@ def neb(
     from mlip.loader import load_model
     from screening.neb import Mechanism, NebParameters, neb_for_structure
     from screening.neb.driver import neb_engine_for
-    from screening.structio import element_symbols, read_structure
+    from screening.candidates.limits import read_input_structure as read_structure
+    from screening.structio import element_symbols
 
     settings = load_settings()
     struct = read_structure(structure)

@@ -134,7 +134,7 @@ def md(
 
     from mlip.config import load_settings
     from mlip.loader import load_model
-    from screening.structio import read_structure
+    from screening.candidates.limits import read_input_structure as read_structure
     from screening.transport.protocol import make_protocol, preset, preset_names
     from screening.transport.run import calculator_factory_for, run_transport
 

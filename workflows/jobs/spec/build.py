@@ -1,4 +1,8 @@
-"""The candidates a job file names, built into ``screening.candidates.Candidate`` documents (one failure at a time)."""
+"""The candidates a job file names, built into ``screening.candidates.Candidate`` documents (one failure at a time).
+
+A candidate whose transport or NEB supercell would hold more than ``MAX_SIMULATION_ATOMS`` atoms is a failure
+here, before planning, rather than a task that exhausts a worker.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlip.errors import InputError
 from screening.candidates.library import CandidateKind
 from workflows.jobs.spec.schema import CandidateSpec, JobSpec, StructureSource
 
@@ -72,11 +77,43 @@ def _build_item(item: CandidateSpec, spec: JobSpec):
     return cand if cand.name == name else cand.model_copy(update={"name": name})
 
 
+def simulation_cells(cand, spec: JobSpec) -> list[tuple[str, tuple[int, int, int], int]]:
+    """(what, repeats, atoms) of each supercell the job's stages will build from ``cand``."""
+    import math
+
+    from screening.cells import repeats_for_min_height
+    from screening.neb.supercell import supercell_repeats
+
+    lattice = cand.structure.lattice
+    out = []
+    if spec.transport is not None:
+        length = spec.transport.protocol().supercell_min_length_A
+        reps = repeats_for_min_height(lattice.matrix, length)
+        out.append((f"transport supercell (supercell_min_length_A = {length:g} Å)", reps, len(cand.structure) * math.prod(reps)))
+    if spec.neb is not None:
+        reps = supercell_repeats(lattice.abc, spec.neb.min_length_A)
+        out.append((f"NEB supercell (min_length_A = {spec.neb.min_length_A:g} Å)", reps, len(cand.structure) * math.prod(reps)))
+    return out
+
+
+def check_simulation_size(cand, spec: JobSpec) -> None:
+    """Refuse a candidate whose supercells would hold more than ``MAX_SIMULATION_ATOMS`` atoms."""
+    from screening.candidates.limits import MAX_SIMULATION_ATOMS
+
+    for what, reps, atoms in simulation_cells(cand, spec):
+        if atoms > MAX_SIMULATION_ATOMS:
+            raise InputError(
+                f"candidate {cand.name}: its {what} is {reps[0]}x{reps[1]}x{reps[2]} cells of {len(cand.structure)} atoms "
+                f"= {atoms:,} atoms, more than the {MAX_SIMULATION_ATOMS:,} a simulation may have "
+                "(MAX_SIMULATION_ATOMS); lower the minimum length or screen a smaller cell")
+
+
 def build_candidates(spec: JobSpec, allowed_elements: set[str] | None = None) -> BuiltCandidates:
     """Materialise every candidate of ``spec``; a candidate that fails is reported and the others are built.
 
     ``allowed_elements`` (e.g. a model's element symbols): candidates with other elements fail with a
-    ModelDomainError message. Candidates with the same structure hash are kept once (first one wins).
+    ModelDomainError message; candidates whose supercells exceed ``MAX_SIMULATION_ATOMS`` fail with an
+    InputError. Candidates with the same structure hash are kept once (first one wins).
     """
     from mlip.errors import ModelDomainError
 
@@ -93,6 +130,7 @@ def build_candidates(spec: JobSpec, allowed_elements: set[str] | None = None) ->
                     raise ModelDomainError(
                         f"{cand.name} contains {', '.join(outside)}, which the model does not cover "
                         f"(it covers {', '.join(sorted(allowed_elements))}); use a model trained on these elements")
+            check_simulation_size(cand, spec)
         except Exception as err:  # noqa: BLE001 - one bad candidate must not stop the others; the error is reported
             log.warning("candidates[%d] (%s) failed: %s", i, item.label, err)
             failures.append(CandidateFailure(index=i, item=f"candidates[{i}]", label=item.label,

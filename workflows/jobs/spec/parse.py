@@ -4,6 +4,10 @@
 malformed model reference, invalid protocol override) into one :class:`JobSpecError` that names each key
 path and its file line (``job.yaml:14: candidates[2].libary: unknown key (did you mean 'library'?)``).
 Lines come from PyYAML's node marks (``yaml.compose``), since pydantic sees only the parsed data.
+
+A job file is data written by hand, so it is read within bounds checked while composing, before any value
+is built: at most ``MAX_JOB_FILE_BYTES``, nesting at most ``MAX_YAML_DEPTH`` deep, and no anchors or
+aliases (``&a`` / ``*a``: six nested aliases in 500 bytes expand to a billion values).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from pydantic import BaseModel, ValidationError
 
 from mlip.errors import InputError
 from workflows.jobs.spec.schema import JobSpec, clean_message
+
+MAX_JOB_FILE_BYTES = 512 * 1024  # a job of MAX_CANDIDATES candidates is ~100 kB
+MAX_YAML_DEPTH = 32  # a job file nests 5 levels; JSON or YAML deeper than this is not a job file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +56,9 @@ def load_job_spec(path: str | Path) -> JobSpec:
     """Read and validate a job file; relative paths in it are relative to its directory."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_JOB_FILE_BYTES:
+            raise JobSpecError(str(path), [SpecProblem("", None, _too_large(size))])
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise InputError(f"job file {path} does not exist") from err
@@ -79,22 +89,79 @@ class _Lines:
     value: dict[tuple, int]
 
 
+def _too_large(size: int) -> str:
+    return (f"the job file is {size:,} bytes, more than the {MAX_JOB_FILE_BYTES:,} a job file may have "
+            "(MAX_JOB_FILE_BYTES); split the candidates over several jobs")
+
+
+class _RefusedYAML(Exception):
+    """A construct the job-file loader does not accept, at a line."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def _loader_class():
+    """libyaml's SafeLoader when PyYAML was built with it (5x faster on a large job), else the Python one."""
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _too_deep() -> str:
+    return f"nested more than {MAX_YAML_DEPTH} levels deep (MAX_YAML_DEPTH); a job file is a few levels of mappings and lists"
+
+
+def _check_events(text: str, loader) -> None:
+    """Refuse anchors, aliases and nesting deeper than ``MAX_YAML_DEPTH`` from the parser's events, before any
+    node is composed (the parser reads events one at a time, so a 100,000-deep document stops at level 33)."""
+    import yaml
+
+    depth = 0
+    for event in yaml.parse(text, Loader=loader):
+        anchor = getattr(event, "anchor", None)
+        if isinstance(event, yaml.AliasEvent) or anchor is not None:
+            raise _RefusedYAML(event.start_mark.line + 1, f"YAML anchors and aliases (&{anchor} / *{anchor}) are not "
+                                                          "allowed in job files; write each value out")
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise _RefusedYAML(event.start_mark.line + 1, _too_deep())
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+
+
 def _parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_JOB_FILE_BYTES:
+        raise JobSpecError(source, [SpecProblem("", None, _too_large(size))])
+    loader_class = _loader_class()
+    loader = None
     try:
+        _check_events(text, loader_class)
+        loader = loader_class(text)
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
+    except _RefusedYAML as err:
+        raise JobSpecError(source, [SpecProblem("", err.line, err.message)]) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark is not None else None
         message = " ".join(x for x in (err.context, err.problem) if x) or str(err)
+        if "maximum nesting depth" in message:  # libyaml's own bound (1,000 levels), met before ours while scanning
+            raise JobSpecError(source, [SpecProblem("", line, _too_deep())]) from None
         raise JobSpecError(source, [SpecProblem("", line, f"YAML syntax: {message}")]) from err
     except yaml.YAMLError as err:
         raise JobSpecError(source, [SpecProblem("", None, f"YAML: {err}")]) from err
+    except (ValueError, TypeError, OverflowError) as err:  # int()/date() of a scalar; text libyaml cannot encode
+        raise JobSpecError(source, [SpecProblem("", None, f"YAML value: {err}")]) from err
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     lines = _Lines({}, {})
     duplicates: list[SpecProblem] = []
     if node is not None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import difflib
 import enum
+import math
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -34,6 +35,22 @@ from screening.stages import Stage
 from screening.transport.protocol import TransportProtocol
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+
+# Bounds of the job file's own fields (the protocol's are in screening.transport.protocol and
+# screening.neb.band; structure sizes in screening.candidates.limits). Floats are finite everywhere.
+MAX_CANDIDATES = 1000  # candidates per job (each is built before planning)
+MAX_NAME_LENGTH = 128
+MAX_REFERENCE_LENGTH = 4096  # model reference, file path
+MAX_INSERTED_IONS = 256  # n_ions of a cathode host
+MAX_SUPERCELL_MULTIPLIER = 10  # each ordering-supercell multiplier (the cell's atoms are bounded too)
+MAX_INSERTION_SITES = 256
+MAX_OXIDATION_STATE = 8.0  # |formal charge| (OsO4: +8; N3-, C4-)
+MAX_HOPS = 1000
+MAX_HOP_LENGTH_A = 10.0  # ionic hops are 2-5 Å; a longer "hop" crosses several sites
+MAX_GPUS_PER_WORKER = 64
+MAX_IN_FLIGHT = 100_000
+MAX_RANKING_WEIGHT = 1000.0
+MAX_SEED = 2**63 - 1
 
 
 class Device(enum.StrEnum):
@@ -60,12 +77,30 @@ def clean_message(msg: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _base_dir(info: ValidationInfo) -> Path:
     context = info.context or {}
     return Path(context.get("base_dir") or Path.cwd())
+
+
+def _resolve(value: str, info: ValidationInfo) -> Path:
+    """An absolute path; relative paths are relative to the job file's directory."""
+    try:
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = _base_dir(info) / path
+        return path.resolve()
+    except (OSError, RuntimeError) as err:  # ~unknown-user, a symlink loop, a name the OS refuses
+        raise ValueError(f"path {value!r} cannot be resolved: {err}") from err
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
 
 
 def _check_ion(value: str | None) -> str | None:
@@ -78,6 +113,10 @@ def _check_ion(value: str | None) -> str | None:
     return symbol
 
 
+_Multiplier = Annotated[int, Field(ge=1, le=MAX_SUPERCELL_MULTIPLIER)]
+_Fraction = Annotated[float, Field(ge=-1.0, le=1.0)]  # fractional coordinates of one cell
+
+
 # ---------------------------------------------------------------------------------------------- candidates
 class StructureSource(_Strict):
     """Where a structure comes from: a built-in library entry or a structure file (exactly one)."""
@@ -85,15 +124,22 @@ class StructureSource(_Strict):
     _SOURCE_KEYS: typing.ClassVar[tuple[str, ...]] = ("library", "file")
     _FILE_ONLY: typing.ClassVar[tuple[str, ...]] = ("oxidation", "kind", "supercell", "insertion_sites_frac")
 
-    library: str | None = Field(None, description="Built-in entry name (`ionscreen candidates list`).")
-    file: str | None = Field(None, description="CIF / POSCAR / extxyz, relative to the job file's directory.")
-    ion: str | None = Field(None, description="Working ion (files; cathode hosts: the ion to insert).")
-    n_ions: int | None = Field(None, ge=0, description="Cathode hosts: ions to insert (default 1; 0 = empty host).")
-    oxidation: dict[str, float] | None = Field(None, description="Files: explicit oxidation states per element.")
+    library: str | None = Field(None, max_length=MAX_NAME_LENGTH,
+                                description="Built-in entry name (`ionscreen candidates list`).")
+    file: str | None = Field(None, min_length=1, max_length=MAX_REFERENCE_LENGTH,
+                             description="CIF / POSCAR / extxyz, relative to the job file's directory.")
+    ion: str | None = Field(None, max_length=8, description="Working ion (files; cathode hosts: the ion to insert).")
+    n_ions: int | None = Field(None, ge=0, le=MAX_INSERTED_IONS,
+                               description="Cathode hosts: ions to insert (default 1; 0 = empty host).")
+    oxidation: dict[Annotated[str, Field(max_length=8)],
+                    Annotated[float, Field(ge=-MAX_OXIDATION_STATE, le=MAX_OXIDATION_STATE)]] | None = Field(
+        None, max_length=118, description="Files: explicit oxidation states per element.")
     kind: CandidateKind | None = Field(None, description="Files: electrolyte (default) or cathode_host.")
-    supercell: tuple[int, int, int] | None = Field(None, description="Files: ordering supercell (default: smallest neutral).")
-    insertion_sites_frac: list[tuple[float, float, float]] | None = Field(
-        None, description="Files: fractional coordinates of empty sites for the working ion (frameworks).")
+    supercell: tuple[_Multiplier, _Multiplier, _Multiplier] | None = Field(
+        None, description="Files: ordering supercell (default: smallest neutral).")
+    insertion_sites_frac: list[tuple[_Fraction, _Fraction, _Fraction]] | None = Field(
+        None, max_length=MAX_INSERTION_SITES,
+        description="Files: fractional coordinates of empty sites for the working ion (frameworks).")
 
     @field_validator("library")
     @classmethod
@@ -112,11 +158,8 @@ class StructureSource(_Strict):
     def _existing_file(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        path = Path(value).expanduser()
-        if not path.is_absolute():
-            path = _base_dir(info) / path
-        path = path.resolve()
-        if not path.is_file():
+        path = _resolve(value, info)
+        if not _is_file(path):
             raise ValueError(f"structure file {path} does not exist")
         return str(path)
 
@@ -124,13 +167,6 @@ class StructureSource(_Strict):
     @classmethod
     def _ion(cls, value: str | None) -> str | None:
         return _check_ion(value)
-
-    @field_validator("supercell")
-    @classmethod
-    def _positive(cls, value):
-        if value is not None and min(value) < 1:
-            raise ValueError("supercell multipliers must be ≥ 1")
-        return value
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -167,7 +203,7 @@ class StructureSource(_Strict):
 class SubstituteSpec(StructureSource):
     """Working-ion substitution variant (``screening.candidates.substitute_working_ion``)."""
 
-    to: str = Field(description="The new working ion (charge balance by vacancies).")
+    to: str = Field(max_length=8, description="The new working ion (charge balance by vacancies).")
 
     @field_validator("to")
     @classmethod
@@ -178,11 +214,13 @@ class SubstituteSpec(StructureSource):
 class DopeSpec(StructureSource):
     """Aliovalent doping variant (``screening.candidates.dope``)."""
 
-    site: str = Field(description="Host element to replace partly.")
-    dopant: str = Field(description="Dopant element.")
+    site: str = Field(max_length=8, description="Host element to replace partly.")
+    dopant: str = Field(max_length=8, description="Dopant element.")
     fraction: float = Field(gt=0, le=1, description="Fraction of the host element replaced.")
-    dopant_oxidation: float = Field(description="Stated oxidation state of the dopant (never guessed).")
-    compensate_with: str | None = Field(None, description="Element whose vacancies compensate (default: the working ion).")
+    dopant_oxidation: float = Field(ge=-MAX_OXIDATION_STATE, le=MAX_OXIDATION_STATE,
+                                    description="Stated oxidation state of the dopant (never guessed).")
+    compensate_with: str | None = Field(None, max_length=8,
+                                        description="Element whose vacancies compensate (default: the working ion).")
 
 
 class CandidateSpec(StructureSource):
@@ -192,8 +230,9 @@ class CandidateSpec(StructureSource):
 
     substitute: SubstituteSpec | None = None
     dope: DopeSpec | None = None
-    name: str | None = Field(None, min_length=1, description="Display name (default: entry name / file stem / variant).")
-    seed: int = Field(0, ge=0, description="Seed of the ordering / insertion / variant site choice.")
+    name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH,
+                             description="Display name (default: entry name / file stem / variant).")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the ordering / insertion / variant site choice.")
 
     def _check_options(self, source: str) -> None:
         if source in ("substitute", "dope"):
@@ -222,7 +261,7 @@ class CandidateSpec(StructureSource):
 class TransportSpec(_Strict):
     """``transport:`` — a preset name, or a mapping with ``preset`` and/or ``overrides`` (TransportProtocol fields)."""
 
-    preset: str | None = Field(None, description="quick | standard; omit for a fully custom protocol.")
+    preset: str | None = Field(None, max_length=MAX_NAME_LENGTH, description="quick | standard; omit for a fully custom protocol.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="Any TransportProtocol field.")
     _protocol: TransportProtocol | None = PrivateAttr(None)
 
@@ -281,8 +320,10 @@ class TransportSpec(_Strict):
 class NebSpec(NebParameters):
     """``neb:`` — every NebParameters field, plus which hops to compute (``neb_for_structure`` arguments)."""
 
-    max_hops: int | None = Field(None, ge=1, description="Compute at most this many distinct hops (shortest first).")
-    max_hop_length_A: float | None = Field(None, gt=0, description="Longest hop considered, Å (default: percolation-based).")
+    max_hops: int | None = Field(None, ge=1, le=MAX_HOPS,
+                                 description="Compute at most this many distinct hops (shortest first).")
+    max_hop_length_A: float | None = Field(None, gt=0, le=MAX_HOP_LENGTH_A,
+                                           description="Longest hop considered, Å (default: percolation-based).")
     mechanism: Mechanism | None = Field(None, description="vacancy | interstitial (default from the structure).")
 
     def parameters(self) -> NebParameters:
@@ -299,8 +340,10 @@ class ResourcesSpec(_Strict):
     workers: int | None = Field(None, ge=1, le=4096, description="Model-holding actors; auto (or unset): measured.")
     threads_per_worker: int | None = Field(None, ge=1, le=256, description="CPU threads per actor (torch intra-op); "
                                            "auto (or unset): measured.")
-    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs requested per actor from Ray (fractions below 1 allowed).")
-    max_in_flight: int | None = Field(None, ge=1, description="Bounded queue of submitted tasks (default 2 × workers).")
+    gpus_per_worker: float = Field(0.0, ge=0, le=MAX_GPUS_PER_WORKER,
+                                   description="GPUs requested per actor from Ray (fractions below 1 allowed).")
+    max_in_flight: int | None = Field(None, ge=1, le=MAX_IN_FLIGHT,
+                                      description="Bounded queue of submitted tasks (default 2 × workers).")
     max_attempts: int = Field(3, ge=1, le=100, description="Tries of a task whose worker died.")
     device: Device = Field(Device.AUTO, description="auto | cpu | cuda.")
 
@@ -332,10 +375,12 @@ class ResourcesSpec(_Strict):
 class JobSpec(_Strict):
     """A screening job: candidates × stages with one model, ranking weights and resources."""
 
-    name: str = Field(pattern=NAME_PATTERN, description="Job name ([A-Za-z0-9._-]+).")
-    model: str = Field(description="Model reference (path, mace-mp:<name>, models:/<name>@<alias>, bundled:<name>).")
-    working_ion: str | None = Field(None, description="Ion for file candidates and cathode hosts that do not say.")
-    candidates: list[CandidateSpec] = Field(min_length=1)
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH, description="Job name ([A-Za-z0-9._-]+).")
+    model: str = Field(max_length=MAX_REFERENCE_LENGTH,
+                       description="Model reference (path, mace-mp:<name>, models:/<name>@<alias>, bundled:<name>).")
+    working_ion: str | None = Field(None, max_length=8,
+                                    description="Ion for file candidates and cathode hosts that do not say.")
+    candidates: list[CandidateSpec] = Field(min_length=1, max_length=MAX_CANDIDATES)
     transport: TransportSpec | None = None
     neb: NebSpec | None = None
     ranking: RankingWeights = Field(default_factory=RankingWeights)
@@ -347,11 +392,13 @@ class JobSpec(_Strict):
         from mlip.refs import RefKind, parse_ref
 
         raw = value.strip()
-        ref = parse_ref(raw)  # InputError (a ValueError) listing the accepted forms
+        try:
+            ref = parse_ref(raw)  # InputError (a ValueError) listing the accepted forms
+        except (OSError, RuntimeError) as err:  # resolving ~user or a symlink loop
+            raise ValueError(f"model path {raw!r} cannot be resolved: {err}") from err
         if ref.kind is RefKind.PATH:
-            path = Path(raw).expanduser()
-            path = (path if path.is_absolute() else _base_dir(info) / path).resolve()
-            if not path.is_file():
+            path = _resolve(raw, info)
+            if not _is_file(path):
                 raise ValueError(f"model file {path} does not exist")
             return str(path)
         if ref.kind is RefKind.BUNDLED:
@@ -364,6 +411,14 @@ class JobSpec(_Strict):
     @classmethod
     def _ion(cls, value: str | None) -> str | None:
         return _check_ion(value)
+
+    @field_validator("ranking")
+    @classmethod
+    def _finite_weights(cls, value: RankingWeights) -> RankingWeights:
+        for key, weight in value.model_dump().items():
+            if not math.isfinite(weight) or weight > MAX_RANKING_WEIGHT:
+                raise _keyed((key,), f"must be a finite number at most {MAX_RANKING_WEIGHT:g} (got {weight!r})")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self):
