@@ -17,6 +17,7 @@ from mlip import bundled, foundation
 from mlip.errors import ModelNotFoundError, ModelUnavailableOffline, UntrustedModelError, InputError
 from mlip.loader import load_model, resolve, trust
 from mlip.trust import TrustStore, sha256_file
+from hostile import evil_model
 
 
 def _li_cell():
@@ -29,28 +30,11 @@ def _energy(loaded):
     return atoms.get_potential_energy()
 
 
-class _Evil:
-    """Unpickling this creates ``marker`` — stands in for arbitrary code in a .model file."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
-
-
-def _write_evil_model(path: Path, marker: Path) -> Path:
-    import torch
-
-    torch.save(_Evil(str(marker)), path)
-    return path
-
-
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path, settings):
     import torch
 
     marker = tmp_path / "pwned-by-ionscreen-load"
-    evil = _write_evil_model(tmp_path / "evil.model", marker)
+    evil = evil_model(tmp_path / "evil.model", marker)
     with pytest.raises(UntrustedModelError, match="ionscreen models trust") as info:
         load_model(str(evil), settings)
     assert sha256_file(evil) in str(info.value)
@@ -58,7 +42,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, settings):
 
     # Control: the same kind of file really does run code when unpickled without the guard.
     control_marker = tmp_path / "pwned-by-plain-torch-load"
-    control = _write_evil_model(tmp_path / "control.model", control_marker)
+    control = evil_model(tmp_path / "control.model", control_marker)
     torch.load(control, weights_only=False)
     assert control_marker.exists()
 
@@ -67,7 +51,7 @@ def test_trusted_file_swapped_for_malicious_one_is_refused(tmp_path, tiny_model_
     trust(str(tiny_model_copy), settings)
     assert load_model(str(tiny_model_copy), settings).atomic_numbers == (3, 15, 16, 17)
     marker = tmp_path / "pwned-after-swap"
-    _write_evil_model(tiny_model_copy, marker)  # same path, new content
+    evil_model(tiny_model_copy, marker)  # same path, new content
     with pytest.raises(UntrustedModelError):
         load_model(str(tiny_model_copy), settings)
     assert not marker.exists()
@@ -162,7 +146,7 @@ def test_registry_version_not_registered_by_ionscreen_is_refused(tmp_path, setti
     from mlip import registry
 
     marker = tmp_path / "pwned-from-registry"
-    evil = _write_evil_model(tmp_path / "evil.model", marker)
+    evil = evil_model(tmp_path / "evil.model", marker)
     client = registry.client(settings)
     exp = ensure_experiment(client, "elsewhere", settings)
     run = client.create_run(exp).info.run_id

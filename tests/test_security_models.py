@@ -16,23 +16,7 @@ from mlip.config import load_settings, mask_password
 from mlip.errors import ConfigError, UntrustedModelError
 from mlip.loader import load_model, resolve, trust
 from mlip.trust import TrustStore, sha256_file
-
-
-class _Evil:
-    """Unpickling this creates ``marker``."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
-
-
-def _evil_model(path: Path, marker: Path) -> Path:
-    import torch
-
-    torch.save(_Evil(str(marker)), path)
-    return path
+from hostile import evil_model
 
 
 def _register_with_plain_mlflow(settings, path: Path, name: str, tags: dict[str, str]) -> None:
@@ -53,7 +37,7 @@ def test_registry_pickle_with_a_self_set_hash_tag_runs_nothing(tmp_path, setting
     from workflows.cli import app
 
     marker = tmp_path / "pwned-through-the-registry"
-    evil = _evil_model(tmp_path / "evil.model", marker)
+    evil = evil_model(tmp_path / "evil.model", marker)
     _register_with_plain_mlflow(settings, evil, "sneaky", {"ionscreen.sha256": sha256_file(evil)})
     assert settings.trust_registry
     with pytest.raises(UntrustedModelError, match="registry tag never makes a file loadable"):
@@ -78,7 +62,7 @@ def test_a_forged_signature_is_refused_and_a_team_signature_is_accepted(tmp_path
     good_signature = version.tags[signing.TAG_SIGNATURE]
 
     marker = tmp_path / "pwned-with-a-forged-signature"
-    evil = _evil_model(tmp_path / "evil.model", marker)
+    evil = evil_model(tmp_path / "evil.model", marker)
     forged = signing.sign(sha256_file(evil), bytes(32))  # someone else's key
     _register_with_plain_mlflow(settings, evil, "forged", {"ionscreen.sha256": sha256_file(evil),
                                                             signing.TAG_SIGNATURE: forged})
@@ -151,7 +135,7 @@ def test_foundation_download_is_trusted_only_when_it_matches_the_pinned_hash(tin
 
 def test_foundation_download_that_differs_from_the_pin_is_deleted(tmp_path, settings, monkeypatch):
     marker = tmp_path / "pwned-by-a-replaced-release"
-    payload = _evil_model(tmp_path / "evil.model", marker).read_bytes()
+    payload = evil_model(tmp_path / "evil.model", marker).read_bytes()
     _serve_download(monkeypatch, payload)
     monkeypatch.setitem(foundation.PINNED_SHA256, "small-0b", "0" * 64)
     with pytest.raises(UntrustedModelError, match="0{64}") as info:
@@ -163,7 +147,7 @@ def test_foundation_download_that_differs_from_the_pin_is_deleted(tmp_path, sett
 
 def test_foundation_download_without_a_pin_is_not_trusted_on_first_use(tmp_path, settings, monkeypatch):
     marker = tmp_path / "pwned-on-first-use"
-    payload = _evil_model(tmp_path / "evil.model", marker).read_bytes()
+    payload = evil_model(tmp_path / "evil.model", marker).read_bytes()
     _serve_download(monkeypatch, payload)
     assert "medium-0b" not in foundation.PINNED_SHA256
     with pytest.raises(UntrustedModelError, match="pins no published hash"):
