@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlip import bundled, foundation, registry, signing
-from mlip.backends import FILE_FAMILY, code_defined_families
+from mlip.backends import BACKENDS, FILE_FAMILY, code_defined_families, packaged_families
 from mlip.config import Settings, mask_password
 from mlip.refs import ModelRef, RefKind
 from mlip.trust import TrustStore, sha256_file
@@ -68,6 +68,17 @@ def list_models(settings: Settings, *, inspect_trusted: bool = True) -> list[Mod
         _fill(info, b.metadata)
         out.append(info)
         seen_paths.add(str(b.path))
+
+    for family in packaged_families():  # facts without loading: the files are known by their pinned hashes
+        for name, weights in BACKENDS[family].packaged_weights().items():
+            path = weights.path()
+            if path is None or not path.is_file():
+                continue
+            info = ModelInfo(f"{family}:{name}", weights.sha256,
+                             f"{weights.description} (installed {weights.package} package)",
+                             sha256_file(path) == weights.sha256, str(path), family=family)
+            out.append(info)
+            seen_paths.add(str(path))
 
     for v in registry.list_versions(settings):
         tags = v.tags

@@ -60,6 +60,8 @@ def resolve(ref: str | Path | ModelRef, settings: Settings | None = None, *, dow
                 f"manifest says {entry.sha256}: the file is corrupted or was replaced. Reinstall ionscreen."
             )
         return ResolvedModel(ref, entry.path, sha, "bundled with ionscreen", trusted_by)
+    if ref.kind is RefKind.PACKAGED:
+        return _resolve_packaged(ref)
 
     if ref.kind is RefKind.PATH:
         path = ref.path
@@ -90,6 +92,29 @@ def resolve(ref: str | Path | ModelRef, settings: Settings | None = None, *, dow
 
 
 
+def _resolve_packaged(ref: ModelRef) -> ResolvedModel:
+    """Weights inside an installed package, trusted only when the file's SHA-256 is the one ionscreen recorded
+    from that package's release."""
+    weights = get_backend(ref.family).packaged_weights()[ref.name]
+    path = weights.path()
+    if path is None:
+        raise ModelNotFoundError(f"{ref.text} needs the {weights.package} package: "
+                                 f"pip install {weights.package}=={weights.package_version}")
+    if not path.is_file():
+        raise ModelNotFoundError(f"{ref.text}: {path} is missing from the installed {weights.package} package "
+                                 f"(ionscreen knows the files of {weights.package} {weights.package_version})")
+    sha = sha256_file(path)
+    if sha != weights.sha256:
+        raise UntrustedModelError(
+            f"{ref.text}: {path} has SHA-256 {sha}, but the file in the {weights.package} {weights.package_version} "
+            f"release has {weights.sha256}: another version is installed or the file was altered. "
+            f"Install {weights.package}=={weights.package_version}; nothing was loaded."
+        )
+    return ResolvedModel(ref, path, sha, f"{weights.description} (installed {weights.package} package)",
+                         f"pinned SHA-256 of the {weights.package} {weights.package_version} release",
+                         family=ref.family)
+
+
 def _trust_if_pinned(ref: ModelRef, path: Path, store: TrustStore) -> None:
     """Trust a fresh download whose hash is the pinned one; delete one that differs; leave others untrusted."""
     pinned = foundation.PINNED_SHA256.get(ref.name)
@@ -106,11 +131,11 @@ def _trust_if_pinned(ref: ModelRef, path: Path, store: TrustStore) -> None:
               note=f"downloaded by ionscreen from {foundation.foundation_urls()[ref.name]}; matches the pinned SHA-256")
 
 
-def _unpickle(data: bytes, device: str):
-    import_mace()  # before e3nn; it also sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
+def _unpickle(data: bytes, device: str, *, weights_only: bool):
+    import_mace()  # before e3nn; it also sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (an explicit True still holds)
     import torch
 
-    return torch.load(io.BytesIO(data), map_location=device, weights_only=False)
+    return torch.load(io.BytesIO(data), map_location=device, weights_only=weights_only)
 
 
 def load_model(
@@ -136,7 +161,7 @@ def load_model(
             + _how_to_trust(resolved.ref, resolved.path)
         )
     try:
-        module = _unpickle(data, device)
+        module = _unpickle(data, device, weights_only=backend.weights_only)
     except Exception as err:
         raise InputError(f"{resolved.path} could not be loaded as a torch model: {err}") from err
     loaded = _attached(backend.describe(resolved, module), backend)
@@ -154,7 +179,8 @@ def trust(ref: str | Path | ModelRef, settings: Settings | None = None, *, note:
     """Record the current SHA-256 of ``ref``'s file as trusted by the user, then load it."""
     settings = settings or load_settings()
     resolved = resolve(ref, settings)
-    if resolved.ref.kind is RefKind.BUNDLED or not resolved.pickled:  # trusted already: by manifest, or as code
+    if resolved.ref.kind in (RefKind.BUNDLED, RefKind.PACKAGED) or not resolved.pickled:
+        # trusted already: by the manifest, by the package's pinned hash, or as code
         return load_model(resolved.ref, settings)
     store = TrustStore(settings.trust_store_path)
     was_trusted = store.is_trusted(resolved.sha256)

@@ -1,12 +1,13 @@
 """Model reference strings and their parsed form.
 
-A reference names a model in one of five ways:
+A reference names a model in one of six ways:
 
 * ``path/to/file.model`` — a file on disk;
 * ``mace-mp:<name>`` — a MACE foundation model (``small``, ``medium``, ``medium-mpa-0``, ...);
 * ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` — the MLflow model registry;
 * ``bundled:<name>`` — a model shipped inside the ionscreen package;
-* ``ase:<family>`` — a potential defined by code in ASE (``ase:emt``), no file involved.
+* ``ase:<family>`` — a potential defined by code in ASE (``ase:emt``), no file involved;
+* ``<family>:<name>`` — weights shipped inside an installed package (``chgnet:0.3.0``, ``chgnet:r2scan``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlip.backends import BACKENDS, code_defined_families
+from mlip.backends import BACKENDS, code_defined_families, packaged_families
 from mlip.errors import InputError
 
 
@@ -26,6 +27,7 @@ class RefKind(enum.StrEnum):
     REGISTRY = "registry"
     BUNDLED = "bundled"
     ASE = "ase"  # the name is a code-defined family of mlip.backends
+    PACKAGED = "packaged"  # weights shipped inside an installed package; ``family`` says whose
 
 
 _REGISTRY_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
@@ -41,6 +43,7 @@ class ModelRef:
     alias: str | None = None
     version: int | None = None
     path: Path | None = None
+    family: str | None = None  # PACKAGED only: the family whose package ships the weights
 
     @property
     def text(self) -> str:
@@ -52,6 +55,8 @@ class ModelRef:
             return f"bundled:{self.name}"
         if self.kind is RefKind.ASE:
             return f"ase:{self.name}"
+        if self.kind is RefKind.PACKAGED:
+            return f"{self.family}:{self.name}"
         if self.alias is not None:
             return f"models:/{self.name}@{self.alias}"
         return f"models:/{self.name}/{self.version}"
@@ -82,6 +87,9 @@ def parse_ref(text: str | Path | ModelRef) -> ModelRef:
         )
     if raw.startswith("ase:"):
         return _parse_code_ref(raw)
+    family = raw.partition(":")[0]
+    if family in packaged_families():
+        return _parse_packaged_ref(raw, family)
     for prefix, kind in (("mace-mp:", RefKind.FOUNDATION), ("bundled:", RefKind.BUNDLED)):
         if raw.startswith(prefix):
             name = raw[len(prefix):]
@@ -105,7 +113,17 @@ def _parse_code_ref(raw: str) -> ModelRef:
     return ModelRef(RefKind.ASE, name=name)
 
 
+def _parse_packaged_ref(raw: str, family: str) -> ModelRef:
+    name = raw.removeprefix(f"{family}:")
+    known = BACKENDS[family].packaged_weights()
+    if name not in known:
+        raise InputError(f"unknown {BACKENDS[family].label} weights {name!r} in {raw!r}; "
+                         f"known: {', '.join(f'{family}:{n}' for n in known)}")
+    return ModelRef(RefKind.PACKAGED, name=name, family=family)
+
+
 _FORMS = (
     "use one of: path/to/file.model, mace-mp:<name> (e.g. mace-mp:small), "
-    "models:/<name>@<alias>, models:/<name>/<version>, bundled:<name>, ase:<family> (e.g. ase:emt)"
+    "models:/<name>@<alias>, models:/<name>/<version>, bundled:<name>, ase:<family> (e.g. ase:emt), "
+    "chgnet:<name> (chgnet:0.3.0, chgnet:r2scan)"
 )

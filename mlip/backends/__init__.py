@@ -6,14 +6,15 @@ the CLI) asks ``loaded.backend`` and never the family's name.
 
 from __future__ import annotations
 
-from mlip.backends.base import BatchedEvaluator, Capability, CodeSource, ModelBackend
+from mlip.backends.base import BatchedEvaluator, Capability, CodeSource, ModelBackend, PackagedWeights
+from mlip.backends.chgnet import ChgnetBackend
 from mlip.backends.emt import EmtBackend
 from mlip.backends.mace import MaceBackend
 from mlip.errors import InputError
 from mlip.model import FILE_FAMILY
 
 #: Every family this install knows, by ``family`` name.
-BACKENDS: dict[str, ModelBackend] = {backend.family: backend for backend in (MaceBackend(), EmtBackend())}
+BACKENDS: dict[str, ModelBackend] = {backend.family: backend for backend in (MaceBackend(), ChgnetBackend(), EmtBackend())}
 
 assert MaceBackend.family == FILE_FAMILY  # model files (paths, mace-mp:, models:/, bundled:) are MACE pickles
 
@@ -30,9 +31,14 @@ def code_defined_families() -> tuple[str, ...]:
     return tuple(name for name, backend in BACKENDS.items() if backend.code_source() is not None)
 
 
+def packaged_families() -> tuple[str, ...]:
+    """Families whose weights ship inside an installed package (referenced as ``<family>:<name>``)."""
+    return tuple(name for name, backend in BACKENDS.items() if backend.packaged_weights())
+
+
 def families_with(capability: Capability) -> tuple[str, ...]:
     return tuple(name for name, backend in BACKENDS.items() if capability in backend.capabilities)
 
 
 __all__ = ["BACKENDS", "FILE_FAMILY", "BatchedEvaluator", "Capability", "CodeSource", "ModelBackend",
-           "code_defined_families", "families_with", "get_backend"]
+           "PackagedWeights", "code_defined_families", "families_with", "get_backend", "packaged_families"]

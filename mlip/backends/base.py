@@ -44,6 +44,27 @@ class CodeSource:
     description: str  # where it comes from, in words
 
 
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Weights shipped inside an installed Python package (reference ``<family>:<name>``), trusted only when the
+    file's SHA-256 equals the one recorded here from the released wheel."""
+
+    package: str  # the distribution's import name ("chgnet")
+    package_version: str  # the release whose files the hash was taken from
+    relative_path: str  # inside the installed package directory
+    sha256: str
+    description: str  # what the weights are, in words
+
+    def path(self) -> Path | None:
+        """Where the installed package keeps the file; ``None`` when the package is not installed."""
+        import importlib.util
+
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        return Path(next(iter(spec.submodule_search_locations))) / self.relative_path
+
+
 @runtime_checkable
 class BatchedEvaluator(Protocol):
     """Energies and forces of many structures per model call, as NEB bands use them (:class:`mlip.batched.BatchedMACE`;
@@ -78,11 +99,18 @@ class ModelBackend(abc.ABC):
     family: ClassVar[str]  # registry key, as stored in LoadedModel.family ("mace", "emt")
     label: ClassVar[str]  # for people ("MACE", "EMT")
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.CALCULATOR})
+    #: Whether the family's files hold tensors only, so ``torch.load(weights_only=True)`` reads them and
+    #: loading runs no code; MACE files are whole pickled modules.
+    weights_only: ClassVar[bool] = False
 
     def code_source(self) -> CodeSource | None:
         """For a potential defined by code (reference ``ase:<family>``): its identity. ``None``: the family's
         models are pickled files, resolved and trust-checked by :mod:`mlip.loader` before unpickling."""
         return None
+
+    def packaged_weights(self) -> dict[str, PackagedWeights]:
+        """Weights that an installed package ships, by name (reference ``<family>:<name>``); none by default."""
+        return {}
 
     @abc.abstractmethod
     def describe(self, resolved: "ResolvedModel", module: object | None) -> "LoadedModel":

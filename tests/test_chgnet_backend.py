@@ -1,0 +1,162 @@
+"""CHGNet as a model family: the weights inside the installed chgnet wheel load with no network, trusted only by
+their pinned SHA-256 and read without unpickling code; its calculator is consistent (forces and stress are
+derivatives of its energy) and names elements it lacks; MD and NEB run through the ASE paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+
+from mlip.backends import BACKENDS, Capability
+from mlip.backends.chgnet import WEIGHTS
+from mlip.errors import InputError, ModelDomainError, ModelNotFoundError, UntrustedModelError
+from mlip.loader import load_model, trust
+from mlip.refs import RefKind, parse_ref
+from mlip.testing import numerical_force
+from mlip.trust import TrustStore
+from protocols import short_protocol
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:] if len(args) > 1 else kwargs}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="module")
+def chgnet_model():
+    return load_model("chgnet:0.3.0")
+
+
+def li2s(*, primitive: bool = False) -> Atoms:
+    """Antifluorite Li2S: the conventional cell (12 atoms) or the primitive one (3 atoms)."""
+    from ase.spacegroup import crystal
+
+    return crystal(["S", "Li"], basis=[(0, 0, 0), (0.25, 0.25, 0.25)], spacegroup=225,
+                   cellpar=[5.70, 5.70, 5.70, 90, 90, 90], primitive_cell=primitive)
+
+
+def test_chgnet_references_name_the_packaged_weights():
+    for name in ("0.3.0", "r2scan"):
+        ref = parse_ref(f"chgnet:{name}")
+        assert ref.kind is RefKind.PACKAGED and ref.family == "chgnet" and ref.name == name
+        assert ref.text == f"chgnet:{name}" and parse_ref(ref.text) == ref
+    with pytest.raises(InputError, match="chgnet:0.3.0, chgnet:r2scan"):
+        parse_ref("chgnet:9.9.9")
+
+
+@pytest.mark.parametrize("name", ["0.3.0", "r2scan"])
+def test_chgnet_weights_load_from_the_wheel_without_network(name, no_network, settings):
+    loaded = load_model(f"chgnet:{name}", settings)
+    weights = WEIGHTS[name]
+    assert loaded.family == "chgnet" and loaded.ref == f"chgnet:{name}" and loaded.sha256 == weights.sha256
+    assert loaded.path == weights.path() and "chgnet" in str(loaded.path)
+    assert "pinned SHA-256" in loaded.trusted_by and loaded.dtype == "float32" and loaded.r_max_A == 6.0
+    assert loaded.n_params > 400_000 and loaded.model_class == f"CHGNet {name}"
+    assert {"Li", "Na", "Mg", "Ca", "Zn", "Al", "P", "S", "Cl", "O", "Ti", "U"} <= set(loaded.elements)
+    assert len(loaded.elements) == 89 and "Po" not in loaded.elements
+    assert loaded.backend.capabilities == {Capability.CALCULATOR}
+    assert loaded.backend.lean_md_engine(loaded) is None and loaded.backend.batched_evaluator(loaded) is None
+    # trusted by the pin: `trust` records nothing in the user's trust store
+    assert trust(f"chgnet:{name}", settings).sha256 == weights.sha256
+    assert not TrustStore(settings.trust_store_path).is_trusted(weights.sha256)
+
+
+def test_altered_chgnet_weights_are_refused_before_loading(tmp_path, monkeypatch, settings):
+    weights = WEIGHTS["0.3.0"]
+    altered = tmp_path / "chgnet" / weights.relative_path
+    altered.parent.mkdir(parents=True)
+    shutil.copyfile(weights.path(), altered)
+    with altered.open("r+b") as fh:  # one flipped byte deep inside the tensors
+        fh.seek(altered.stat().st_size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setattr(type(weights), "path", lambda self: altered)
+    with pytest.raises(UntrustedModelError, match=weights.sha256) as info:
+        load_model("chgnet:0.3.0", settings)
+    assert "nothing was loaded" in str(info.value) and "chgnet==0.4.2" in str(info.value)
+    altered.unlink()
+    with pytest.raises(ModelNotFoundError, match="missing from the installed chgnet"):
+        load_model("chgnet:0.3.0", settings)
+
+
+def test_chgnet_forces_and_stress_are_derivatives_of_its_energy(chgnet_model):
+    from ase.calculators.fd import calculate_numerical_stress
+
+    atoms = li2s()
+    atoms.positions += np.random.default_rng(3).normal(0, 0.08, atoms.positions.shape)
+    atoms.calc = chgnet_model.calculator(task="md", device="cpu")
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    assert np.abs(forces).max() > 0.2  # rattled: the check is not 0 == 0
+    for i, k in [(0, 0), (5, 1), (9, 2)]:  # float32 energies: finite differences resolve ~1e-2 eV/Å
+        assert numerical_force(atoms, i, k, h_A=2e-3) == pytest.approx(forces[i, k], abs=1.5e-2)
+    assert calculate_numerical_stress(atoms, eps=1e-3) == pytest.approx(stress, abs=2e-4)
+    assert atoms.calc.default_dtype == "float32" and atoms.calc.ionscreen_model_sha256 == chgnet_model.sha256
+    polonium = Atoms("Po2", positions=[[0, 0, 0], [2.5, 0, 0]], cell=[5.0] * 3, pbc=True)
+    polonium.calc = chgnet_model.calculator(task="single_point")
+    with pytest.raises(ModelDomainError, match="Po"):
+        polonium.get_potential_energy()
+    with pytest.raises(InputError, match="no options"):
+        chgnet_model.calculator(task="md", use_cueq=True)
+
+
+def test_chgnet_runs_md_through_the_ase_path_and_says_so(chgnet_model, tmp_path):
+    from screening.transport.protocol import make_protocol
+    from screening.transport.run import calculator_factory_for, run_transport
+
+    protocol = make_protocol(**short_protocol(relax=False, supercell_min_length_A=5.0, production_ps=0.2,
+                                              temperatures_K=[900.0]))
+    result = run_transport(li2s(), calculator_factory_for(chgnet_model, "cpu"), protocol, tmp_path / "md", "Li",
+                           model_ref=chgnet_model.ref, model_sha256=chgnet_model.sha256)
+    assert result.provenance.md_engine["md_engine"] == "ase"
+    assert "family chgnet has no lean MD engine" in result.provenance.md_engine["fallback"]
+    assert result.provenance.model_sha256 == WEIGHTS["0.3.0"].sha256 and result.n_atoms == 12
+    (temperature,) = result.temperatures
+    assert temperature.md_status == "completed" and "unstable_md" not in temperature.flags
+
+
+def test_neb_command_with_chgnet_gives_the_li2s_vacancy_barrier(tmp_path):
+    """The Li⁺-vacancy hop in a 23-atom Li2S cell: CHGNet 0.3.0 gave 0.302 eV with the hopping Li fixed at the
+    midpoint (issue 16's measurement; CP2K PBE/DZVP gives 0.218 eV), so a 3-image CI-NEB must land near it."""
+    from ase.io import write
+    from typer.testing import CliRunner
+
+    from workflows.cli.neb import app
+
+    write(tmp_path / "Li2S.cif", li2s(primitive=True))
+    out = tmp_path / "neb"
+    result = CliRunner().invoke(app, [str(tmp_path / "Li2S.cif"), "--ion", "Li", "--model", "chgnet:0.3.0",
+                                      "--min-length-A", "6.0", "--images", "3", "--max-steps", "80",
+                                      "--device", "cpu", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "family chgnet has no batched evaluator" in result.stderr
+    doc = json.loads(result.stdout)
+    hop = doc["hops"][0]
+    assert hop["converged"] and hop["n_atoms"] == 23 and hop["mechanism"] == "vacancy"
+    assert hop["barrier_forward_eV"] == pytest.approx(0.302, abs=0.03)
+    prov = hop["provenance"]
+    assert prov["model_ref"] == "chgnet:0.3.0" and prov["model_sha256"] == WEIGHTS["0.3.0"].sha256
+    assert prov["calculator"] == "CoverageCheckedCHGNetCalculator" and prov["dtype"] == "float32"
+
+
+def test_models_list_shows_the_packaged_weights(settings):
+    from mlip.catalog import list_models
+
+    listing = {info.ref: info for info in list_models(settings)}
+    for name, weights in WEIGHTS.items():
+        info = listing[f"chgnet:{name}"]
+        assert info.trusted and info.family == "chgnet" and info.sha256 == weights.sha256
+        assert "Mg" in info.elements and info.dtype == "float32"
+    assert "chgnet" in BACKENDS
