@@ -11,7 +11,6 @@ import socket
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import bulk
 
 from mlip.backends import BACKENDS, Capability
 from mlip.backends.chgnet import WEIGHTS
