@@ -37,3 +37,12 @@ ensure_venv() {
     python -m pip install --quiet torch==2.13.0
     python -m pip install --quiet -e '.[dev]'
 }
+
+# pytest's exit status as the script's, except 5 (no test collected): an empty test run is a failure, not a pass.
+refuse_empty_run() {
+    if [ "$1" -eq 5 ]; then
+        echo "pytest collected no tests (exit 5); an empty test run is a failure, not a pass." >&2
+        return 1
+    fi
+    return "$1"
+}

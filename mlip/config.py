@@ -8,6 +8,7 @@ Defaults are the embedded, one-machine setup: everything under one data director
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -154,18 +155,14 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 
 
 def mask_password(url: str) -> str:
-    """``url`` with the password of its ``user:password@`` part replaced by ``***`` (for printing and logs)."""
-    from urllib.parse import urlsplit, urlunsplit
+    """``url`` with the password of its ``user:password@`` part replaced by ``***`` (for printing and logs).
 
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+    Follows SQLAlchemy's reading, in which a password may hold ``/`` (``postgresql://u:pa/ss@h/db``), and masks
+    up to the last ``@``: masking too much is harmless, showing part of a password is not."""
+    return _USER_PASSWORD.sub(r"\1***@", url, count=1)
+
+
+_USER_PASSWORD = re.compile(r"^([A-Za-z][\w+.-]*://[^:/@]*:).*@", re.DOTALL)
 
 
 def settings_as_dict(settings: Settings) -> dict[str, str]:

@@ -86,6 +86,8 @@ def resolve(ref: str | Path | ModelRef, settings: Settings | None = None, *, dow
     entry = store.get(sha)
     if entry is not None:
         trusted_by = f"trust store ({entry.source})"
+    elif ref.kind is RefKind.FOUNDATION and foundation.PINNED_SHA256.get(ref.name) == sha:
+        trusted_by = "pinned published SHA-256"  # also a file cached before its hash was pinned
     elif version is not None and signing.registry_signature_verifies(version.tags, sha, settings):
         trusted_by = "registered through ionscreen (signature verified with the team key)"
     return ResolvedModel(ref, path, sha, source, trusted_by, version)

@@ -65,7 +65,8 @@ def verify(sha256: str, signature: str | None, key: bytes | None) -> bool:
     """Whether ``signature`` is this key's signature of ``sha256`` (constant-time comparison)."""
     if not signature or key is None:
         return False
-    return hmac.compare_digest(sign(sha256, key), signature)
+    # as bytes: compare_digest raises TypeError on str holding non-ASCII, and a tag is anyone's to set
+    return hmac.compare_digest(sign(sha256, key).encode(), signature.encode("utf-8", "replace"))
 
 
 def registry_signature_verifies(tags: dict[str, str], sha256: str, settings: Settings) -> bool:

@@ -100,12 +100,16 @@ def file_lock(path: str | Path, *, blocking: bool = True, timeout_s: float | Non
 
 
 @contextlib.contextmanager
-def exclusive_or_refuse(path: str | Path, busy: str) -> Iterator[None]:
-    """Hold the lock at ``path`` without waiting; if another process holds it, refuse with ``busy`` (InputError)."""
+def exclusive_or_refuse(path: str | Path, busy: str, *, timeout_s: float | None = None,
+                        error: type[Exception] | None = None) -> Iterator[None]:
+    """Hold the lock at ``path``; if another process holds it (at once, or after ``timeout_s``), raise ``error``
+    (default :class:`mlip.errors.InputError`) with the message ``busy``. Only taking the lock is guarded: a
+    :class:`LockBusy` from inside the block is not mistaken for this lock being busy."""
     from mlip.errors import InputError
 
-    try:
-        with file_lock(path, blocking=False):
-            yield
-    except LockBusy as err:
-        raise InputError(busy) from err
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(path, blocking=timeout_s is not None, timeout_s=timeout_s))
+        except LockBusy as err:
+            raise (error or InputError)(busy) from err
+        yield

@@ -91,6 +91,15 @@ def test_a_forged_signature_is_refused_and_a_team_signature_is_accepted(tmp_path
     assert resolve("models:/team-model/1", off).trusted_by is None
 
 
+@pytest.mark.parametrize("tag", ["é" * 64, "\u202e" + "0" * 63, "", "0" * 64])
+def test_a_malformed_signature_tag_is_refused_not_a_crash(tag):
+    from mlip import signing
+
+    key = b"k" * signing.KEY_BYTES
+    assert signing.verify("ab" * 32, tag, key) is False
+    assert signing.verify("ab" * 32, signing.sign("ab" * 32, key), key) is True
+
+
 def test_signing_key_must_be_private_and_well_formed(tmp_path):
     key = signing.create_key(tmp_path / "k")
     with pytest.raises(ConfigError, match="already exists"):
@@ -162,6 +171,8 @@ def test_foundation_download_without_a_pin_is_not_trusted_on_first_use(tmp_path,
     ("http://u:p@mlflow:5000", "http://u:***@mlflow:5000"),
     ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
     ("postgresql://nopassword@host/db", "postgresql://nopassword@host/db"),
+    ("postgresql://carol:pa/ss@h/db", "postgresql://carol:***@h/db"),  # SQLAlchemy reads "pa/ss" as the password
+    ("postgresql://dave:p@ss@h/db", "postgresql://dave:***@h/db"),
 ])
 def test_passwords_are_masked(url, shown):
     assert mask_password(url) == shown

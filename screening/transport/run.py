@@ -7,7 +7,6 @@ directory (relaxed structure, one sub-directory per temperature with checkpoint 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import io
@@ -21,7 +20,7 @@ from ase import Atoms
 
 from mlip.calculators import Task
 from mlip.errors import InputError, SimulationFailed
-from mlip.util import LockBusy, atomic_write_text, file_lock
+from mlip.util import atomic_write_text, exclusive_or_refuse
 from mlip.version import code_version
 from screening.cells import make_supercell
 from screening.ions import ion_charge as stated_charge
@@ -239,14 +238,10 @@ def _md_lean(atoms: Atoms, protocol: TransportProtocol, states: list[_Temperatur
     return log_choice
 
 
-@contextlib.contextmanager
 def _exclusive(workdir: Path, timeout_s: float = 300.0):
     """One process at a time per work directory (a retried task must not race a dying copy of itself)."""
-    try:
-        with file_lock(workdir / ".lock", timeout_s=timeout_s):
-            yield
-    except LockBusy as err:
-        raise SimulationFailed(f"{workdir} is locked by another process for {timeout_s:.0f} s") from err
+    return exclusive_or_refuse(workdir / ".lock", f"{workdir} is locked by another process for {timeout_s:.0f} s",
+                               timeout_s=timeout_s, error=SimulationFailed)
 
 
 def run_transport(

@@ -12,7 +12,6 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from mlip.config import mask_password
 from mlip.errors import InputError
 from workflows.cli.options import JsonFlag
 
@@ -68,7 +67,7 @@ def _train_summary(result) -> str:
         f"  model       {result.model_path}",
         f"  sha256      {result.model_sha256} (trusted)",
         f"  model card  {result.model_card_path}",
-        f"  MLflow run  {result.mlflow_run_id} ({mask_password(result.mlflow_tracking_uri)})",
+        f"  MLflow run  {result.mlflow_run_id} ({result.mlflow_tracking_uri})",
     ]
     if result.registered:
         lines.append(f"  registered  {result.registered}" + (f" = {result.registered_alias}" if result.registered_alias else ""))
