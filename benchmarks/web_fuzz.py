@@ -7,7 +7,7 @@ Usage:
     python benchmarks/web_fuzz.py [--examples 100] [--page-examples 1500] [--seed 0] [--db-url URL]
 
 ``--db-url`` fuzzes against another database (e.g. an empty PostgreSQL schema); the default is SQLite in a
-temporary ``IONSCREEN_HOME``. Needs the ``dev`` extra (schemathesis).
+temporary ``IONSCREEN_HOME``. Needs the ``dev`` extra (schemathesis); the fuzzing itself is ``tests/webfuzz.py``.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 
-def build_app(home: Path, db_url: str | None):
+from webfuzz import build_app, fuzz_app, fuzz_pages  # noqa: E402
+
+
+def sample_app(home: Path, db_url: str | None):
     """(app, write token, existing ids) over a sample database seeded under ``home``."""
     from mlip.config import load_settings
     from workflows.db import Store
-    from workflows.web import create_app
     from workflows.web.sample import build_candidate_rows, seed_sample
-
-    class NoLaunch:
-        def launch(self, job_id: str) -> int:
-            return 4242
 
     os.environ["IONSCREEN_HOME"] = str(home)
     if db_url:
@@ -37,10 +37,7 @@ def build_app(home: Path, db_url: str | None):
     settings = load_settings()
     store = Store.open(settings.db_url)
     sample = seed_sample(store, home, build_candidate_rows(("Li6PS5Cl", "beta-Li3PS4", "TiS2")))
-    _, token = store.tokens.create("fuzzer")
-    known = {"candidate_id": sorted(sample.candidate_ids.values()), "job_id": [sample.job_id],
-             "result_id": sorted(sample.result_ids.values())}
-    return create_app(settings, store=store, launcher=NoLaunch(), refresh_interval_s=0), token, known
+    return build_app(settings, store, sample)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,11 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db-url", default=None, help="database to fuzz against (default: SQLite, temporary)")
     args = parser.parse_args(argv)
 
-    from workflows.web.fuzz import fuzz_app, fuzz_pages
-
     with tempfile.TemporaryDirectory(prefix="ionscreen-fuzz-") as tmp:
         t0 = time.perf_counter()
-        app, token, known = build_app(Path(tmp) / "home", args.db_url)
+        app, token, known = sample_app(Path(tmp) / "home", args.db_url)
         print(f"sample database ready in {time.perf_counter() - t0:.1f} s", flush=True)
         report = fuzz_app(app, token=token, examples=args.examples, seed=args.seed, known_ids=known)
         print(f"API:   {report.summary()}", flush=True)

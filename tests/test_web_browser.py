@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from webfuzz import NoLaunch
+
 CHROMIUM = os.environ.get("IONSCREEN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -53,11 +55,7 @@ def server(web_sample_template, tmp_path_factory):
     shutil.copytree(template, home)
     settings = load_settings({"IONSCREEN_HOME": str(home)})
 
-    class NoLaunch:
-        def launch(self, job_id):  # the browser tests submit nothing
-            raise AssertionError("no job is submitted in the browser tests")
-
-    app = create_app(settings, launcher=NoLaunch(), refresh_interval_s=0)
+    app = create_app(settings, launcher=NoLaunch(), refresh_interval_s=0)  # the browser tests submit nothing
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)

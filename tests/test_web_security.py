@@ -14,14 +14,10 @@ from fastapi.testclient import TestClient
 
 from workflows.db import Store
 from workflows.web.params import ID_LIMIT
+from webfuzz import NoLaunch
 
 HTML = {"accept": "text/html"}
 FORM = {"content-type": "application/x-www-form-urlencoded"}
-
-
-class NoLaunch:
-    def launch(self, job_id: str) -> int:
-        raise AssertionError("no job may be launched in these tests")
 
 
 def make_client(settings, store, **kwargs) -> TestClient:
@@ -117,8 +113,12 @@ def post_job(client, headers, body: str, content_type: str = "application/json")
                        headers={**headers, "content-type": content_type})
 
 
+def deep_by_indentation(levels: int) -> str:
+    return "".join(f"{' ' * i}k{i}:\n" for i in range(levels))
+
+
 def test_deeply_nested_job_bodies_are_422_naming_the_limit_and_store_nothing(web):
-    from workflows.web.submit import MAX_NESTING_DEPTH
+    from workflows.jobs.spec.parse import MAX_JOB_FILE_BYTES, MAX_YAML_DEPTH
 
     client, store, *_ = web
     headers = bearer(store)
@@ -130,14 +130,24 @@ def test_deeply_nested_job_bodies_are_422_naming_the_limit_and_store_nothing(web
         ("[" * deep, "application/json"),  # unterminated as well
         ("name: x\ncandidates: " + "[" * deep + "]" * deep, "application/yaml"),
         ("- " * 50_000 + "x", "application/yaml"),  # block sequences, one line
-        ("".join(f"{' ' * i}k{i}:\n" for i in range(1200)), "application/yaml"),  # block mappings by indentation
-        ("[" * (MAX_NESTING_DEPTH + 1) + "]" * (MAX_NESTING_DEPTH + 1), "application/json"),
+        # block mappings by indentation, deeper than libyaml's 1,000 levels and Python's recursion limit, and
+        # within the size of a job file (1,200 levels would be too large as well: see below)
+        (deep_by_indentation(1010), "application/yaml"),
+        ("[" * (MAX_YAML_DEPTH + 1) + "]" * (MAX_YAML_DEPTH + 1), "application/json"),
+        ("name: x\ncandidates: " + "[" * 40 + "]" * 40, "application/yaml"),  # a little too deep, either format
+        ("[" * 40 + "]" * 40, "application/json"),
     ]
+    messages = set()
     for body, content_type in bodies:
         response = post_job(client, headers, body, content_type)
         assert response.status_code == 422, (body[:40], response.status_code, response.text[:300])
         (item,) = error_items(response)
-        assert item["type"] == "nesting_too_deep" and str(MAX_NESTING_DEPTH) in item["msg"]
+        assert item["type"] == "nesting_too_deep" and str(MAX_YAML_DEPTH) in item["msg"]
+        messages.add(item["msg"])
+    assert len(messages) == 1, messages  # one limit, one message, whatever the format
+    # too deep and larger than a job file: the job-file parser measures first
+    response = post_job(client, headers, deep_by_indentation(1200), "application/yaml")
+    assert response.status_code == 422 and f"{MAX_JOB_FILE_BYTES:,}" in error_items(response)[0]["msg"]
     # brackets inside strings do not count, and nesting up to the limit is left to the job schema
     shallow = {"name": "[[[[" * 100, "model": "x", "candidates": [{"library": "Li2S", "x": [[[[[[1]]]]]]}]}
     response = post_job(client, headers, json.dumps(shallow))
@@ -229,6 +239,30 @@ def test_the_redactor_replaces_whole_server_paths_only():
     assert redactor.redact("no job in postgresql+psycopg://user:***@db:5432/ions") == "no job in <database>"
     assert redactor.redact(f"{home}2/x and /x{home}") == f"{home}2/x and /x{home}"  # not the same directory
     assert redactor.redact("/api/candidates/3/download/POSCAR") == "/api/candidates/3/download/POSCAR"
+    tracking = PathRedactor.for_server(home, [], ["http://ionscreen:secret@mlflow.internal:5000", ""])
+    assert tracking.redact("store http://ionscreen:***@mlflow.internal:5000;") == "store <mlflow>;"
+    assert tracking.redact("store http://ionscreen:secret@mlflow.internal:5000") == "store <mlflow>"
+    assert tracking.redact("no URI here") == "no URI here"  # an empty URI replaces nothing
+
+
+def test_the_mlflow_tracking_password_never_reaches_a_page(web_home, monkeypatch):
+    from mlip.config import load_settings
+
+    password = "s3cret-Tr4cking"
+    monkeypatch.setenv("IONSCREEN_MLFLOW_TRACKING_URI", f"http://ionscreen:{password}@mlflow.internal:5000")
+    settings = load_settings()
+    assert settings.mlflow_ui_url is None  # no UI to link: the page names the tracking store instead
+    with Store.open(settings.db_url) as store, make_client(settings, store) as client:
+        cid = store.candidates.upsert({"structure_hash": "c" * 64, "name": "tracked", "formula": "Li2S",
+                                       "working_ion": "Li", "working_ion_charge": 1, "kind": "electrolyte",
+                                       "n_atoms": 12})
+        store.results.record({"task_key": "d" * 64, "candidate_id": cid, "stage": "transport",
+                              "structure_hash": "c" * 64, "protocol_hash": "0" * 64, "model_ref": "m",
+                              "model_sha256": "1" * 64, "code_version": "x", "mlflow_run_id": "0123456789abcdef",
+                              "conductivity_300K_mS_cm": 1.0})
+        page = client.get(f"/candidates/{cid}", headers=HTML)
+    assert page.status_code == 200 and "0123456789abcdef" in page.text and "tracking store" in page.text
+    assert password not in page.text and "mlflow.internal" not in page.text
 
 
 # ---------------------------------------------------------------------------------------------- browser sessions
@@ -317,6 +351,32 @@ def test_sign_in_from_another_site_is_refused(closed):
     response = sign_in(client, token, **{"sec-fetch-site": "cross-site"})
     assert response.status_code == 403 and "set-cookie" not in response.headers
     assert sign_in(client, token, **{"sec-fetch-site": "same-origin"}).status_code == 303
+
+
+def test_without_sec_fetch_site_the_origin_must_be_this_server(closed):
+    client, _, token = closed
+    for origin in ("https://evil.example", "http://testserver.evil.example", "https://testserver",
+                   "http://testserver:8080", "null", "http://testserver:99999"):
+        response = sign_in(client, token, origin=origin)
+        assert response.status_code == 403 and "set-cookie" not in response.headers, origin
+    for origin in ("http://testserver", "http://TestServer:80"):
+        assert sign_in(client, token, origin=origin).status_code == 303, origin
+    assert sign_in(client, token).status_code == 303  # neither header: a script, not a browser
+    out = client.post("/logout", headers={"origin": "https://evil.example"}, follow_redirects=False)
+    assert out.status_code == 403 and client.get("/api/candidates").status_code == 200  # still signed in
+
+
+def test_a_session_looks_up_its_own_token_not_every_token(closed, monkeypatch):
+    client, store, token = closed
+    sign_in(client, token)
+
+    def list_every_token(*args, **kwargs):
+        raise AssertionError("a session request listed every token")
+
+    monkeypatch.setattr(store.tokens, "list", list_every_token)
+    assert client.get("/api/candidates").status_code == 200
+    store.tokens.revoke("reader")
+    assert client.get("/api/candidates").status_code == 401
 
 
 def test_the_cookie_is_secure_over_https_and_behind_a_tls_proxy(closed):

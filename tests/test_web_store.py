@@ -178,8 +178,11 @@ def test_tokens_are_hashed_verified_and_revoked(db_url):
         with pytest.raises(InputError, match="2 active tokens"):
             store.tokens.revoke("ci runner")  # ambiguous name: refuse, revoke nothing
         assert all(t.active for t in store.tokens.list())
+        assert store.tokens.get_active(record.token_id).name == "ci runner"
+        assert store.tokens.get_active("0" * 8) is None
         revoked = store.tokens.revoke(record.token_id)
         assert not revoked.active and store.tokens.verify(secret) is None
+        assert store.tokens.get_active(record.token_id) is None
         assert store.tokens.verify(other) is not None
         assert store.tokens.revoke("ci runner").token_id != record.token_id  # now unambiguous
         with pytest.raises(NotFoundError):

@@ -57,7 +57,7 @@ class TokenRecord(BaseModel):
 
 
 class TokenRepository(Repository):
-    """``store.tokens``: create (returns the token once), list, revoke, verify."""
+    """``store.tokens``: create (returns the token once), list, look up an active one by id, revoke, verify."""
 
     def create(self, name: str):
         """Store a new API token for ``name``; returns (TokenRecord, token). The token is not stored, only its hash."""
@@ -80,6 +80,16 @@ class TokenRepository(Repository):
         if not include_revoked:
             query = query.where(ApiToken.revoked_utc.is_(None))
         return self._run(lambda s: [TokenRecord.model_validate(t) for t in s.scalars(query)], write=False)
+
+    def get_active(self, token_id: str):
+        """The active TokenRecord with this public id, or None (unknown or revoked)."""
+        query = sa.select(ApiToken).where(ApiToken.token_id == token_id, ApiToken.revoked_utc.is_(None))
+
+        def find(session: Session):
+            found = session.scalar(query)
+            return None if found is None else TokenRecord.model_validate(found)
+
+        return self._run(find, write=False)
 
     def revoke(self, token_id_or_name: str):
         """Revoke a token by its id (8 hex digits) or by its name when one active token has it; returns it."""

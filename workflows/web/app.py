@@ -135,7 +135,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.max_body_bytes = int(max_body_bytes)
-    app.redactor = PathRedactor.for_server(settings.home, [settings.db_url, store.db_url])
+    app.redactor = PathRedactor.for_server(settings.home, [settings.db_url, store.db_url],
+                                           [settings.mlflow_tracking_uri])
     app.state.settings = settings
     app.state.store = store
     app.state.launcher = launcher or SubprocessLauncher(settings)

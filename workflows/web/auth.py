@@ -54,8 +54,7 @@ def session_token(request: Request) -> TokenRecord | None:
     session = sessions(request).lookup(session_id)
     if session is None:
         return None
-    active = request.app.state.store.tokens.list(include_revoked=False)
-    record = next((t for t in active if t.token_id == session.token_id), None)
+    record = request.app.state.store.tokens.get_active(session.token_id)
     if record is None:
         sessions(request).close(session_id)
     return record

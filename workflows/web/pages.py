@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
+from mlip.config import mask_password
 from mlip.errors import InputError
 from workflows.db.summaries import SortKey, SortOrder
 from workflows.web import plots
@@ -141,7 +142,7 @@ def candidate_page(request: Request, candidate_id: CandidateId, model: str | Non
         "viewer_cif": viewer_cif(record.cif) if record.cif else None,
         "cif_href": f"/api/candidates/{record.id}/download/{quote(stem)}.cif",
         "poscar_href": f"/api/candidates/{record.id}/download/POSCAR",
-        "mlflow_tracking_uri": state.settings.mlflow_tracking_uri,
+        "mlflow_tracking_uri": mask_password(state.settings.mlflow_tracking_uri),
     }
     return _render(request, "candidate.html", context)
 
@@ -256,9 +257,32 @@ def logout(request: Request):
 
 def _refuse_cross_site(request: Request) -> None:
     """Sign-in and sign-out only from this site's own pages: browsers label every request with ``Sec-Fetch-Site``;
-    a form posted from another site (login CSRF: signing a victim in as the attacker) is refused."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+    a form posted from another site (login CSRF: signing a victim in as the attacker) is refused. Browsers without
+    ``Sec-Fetch-Site`` send ``Origin`` with a form post, which must then be this server's; a request with neither
+    (a script, curl) is no browser's and is let through."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        cross_site = fetch_site not in ("same-origin", "none")
+    else:
+        origin = request.headers.get("origin")
+        cross_site = origin is not None and not _same_origin(origin, str(request.url))
+    if cross_site:
         raise HTTPException(403, "sign-in and sign-out are accepted only from this server's own pages")
+
+
+def _same_origin(a: str, b: str) -> bool:
+    """Whether two URLs have one origin: scheme, host and port (filled in for http and https). An unreadable URL
+    and the opaque origin ``null`` have none."""
+
+    def origin(url: str) -> tuple[str, str | None, int | None]:
+        parts = urlsplit(url)
+        return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+    try:
+        first, second = origin(a), origin(b)
+    except ValueError:  # a port out of range or not a number
+        return False
+    return first[1] is not None and first == second
 
 
 def _local(target: str) -> str:

@@ -1,5 +1,6 @@
 """Server paths kept out of responses: error messages, result documents and pages name files under
-``$IONSCREEN_HOME`` (and other server directories, and the database URL) by placeholders instead.
+``$IONSCREEN_HOME`` (and other server directories, the database URL and the MLflow tracking URI) by placeholders
+instead.
 
 Messages from the layers below (the database's "no job X in sqlite:////srv/.../ionscreen.db", a planner's "model
 file /srv/.../x.model does not exist", NEB documents with absolute paths) are useful and stay; only the server's
@@ -23,10 +24,11 @@ TEXT_MEDIA_TYPES = {"application/json", "text/html", "text/plain", "text/csv", "
                     "application/yaml", "text/yaml"}
 
 
-def server_roots(home: Path, database_urls: Iterable[str] = ()) -> dict[str, str]:
+def server_roots(home: Path, database_urls: Iterable[str] = (), tracking_uris: Iterable[str] = ()) -> dict[str, str]:
     """Absolute server directories → placeholders: the data directory, the code, the Python installation, the
-    user's home and the temporary directory (each as given and resolved); and the database's URLs (as given and
-    with the password masked, as the database layer's messages print them) → ``<database>``."""
+    user's home and the temporary directory (each as given and resolved); the database's URLs (as given and
+    with the password masked, as the database layer's messages print them) → ``<database>``; MLflow tracking URIs
+    (likewise) → ``<mlflow>``."""
     code = Path(__file__).resolve().parents[2]
     named = [(home, HOME_PLACEHOLDER), (code, "<ionscreen>"), (Path(sys.prefix), "<python>"),
              (Path(sys.base_prefix), "<python>"), (Path(tempfile.gettempdir()), "<tmp>")]
@@ -41,6 +43,8 @@ def server_roots(home: Path, database_urls: Iterable[str] = ()) -> dict[str, str
                 roots.setdefault(variant.rstrip("/"), placeholder)
     for url in database_urls:
         roots.update(dict.fromkeys(_url_variants(url), "<database>"))
+    for url in filter(None, tracking_uris):  # an empty URI (MLflow's default store) is no text to replace
+        roots.update(dict.fromkeys(_url_variants(url), "<mlflow>"))
     return roots
 
 
@@ -65,8 +69,9 @@ class PathRedactor:
         self._pattern = re.compile(rb"(?:(?<=://)|(?<=:///)|(?<![\w./-]))(" + alternatives + rb")(?![\w.-])")
 
     @classmethod
-    def for_server(cls, home: Path, database_urls: Iterable[str] = ()) -> PathRedactor:
-        return cls(server_roots(home, database_urls))
+    def for_server(cls, home: Path, database_urls: Iterable[str] = (),
+                   tracking_uris: Iterable[str] = ()) -> PathRedactor:
+        return cls(server_roots(home, database_urls, tracking_uris))
 
     def redact_bytes(self, data: bytes) -> bytes:
         return self._pattern.sub(lambda m: self._bytes[m.group(1)], data)

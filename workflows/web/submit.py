@@ -2,10 +2,11 @@
 remote callers, planning (``workflows.jobs.plan_job``) and the background launch.
 
 Everything that can be wrong with a submission is found before the database changes: body syntax and nesting
-depth (counted before any recursive parser runs), text the database cannot store, the job schema (errors carry key
-paths and lines), file references, the model (resolved and trusted) and the candidates. Remote callers may name
-structure and model files only by relative paths inside ``$IONSCREEN_HOME/submissions`` (an operator puts files
-there), never by absolute or ``..`` paths, so a token holder cannot make the server read or probe other files.
+depth (the job-file parser's bounds, checked before any recursive parser runs), text the database cannot store,
+the job schema (errors carry key paths and lines), file references, the model (resolved and trusted) and the
+candidates. Remote callers may name structure and model files only by relative paths inside
+``$IONSCREEN_HOME/submissions`` (an operator puts files there), never by absolute or ``..`` paths, so a token holder
+cannot make the server read or probe other files.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from mlip.config import Settings
 from mlip.errors import InputError, IonscreenError
 
 SUBMISSIONS_DIR = "submissions"
-#: Deepest nesting of lists and mappings accepted in a submitted job (a job file needs about 5).
-MAX_NESTING_DEPTH = 64
+_SOURCE = "request body"  # how the job parser's messages name a submission
 _JSON_STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")  # NUL, lone UTF-16 surrogates
 
@@ -110,13 +110,9 @@ def check_file_references(data: Any) -> list[dict[str, Any]]:
     return problems
 
 
-def _too_deep(limit: int) -> SubmitError:
-    return SubmitError(422, [_error([], f"the job nests lists and mappings more than {limit} levels deep "
-                                        f"(the limit is {limit})", "nesting_too_deep")])
-
-
 def _json_depth_exceeds(text: str, limit: int) -> bool:
-    """Whether JSON ``text`` opens more than ``limit`` nested arrays/objects (brackets inside strings ignored)."""
+    """Whether JSON ``text`` opens more than ``limit`` nested arrays/objects (brackets inside strings ignored).
+    Counted before ``json.loads``, which recurses and would exhaust Python's stack on a deep enough body."""
     depth = 0
     for match in _JSON_STRUCTURE.finditer(text):
         token = match.group()
@@ -126,27 +122,6 @@ def _json_depth_exceeds(text: str, limit: int) -> bool:
                 return True
         elif token in "]}":
             depth -= 1
-    return False
-
-
-def _yaml_depth_exceeds(text: str, limit: int) -> bool:
-    """Whether YAML ``text`` nests more than ``limit`` sequences/mappings. Counted on PyYAML's event stream, which
-    is iterative (composing nodes recurses, and a deep document exhausts Python's stack; libyaml's scanner stops
-    at 1000 levels with a syntax error instead). Syntax errors are left to the job-file parser, which reports them
-    with their line."""
-    import yaml
-
-    depth = 0
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-                depth += 1
-                if depth > limit:
-                    return True
-            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
-                depth -= 1
-    except yaml.YAMLError:
-        return False
     return False
 
 
@@ -176,43 +151,41 @@ def _unstorable_strings(data: Any) -> list[dict[str, Any]]:
 
 
 def _load(text: str, fmt: BodyFormat) -> Any:
-    """The body parsed just enough for the policy checks (None if YAML syntax is wrong: the spec parser says why)."""
-    import yaml
+    """The body parsed just enough for the policy checks, within the job-file parser's bounds (one nesting limit,
+    no YAML anchors or aliases); JobSpecError for a body outside them."""
+    from workflows.jobs.spec.parse import MAX_YAML_DEPTH, _parse_yaml, _too_deep
 
-    limit = MAX_NESTING_DEPTH
-    if fmt is BodyFormat.json:
-        if _json_depth_exceeds(text, limit):
-            raise _too_deep(limit)
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise SubmitError(422, [_error([], f"malformed JSON: {err.msg} (line {err.lineno}, column {err.colno})",
-                                           "json_invalid", err.lineno)]) from None
-    if _yaml_depth_exceeds(text, limit):
-        raise _too_deep(limit)
+    if fmt is BodyFormat.yaml:
+        return _parse_yaml(text, _SOURCE)[0]
+    if _json_depth_exceeds(text, MAX_YAML_DEPTH):
+        raise SubmitError(422, [_error([], _too_deep(), "nesting_too_deep")])
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SubmitError(422, [_error([], f"malformed JSON: {err.msg} (line {err.lineno}, column {err.colno})",
+                                       "json_invalid", err.lineno)]) from None
 
 
 def parse_body(body: bytes, fmt: BodyFormat, base_dir: Path):
     """Decode and validate a submitted job (relative files inside ``base_dir``); returns (text, JobSpec).
     SubmitError(422) on any problem."""
     from workflows.jobs.spec import JobSpecError, parse_job_spec
+    from workflows.jobs.spec.parse import _too_deep
 
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
         raise SubmitError(422, [_error([], f"the body is not UTF-8 text: {err}", "unicode_invalid")]) from None
-    data = _load(text, fmt)
-    problems = _unstorable_strings(data) or check_file_references(data)
-    if problems:
-        raise SubmitError(422, problems)
     try:
-        spec = parse_job_spec(text, source="request body", base_dir=base_dir)
+        data = _load(text, fmt)
+        problems = _unstorable_strings(data) or check_file_references(data)
+        if problems:
+            raise SubmitError(422, problems)
+        spec = parse_job_spec(text, source=_SOURCE, base_dir=base_dir)
     except JobSpecError as err:
-        raise SubmitError(422, [_error(_loc(p.path), p.message, "job_spec", p.line) for p in err.problems]) from None
+        raise SubmitError(422, [_error(_loc(p.path), p.message,
+                                       "nesting_too_deep" if p.message == _too_deep() else "job_spec", p.line)
+                                for p in err.problems]) from None
     except (InputError, ValueError, RecursionError) as err:  # the parser's own refusals, whatever their shape
         raise SubmitError(422, [_error([], f"the job cannot be read: {err}", "job_invalid")]) from None
     return text, spec
@@ -254,7 +227,6 @@ def submit(body: bytes, fmt: BodyFormat, *, settings: Settings, store, launcher)
 __all__ = [
     "BodyFormat",
     "CONTENT_TYPES",
-    "MAX_NESTING_DEPTH",
     "SUBMISSIONS_DIR",
     "SubmitError",
     "Submitted",

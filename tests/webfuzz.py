@@ -1,6 +1,7 @@
 """Property-based fuzzing of the web server in process, counting every request and every 5xx: the REST API from
 its own OpenAPI schema (schemathesis), and the HTML pages, which the schema leaves out, from hypothesis strategies.
-Used by ``tests/test_web_fuzz.py`` (short run) and ``benchmarks/web_fuzz.py`` (long run).
+Used by ``tests/test_web_fuzz.py`` (short run) and ``benchmarks/web_fuzz.py`` (long run), which build the app the
+same way (``build_app``); ``NoLaunch`` is the job launcher of the web tests that launch nothing.
 
 Needs the ``dev`` extra (schemathesis, which brings hypothesis). Each API operation is fuzzed three ways: data that
 fits the schema, data that does not (negative mode), and schema data with the path parameters pinned to ids that
@@ -18,6 +19,32 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
+
+
+class NoLaunch:
+    """A job launcher that starts nothing. By default a launch fails the test (the app answers 500);
+    ``NoLaunch(allow=True)`` gives a made-up pid instead, so a fuzzed submission that passes every check is stored
+    and never run."""
+
+    def __init__(self, *, allow: bool = False):
+        self.allow = allow
+
+    def launch(self, job_id: str) -> int:
+        if not self.allow:
+            raise AssertionError(f"job {job_id} was launched: no job may be launched here")
+        return 4242
+
+
+def build_app(settings, store, sample, *, candidates: Iterable[str] | None = None):
+    """(app, write token, existing ids) for fuzzing ``sample`` (a seeded ``SampleDatabase`` in ``store``); the ids
+    of ``candidates`` (names; default all) are pinned. Submissions are stored, never launched."""
+    from workflows.web import create_app
+
+    _, token = store.tokens.create("fuzzer")
+    names = sorted(sample.candidate_ids) if candidates is None else candidates
+    known = {"candidate_id": sorted(sample.candidate_ids[name] for name in names), "job_id": [sample.job_id],
+             "result_id": sorted(sample.result_ids.values())}
+    return create_app(settings, store=store, launcher=NoLaunch(allow=True), refresh_interval_s=0), token, known
 
 
 @dataclass(frozen=True)
@@ -196,4 +223,4 @@ def fuzz_pages(app, *, examples: int = 200, seed: int = 0, known_ids: Mapping[st
     return report
 
 
-__all__ = ["FuzzReport", "ServerError", "fuzz_app", "fuzz_pages"]
+__all__ = ["FuzzReport", "NoLaunch", "ServerError", "build_app", "fuzz_app", "fuzz_pages"]
