@@ -1,14 +1,18 @@
-"""Label structures with DFT (CP2K through ASE's CP2K calculator), resumably, for MACE training data.
+"""Label structures for MACE training data, resumably, with a labeller: DFT (CP2K through ASE's CP2K
+calculator) or an MLIP teacher (any model ionscreen loads, e.g. ``chgnet:0.3.0``, for distillation).
 
 A labelling run writes one file per structure, keyed by the structure hash, each written atomically, so
 a run that is killed and started again continues where it stopped and labels nothing twice. Failures
-(SCF not converged, CP2K abort) are recorded with their error and skipped on later runs unless asked.
-ASE's calculator is used as is; this module adds the CP2K input details ASE leaves to a template (OT or
+(SCF not converged, CP2K abort, an element the teacher lacks) are recorded with their error and skipped on
+later runs unless asked. A run directory belongs to one labeller (its level of theory: CP2K settings hash, or
+the teacher's SHA-256), recorded in ``run.json`` and on every frame; another labeller is refused there.
+ASE's CP2K calculator is used as is; this module adds the CP2K input details ASE leaves to a template (OT or
 smearing, relative cutoff, spin), the per-frame provenance, and the resumable journal.
 """
 
 from __future__ import annotations
 
+import abc
 import enum
 import functools
 import hashlib
@@ -260,15 +264,15 @@ def _input_template(settings: CP2KSettings, mesh: tuple[int, int, int] = (1, 1, 
 
 
 class LabelResult(BaseModel):
-    """What CP2K returned for one structure, in ASE units."""
+    """What the labeller returned for one structure, in ASE units."""
 
     energy_eV: float = Field(description="Total energy, eV.")
     forces_eV_A: list[list[float]] = Field(description="Forces, eV/Å, one row per atom.")
     stress_eV_A3: list[float] = Field(description="Stress, ASE Voigt order (xx yy zz yz xz xy), eV/Å³.")
     scf_steps: int | None = Field(None, description="SCF iterations used (from CP2K's output), if found.")
-    wall_s: float = Field(description="Wall time of the CP2K evaluation, seconds.")
-    charge: int
-    multiplicity: int
+    wall_s: float = Field(description="Wall time of the evaluation, seconds.")
+    charge: int = 0
+    multiplicity: int | None = Field(None, description="Spin multiplicity (CP2K); None for an MLIP teacher.")
     kpoint_mesh: tuple[int, int, int] = Field((1, 1, 1), description="Monkhorst-Pack mesh used; 1x1x1 = Gamma.")
 
 
@@ -369,6 +373,156 @@ def _tail(path: Path, n_lines: int = 25) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Labellers: what computes the labels, and its identity (the level of theory)
+
+
+def cp2k_level_of_theory(xc: str, pseudopotential: str, basis: str, cutoff_Ry: float, rel_cutoff_Ry: float) -> str:
+    return f"CP2K {xc}/{pseudopotential}/{basis}, cutoff {float(cutoff_Ry):g}/{float(rel_cutoff_Ry):g} Ry"
+
+
+class Labeller(abc.ABC):
+    """Computes energy, forces and stress of one structure, and says who it is.
+
+    ``identity_hash`` keys a run directory (labels of two identities never share one), ``level_of_theory`` goes
+    on every frame (datasets refuse to mix levels silently), ``record`` is written to ``run.json``."""
+
+    kind: str  # "cp2k" or "teacher"
+
+    @property
+    @abc.abstractmethod
+    def identity_hash(self) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def level_of_theory(self) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def version(self) -> str: ...  # the code that computes the labels (CP2K release, ionscreen + family)
+
+    @abc.abstractmethod
+    def record(self) -> dict: ...
+
+    @abc.abstractmethod
+    def label(self, atoms: Atoms, workdir: Path) -> LabelResult: ...
+
+    @abc.abstractmethod
+    def frame_info(self, result: LabelResult) -> dict[str, object]:
+        """Flat provenance keys stored on each labelled frame (extxyz cannot hold nested dicts)."""
+
+    def refusal(self, old: dict, out_dir: Path) -> str:
+        return (f"{out_dir} holds labels made by {old.get('level_of_theory') or old.get('settings_hash')}; this run "
+                f"labels with {self.level_of_theory}. Mixing levels of theory in one run would give an inconsistent "
+                "dataset: use another --out.")
+
+
+class Cp2kLabeller(Labeller):
+    """DFT with CP2K (one fresh ``cp2k_shell`` per structure)."""
+
+    kind = "cp2k"
+
+    def __init__(self, settings: CP2KSettings, command: str = DEFAULT_COMMAND):
+        self.settings = settings
+        self.command = command
+
+    @property
+    def identity_hash(self) -> str:
+        return self.settings.settings_hash()
+
+    @property
+    def level_of_theory(self) -> str:
+        """The physics (functional, pseudopotentials, basis, grids), not the solver: E0s of isolated atoms
+        solved with OT belong with bulk frames solved with smearing."""
+        return cp2k_level_of_theory(self.settings.xc, self.settings.pseudopotential, self.settings.basis.value,
+                                    self.settings.cutoff_Ry, self.settings.rel_cutoff_Ry)
+
+    @property
+    def version(self) -> str:
+        return cp2k_version(self.command)
+
+    def record(self) -> dict:
+        return {"labeller": self.kind, "settings": self.settings.model_dump(mode="json"),
+                "settings_hash": self.settings.settings_hash(), "cp2k_version": self.version,
+                "level_of_theory": self.level_of_theory}
+
+    def label(self, atoms: Atoms, workdir: Path) -> LabelResult:
+        return label_structure(atoms, self.settings, workdir, command=self.command)
+
+    def frame_info(self, result: LabelResult) -> dict[str, object]:
+        return {
+            **self.settings.info_fields(),
+            "dft_version": self.version,
+            "charge": result.charge,
+            "multiplicity": result.multiplicity,
+            "dft_kpoints": "gamma" if result.kpoint_mesh == (1, 1, 1) else "x".join(map(str, result.kpoint_mesh)),
+            "dft_scf_steps": -1 if result.scf_steps is None else result.scf_steps,
+        }
+
+    def refusal(self, old: dict, out_dir: Path) -> str:
+        if old.get("labeller", "cp2k") == "cp2k":
+            return (f"{out_dir} holds labels made with other CP2K settings (hash {old.get('settings_hash')}, "
+                    f"now {self.identity_hash}); mixing them would give an inconsistent dataset. "
+                    "Use another --out, or the same settings as before.")
+        return super().refusal(old, out_dir)
+
+
+class TeacherLabeller(Labeller):
+    """An MLIP teacher (any trusted model ionscreen loads): single points in float64 where the family allows,
+    for distilling a student. Its identity is the model's SHA-256."""
+
+    kind = "teacher"
+
+    def __init__(self, model_ref: str, *, device: str = "cpu", settings=None):
+        from mlip.calculators import Task
+        from mlip.loader import load_model
+
+        self.model = load_model(model_ref, settings, device=device)
+        self.calculator = self.model.calculator(task=Task.SINGLE_POINT, device=device)
+
+    @property
+    def identity_hash(self) -> str:
+        return self.model.sha256
+
+    @property
+    def level_of_theory(self) -> str:
+        return f"teacher {self.model.ref} ({self.model.family}) [{self.model.sha256[:16]}]"
+
+    @property
+    def version(self) -> str:
+        from mlip.version import code_version
+
+        return f"ionscreen {code_version()}"
+
+    def record(self) -> dict:
+        return {"labeller": self.kind, "family": self.model.family, "model_ref": self.model.ref,
+                "model_sha256": self.model.sha256, "level_of_theory": self.level_of_theory,
+                "version": self.version}
+
+    def label(self, atoms: Atoms, workdir: Path) -> LabelResult:
+        from mlip.errors import ModelDomainError
+
+        if not atoms.pbc.all():
+            raise InputError("only fully periodic structures are labelled (pbc=True in all directions)")
+        work = atoms.copy()
+        work.calc = self.calculator
+        t0 = time.perf_counter()
+        try:
+            energy = float(work.get_potential_energy())
+            forces = np.array(work.get_forces(), dtype=float)
+            stress = np.array(work.get_stress(voigt=True), dtype=float)
+        except ModelDomainError as err:
+            raise InputError(str(err)) from err
+        if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
+            raise SimulationFailed(f"teacher {self.model.ref} returned non-finite energy, forces or stress")
+        return LabelResult(energy_eV=energy, forces_eV_A=forces.tolist(), stress_eV_A3=stress.tolist(),
+                           wall_s=time.perf_counter() - t0, charge=int(atoms.info.get("charge", 0)))
+
+    def frame_info(self, result: LabelResult) -> dict[str, object]:
+        return {"teacher_family": self.model.family, "teacher_model_ref": self.model.ref,
+                "teacher_model_sha256": self.model.sha256, "label_version": self.version}
+
+
+# ---------------------------------------------------------------------------------------------------
 # A resumable run over many structures
 
 
@@ -383,9 +537,11 @@ class LabelRunSummary(BaseModel):
     n_failed_now: int
     n_failed_before: int = Field(description="Failed in an earlier run and skipped (retry with --retry-failed).")
     n_remaining: int = Field(description="Not yet attempted (the run was limited or interrupted).")
-    mean_wall_s: float | None = Field(None, description="Mean CP2K wall time per structure labelled now, s.")
-    settings_hash: str
-    cp2k_version: str
+    mean_wall_s: float | None = Field(None, description="Mean wall time per structure labelled now, s.")
+    labeller: str = Field(description="cp2k or teacher.")
+    level_of_theory: str = Field(description="The labeller's identity, as recorded on every frame.")
+    settings_hash: str = Field(description="Key of the run: CP2K settings hash, or the teacher's SHA-256.")
+    version: str = Field(description="The labelling code (CP2K release, or ionscreen's version for a teacher).")
     collected_file: str | None = None
 
 
@@ -405,42 +561,34 @@ def _exclusive(out_dir: Path):
     )
 
 
-def _check_run_file(out_dir: Path, settings: CP2KSettings, version: str) -> None:
+def _check_run_file(out_dir: Path, labeller: Labeller) -> None:
     path = out_dir / RUN_FILE
-    record = {"settings": settings.model_dump(mode="json"), "settings_hash": settings.settings_hash(),
-              "cp2k_version": version}
+    record = {**labeller.record(), "identity_hash": labeller.identity_hash}
     if path.exists():
         old = json.loads(path.read_text())
-        if old.get("settings_hash") != record["settings_hash"]:
-            raise InputError(
-                f"{out_dir} holds labels made with other CP2K settings (hash {old.get('settings_hash')}, "
-                f"now {record['settings_hash']}); mixing them would give an inconsistent dataset. "
-                "Use another --out, or the same settings as before."
-            )
-        if old.get("cp2k_version") != version:
-            record["cp2k_versions_seen"] = sorted({*old.get("cp2k_versions_seen", [old.get("cp2k_version")]),
-                                                   version})
-        else:
+        old_hash = old.get("identity_hash", old.get("settings_hash"))  # runs before labellers keyed on settings
+        if old_hash != labeller.identity_hash:
+            raise InputError(labeller.refusal(old, out_dir))
+        if old.get("cp2k_version", old.get("version")) == labeller.version:
             return
+        before = old.get("cp2k_version", old.get("version"))
+        versions = old.get("versions_seen", old.get("cp2k_versions_seen", [before]))
+        record["versions_seen"] = sorted({*versions, labeller.version})
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
-def labelled_frame(atoms: Atoms, result: LabelResult, settings: CP2KSettings, version: str,
-                   key: str) -> Atoms:
-    """``atoms`` with the labels stored under mace-torch's default keys, plus provenance."""
+def labelled_frame(atoms: Atoms, result: LabelResult, labeller: Labeller, key: str) -> Atoms:
+    """``atoms`` with the labels stored under mace-torch's default keys, plus the labeller's provenance."""
     frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     keep = {k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, np.integer, np.floating))}
     frame.info.update(keep)
     frame.info["REF_energy"] = result.energy_eV
     frame.info["REF_stress"] = np.array(result.stress_eV_A3)
     frame.arrays["REF_forces"] = np.array(result.forces_eV_A)
-    frame.info.update(settings.info_fields())
-    frame.info["dft_version"] = version
-    frame.info["charge"] = result.charge
-    frame.info["multiplicity"] = result.multiplicity
-    frame.info["dft_kpoints"] = "gamma" if result.kpoint_mesh == (1, 1, 1) else "x".join(map(str, result.kpoint_mesh))
-    frame.info["dft_scf_steps"] = -1 if result.scf_steps is None else result.scf_steps
-    frame.info["dft_wall_s"] = round(result.wall_s, 2)
+    frame.info.update({k: v for k, v in labeller.frame_info(result).items() if v is not None})
+    frame.info["labeller"] = labeller.kind
+    frame.info["level_of_theory"] = labeller.level_of_theory
+    frame.info["label_wall_s"] = round(result.wall_s, 3)
     frame.info["structure_hash"] = key
     return frame
 
@@ -472,7 +620,7 @@ def label_key(atoms: Atoms) -> str:
 def run_labelling(
     structures: Sequence[Atoms],
     out_dir: Path,
-    settings: CP2KSettings,
+    labeller: Labeller | CP2KSettings,
     *,
     command: str = DEFAULT_COMMAND,
     retry_failed: bool = False,
@@ -482,15 +630,18 @@ def run_labelling(
 ) -> LabelRunSummary:
     """Label every structure not labelled yet in ``out_dir``; resumable and safe to kill at any time.
 
-    Layout of ``out_dir``: ``run.json`` (settings, CP2K version), ``frames/<hash>.extxyz`` (one labelled
-    frame each, written atomically when its calculation ends), ``failed/<hash>.json`` (error of a failed
+    ``labeller`` is a :class:`Labeller`; CP2K settings alone mean a :class:`Cp2kLabeller` run with ``command``.
+    Layout of ``out_dir``: ``run.json`` (the labeller's identity and version), ``frames/<hash>.extxyz`` (one
+    labelled frame each, written atomically when its calculation ends), ``failed/<hash>.json`` (error of a failed
     structure), ``labelled.xyz`` (all labelled frames in input order, rewritten at the end of each run).
     """
+    if isinstance(labeller, CP2KSettings):
+        labeller = Cp2kLabeller(labeller, command)
     out_dir = Path(out_dir)
     say = progress or (lambda msg: None)
-    version = cp2k_version(command)
+    version = labeller.version
     with _exclusive(out_dir):
-        _check_run_file(out_dir, settings, version)
+        _check_run_file(out_dir, labeller)
         frames_dir, failed_dir = out_dir / FRAMES_DIR, out_dir / FAILED_DIR
         frames_dir.mkdir(exist_ok=True)
         failed_dir.mkdir(exist_ok=True)
@@ -513,7 +664,7 @@ def run_labelling(
             else:
                 todo.append((key, atoms))
         say(f"{len(seen)} structures: {n_done} already labelled, {n_failed_before} failed before (skipped), "
-            f"{len(todo)} to label; {version}, {settings.basis.value}, cutoff {settings.cutoff_Ry:g} Ry")
+            f"{len(todo)} to label; {labeller.level_of_theory}, {version}")
         limit = len(todo) if max_structures is None else min(max_structures, len(todo))
         walls: list[float] = []
         n_new = n_fail_now = 0
@@ -521,12 +672,12 @@ def run_labelling(
         for i, (key, atoms) in enumerate(todo[:limit]):
             workdir = out_dir / WORK_DIR / f"{key[:16]}-{os.getpid()}"
             try:
-                result = label_structure(atoms, settings, workdir, command=command)
+                result = labeller.label(atoms, workdir)
             except (SimulationFailed, InputError) as err:
                 n_fail_now += 1
                 record = {"structure_hash": key, "error": str(err), "n_atoms": len(atoms),
                           "formula": atoms.get_chemical_formula(), "info": _jsonable(atoms.info),
-                          "settings_hash": settings.settings_hash(), "time": time.time(),
+                          "settings_hash": labeller.identity_hash, "time": time.time(),
                           "traceback": traceback.format_exc(limit=3)}
                 atomic_write_text(failed_dir / f"{key}.json", json.dumps(record, indent=2) + "\n")
                 say(f"[{i + 1}/{limit}] FAILED {key[:12]} {atoms.get_chemical_formula()}: "
@@ -535,7 +686,7 @@ def run_labelling(
             finally:
                 if not keep_workdirs and workdir.exists():
                     shutil.rmtree(workdir, ignore_errors=True)
-            frame = labelled_frame(atoms, result, settings, version, key)
+            frame = labelled_frame(atoms, result, labeller, key)
             _atomic_write_atoms(frames_dir / f"{key}.extxyz", [frame])
             (failed_dir / f"{key}.json").unlink(missing_ok=True)
             n_new += 1
@@ -545,7 +696,8 @@ def run_labelling(
             eta = elapsed / (i + 1) * (limit - i - 1)
             say(f"[{i + 1}/{limit}] {key[:12]} {atoms.get_chemical_formula():>14} n={len(atoms):3d} "
                 f"E/atom={result.energy_eV / len(atoms):10.4f} eV  |F|max={fmax:6.3f} eV/A  "
-                f"scf={result.scf_steps}  {result.wall_s:6.1f} s  ETA {eta / 60:6.1f} min")
+                f"{'' if result.scf_steps is None else f'scf={result.scf_steps}  '}{result.wall_s:6.1f} s  "
+                f"ETA {eta / 60:6.1f} min")
         for stale in (out_dir / WORK_DIR).glob("*"):  # leftovers of killed attempts
             if not keep_workdirs:
                 shutil.rmtree(stale, ignore_errors=True)
@@ -560,8 +712,10 @@ def run_labelling(
         n_failed_before=n_failed_before,
         n_remaining=len(todo) - limit,
         mean_wall_s=float(np.mean(walls)) if walls else None,
-        settings_hash=settings.settings_hash(),
-        cp2k_version=version,
+        labeller=labeller.kind,
+        level_of_theory=labeller.level_of_theory,
+        settings_hash=labeller.identity_hash,
+        version=version,
         collected_file=str(collected) if collected else None,
     )
 

@@ -5,7 +5,10 @@ Layout of a dataset directory::
     manifest.json             hash, counts, splits, sources; names the current frames file
     frames-<hash12>.xyz.gz    every frame, labels under mace-torch's default keys (REF_energy,
                               REF_forces, REF_stress), with config_type, source_file, source_frame,
-                              structure_hash and split in the info
+                              structure_hash, split and level_of_theory in the info
+
+A dataset holds one level of theory (the labeller: CP2K settings, or an MLIP teacher's SHA-256) unless an
+import explicitly allows a mix, which the manifest then counts per level.
 
 An import writes a new frames file under a new name, then atomically replaces the manifest that points
 to it, then removes the old frames file: a crash at any moment leaves the old or the new dataset,
@@ -52,7 +55,26 @@ DEFAULT_CONFIG_TYPE = "Default"
 ISOLATED_ATOM = "IsolatedAtom"
 # info keys the store owns; values from input files under these names are replaced
 _OWN_KEYS = {ENERGY_KEY, STRESS_KEY, "config_type", "source_file", "source_frame", "source_sha256",
-             "structure_hash", "split"}
+             "structure_hash", "split", "level_of_theory"}
+
+
+def level_of_theory(info: dict, fmt: str | None = None) -> str:
+    """The labeller of a frame: as ``ionscreen label`` records it, rebuilt from the ``dft_*`` keys of CP2K frames
+    labelled before labellers were recorded, else the DFT code its file format implies, with settings not
+    recorded (a VASP file says nothing reliable about its functional or cutoff)."""
+    if info.get("level_of_theory"):
+        return str(info["level_of_theory"])
+    if "dft_settings_hash" in info:
+        from training.label import cp2k_level_of_theory
+
+        return cp2k_level_of_theory(info.get("dft_xc"), info.get("dft_pseudopotential"), info.get("dft_basis"),
+                                    info.get("dft_cutoff_Ry", 0), info.get("dft_rel_cutoff_Ry", 0))
+    code = {"vasprun": "VASP", "outcar": "VASP", "cp2k-md": "CP2K"}.get(fmt or "", UNSPECIFIED)
+    return f"{code} (settings not recorded)"
+
+
+#: Frames whose file names no labeller (plain extxyz or ASE databases): counted, but they do not make a mix.
+UNSPECIFIED = "unspecified"
 
 
 class Split(str, enum.Enum):
@@ -111,6 +133,8 @@ class Manifest(BaseModel):
     element_atom_counts: dict[str, int] = Field(description="Atoms of each element over all frames.")
     element_frame_counts: dict[str, int] = Field(description="Frames containing each element.")
     config_type_counts: dict[str, int]
+    level_of_theory_counts: dict[str, int] = Field(
+        default_factory=dict, description="Frames per labeller (level of theory); more than one only if allowed.")
     split: SplitSpec
     split_counts: dict[str, int]
     keys: dict[str, str] = Field(default_factory=lambda: {"energy": ENERGY_KEY, "forces": FORCES_KEY,
@@ -277,7 +301,7 @@ def _locked(path: Path):
     return exclusive_or_refuse(path / ".lock", f"another import is writing to {path}; try again when it has finished")
 
 
-def _store_frame(raw: RawFrame, config_type: str | None, source_sha: str) -> Atoms:
+def _store_frame(raw: RawFrame, config_type: str | None, source_sha: str, fmt: str) -> Atoms:
     atoms = Atoms(numbers=raw.atoms.numbers, positions=raw.atoms.positions, cell=raw.atoms.cell,
                   pbc=raw.atoms.pbc)
     for k, v in raw.info.items():
@@ -291,6 +315,7 @@ def _store_frame(raw: RawFrame, config_type: str | None, source_sha: str) -> Ato
     atoms.info["source_file"] = Path(raw.source_file).name
     atoms.info["source_sha256"] = source_sha[:16]
     atoms.info["source_frame"] = int(raw.source_frame)
+    atoms.info["level_of_theory"] = level_of_theory(raw.info, fmt)
     return atoms
 
 
@@ -312,6 +337,7 @@ def summarise(frames: list[Atoms], split: SplitSpec) -> dict:
         "element_atom_counts": dict(sorted(atom_counts.items())),
         "element_frame_counts": dict(sorted(frame_counts.items())),
         "config_type_counts": dict(sorted(Counter(str(a.info.get("config_type")) for a in frames).items())),
+        "level_of_theory_counts": dict(sorted(Counter(level_of_theory(a.info) for a in frames).items())),
         "split_counts": {s.value: sum(1 for a in frames if a.info.get("split") == s.value) for s in Split},
     }
 
@@ -326,13 +352,16 @@ def import_files(
     limits: ValidationLimits | None = None,
     split: SplitSpec | None = None,
     skip_invalid: bool = False,
+    allow_mixed_levels: bool = False,
 ) -> ImportReport:
     """Import DFT frames from ``paths`` into the dataset at ``dataset_dir`` (created if absent).
 
     A file that cannot be read (e.g. a truncated vasprun.xml) raises InputError and nothing is imported.
     Frames failing validation are listed with file, frame and reason; unless ``skip_invalid`` their
     presence also raises InputError and nothing is imported. Duplicates (same structure hash as a stored
-    frame or an earlier frame of this import) are dropped and reported.
+    frame or an earlier frame of this import) are dropped and reported. Frames of more than one level of
+    theory (labeller) in the dataset raise InputError, and nothing is imported, unless ``allow_mixed_levels``;
+    frames that name no labeller (plain extxyz, ASE databases) are counted but never make a mix.
     """
     from mlip.version import code_version
 
@@ -356,7 +385,8 @@ def import_files(
         stored_hashes = {a.info["structure_hash"]: a for a in old_frames}
         existing_energies: dict[tuple, list[float]] = {}
         for a in old_frames:
-            existing_energies.setdefault(composition_key(a.get_chemical_symbols()), []).append(
+            key = (level_of_theory(a.info), composition_key(a.get_chemical_symbols()))
+            existing_energies.setdefault(key, []).append(
                 a.info[ENERGY_KEY] / len(a))
 
         # 1. read every file first: a file-level error stops the import before anything is written
@@ -366,6 +396,10 @@ def import_files(
             f = fmt or detect_format(p)
             raws = read_frames(p, f, opts)
             per_file.append((p, _sha256_path(p), f, raws))
+
+        # levels first: a mix of labellers would otherwise surface as energy outliers, naming the symptom
+        incoming = [level_of_theory(raw.info, f.value) for _, _, f, raws in per_file for raw in raws]
+        _refuse_mixed_levels(old_frames, incoming, dataset_dir, allow_mixed_levels)
 
         # 2. validate frame by frame
         rejected: list[Problem] = []
@@ -377,7 +411,8 @@ def import_files(
                     rejected.append(Problem(str(p), raw.source_frame, reason))
                 else:
                     candidates.append((fi, raw, sha, f.value))
-        outliers = energy_outliers([(k, c[1]) for k, c in enumerate(candidates)], existing_energies, limits)
+        levels = [level_of_theory(raw.info, f) for _, raw, _, f in candidates]
+        outliers = energy_outliers([(k, c[1], levels[k]) for k, c in enumerate(candidates)], existing_energies, limits)
         for k in sorted(outliers):
             raw = candidates[k][1]
             rejected.append(Problem(raw.source_file, raw.source_frame, outliers[k]))
@@ -391,7 +426,7 @@ def import_files(
             )
 
         # 3. canonicalise, hash, de-duplicate
-        stored = _canonical([_store_frame(raw, config_type, sha) for _, raw, sha, _ in candidates])
+        stored = _canonical([_store_frame(raw, config_type, sha, f) for _, raw, sha, f in candidates])
         duplicates: list[Duplicate] = []
         new_frames: list[Atoms] = []
         seen_now: dict[str, tuple[str, int, float]] = {}
@@ -454,3 +489,20 @@ def import_files(
         return ImportReport(dataset_dir=str(dataset_dir), n_read=sum(len(x[3]) for x in per_file),
                             n_accepted=len(new_frames), duplicates=duplicates, rejected=report_rejected,
                             written=True, previous_hash=previous_hash, manifest=manifest)
+
+
+def _refuse_mixed_levels(old: list[Atoms], new_levels: list[str], dataset_dir: Path, allowed: bool) -> None:
+    if allowed:
+        return
+    before = Counter(level_of_theory(a.info) for a in old)
+    now = Counter(new_levels)
+    levels = before + now
+    known = [level for level in levels if not level.startswith(UNSPECIFIED)]
+    if len(known) > 1:
+        lines = "\n  ".join(f"{level}: {before[level]} stored, {now[level]} in this import" for level in sorted(levels))
+        raise InputError(
+            f"this import would mix levels of theory in {dataset_dir}; nothing was imported:\n  {lines}\n"
+            "Energies and forces of different labellers disagree, so a model trained on the mix learns neither. "
+            "Use one dataset per labeller, or pass --allow-mixed-levels (e.g. for multihead fine-tuning with "
+            "replay, where each level gets its own head)."
+        )

@@ -114,25 +114,27 @@ def composition_key(symbols: list[str]) -> tuple[tuple[str, float], ...]:
 
 
 def energy_outliers(
-    new: list[tuple[int, RawFrame]],
+    new: list[tuple[int, RawFrame, str]],
     existing_energies: dict[tuple, list[float]],
     limits: ValidationLimits,
 ) -> dict[int, str]:
-    """Indices (into ``new``) whose energy per atom is far from the median of their composition.
+    """Indices (into ``new``: index, frame, level of theory) whose energy per atom is far from the median of
+    their composition at their level of theory (energies of two labellers have different zeros).
 
-    The median runs over frames already in the dataset plus the new ones; a group of one has nothing to
-    compare with and passes.
+    ``existing_energies`` is keyed by (level of theory, composition). The median runs over frames already in
+    the dataset plus the new ones; a group of one has nothing to compare with and passes.
     """
     groups: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
-    for idx, frame in new:
-        groups[composition_key(frame.atoms.get_chemical_symbols())].append((idx, frame.energy / len(frame.atoms)))
+    for idx, frame, level in new:
+        key = (level, composition_key(frame.atoms.get_chemical_symbols()))
+        groups[key].append((idx, frame.energy / len(frame.atoms)))
     out: dict[int, str] = {}
     for key, members in groups.items():
         pool = [e for _, e in members] + list(existing_energies.get(key, []))
         if len(pool) < 2:
             continue
         median = float(np.median(pool))
-        formula = "".join(f"{el}{frac:g}" for el, frac in key)
+        formula = "".join(f"{el}{frac:g}" for el, frac in key[1])
         for idx, e in members:
             dev = e - median
             if abs(dev) > limits.max_energy_deviation_eV_atom:

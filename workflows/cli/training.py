@@ -1,4 +1,4 @@
-"""CLI commands for DFT data: ``ionscreen data import|show|export`` and ``ionscreen label`` (CP2K).
+"""CLI commands for DFT data: ``ionscreen data import|show|export`` and ``ionscreen label`` (CP2K or a teacher).
 
 Wire into the main app with::
 
@@ -15,8 +15,8 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from mlip.errors import IonscreenError
-from workflows.cli.options import JsonFlag
+from mlip.errors import InputError, IonscreenError
+from workflows.cli.options import DeviceOpt, JsonFlag
 
 data_app = typer.Typer(help="Import DFT data into validated, split datasets.", no_args_is_help=True)
 app = typer.Typer(help="DFT data and labelling.", no_args_is_help=True, add_completion=False,
@@ -44,6 +44,7 @@ def _print_summary(manifest) -> None:
     typer.echo("per element    " + "  ".join(
         f"{el}: {n} atoms/{manifest.element_frame_counts[el]} frames" for el, n in manifest.element_atom_counts.items()))
     typer.echo("config types   " + "  ".join(f"{k}: {v}" for k, v in manifest.config_type_counts.items()))
+    typer.echo("labelled by    " + "  ".join(f"{k}: {v}" for k, v in manifest.level_of_theory_counts.items()))
     s = manifest.split
     typer.echo(f"splits         train {manifest.split_counts['train']}  valid {manifest.split_counts['valid']}  "
                f"test {manifest.split_counts['test']}  (fractions {s.train}/{s.valid}/{s.test}, seed {s.seed}, "
@@ -72,6 +73,8 @@ def data_import(
                                                "others (default: any invalid frame stops the import).")] = False,
     allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="Accept truncated VASP output "
                                                    "(frames before the cut).")] = False,
+    allow_mixed_levels: Annotated[bool, typer.Option("--allow-mixed-levels", help="Allow frames of more than one "
+                                                     "labeller (level of theory) in the dataset.")] = False,
     split_seed: Annotated[Optional[int], typer.Option("--split-seed", help="New datasets only (default 0).")] = None,
     split_fractions: Annotated[Optional[str], typer.Option("--split", help="New datasets only: train,valid,test "
                                                            "fractions (default 0.8,0.1,0.1).")] = None,
@@ -101,7 +104,7 @@ def data_import(
             limits=ValidationLimits(max_force_eV_A=max_force, max_stress_eV_A3=max_stress,
                                     max_energy_deviation_eV_atom=max_energy_dev, require_stress=require_stress,
                                     allowed_elements=tuple(e.strip() for e in elements.split(",")) if elements else None),
-            split=split, skip_invalid=skip_invalid,
+            split=split, skip_invalid=skip_invalid, allow_mixed_levels=allow_mixed_levels,
         )
     except (IonscreenError, ValueError) as err:
         _fail(err)
@@ -158,9 +161,17 @@ def data_export(
         typer.echo(f"{k:6s} {p}")
 
 
+_CP2K_DEFAULTS = {"basis": "DZVP", "cutoff_Ry": 400.0, "rel_cutoff_Ry": 50.0, "scf": "smear", "eps_scf": 1e-6,
+                  "max_scf": 100, "outer_max_scf": 10, "smearing_K": 300.0, "kpoint_min_length_A": None,
+                  "command": "cp2k_shell"}
+
+
 def label_command(
     structures: Annotated[Path, typer.Argument(help="Structures to label (any ASE-readable file, e.g. extxyz).")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (resumable: rerun to continue).")],
+    teacher: Annotated[Optional[str], typer.Option(
+        "--teacher", help="Label with this MLIP instead of CP2K (e.g. chgnet:0.3.0): distillation data.")] = None,
+    device: DeviceOpt = "cpu",
     basis: Annotated[BasisName, typer.Option("--basis", help="MOLOPT-SR-GTH basis.")] = "DZVP",
     cutoff_Ry: Annotated[float, typer.Option("--cutoff-Ry", help="Plane-wave cutoff, Ry.")] = 400.0,
     rel_cutoff_Ry: Annotated[float, typer.Option("--rel-cutoff-Ry", help="Relative cutoff, Ry.")] = 50.0,
@@ -176,25 +187,37 @@ def label_command(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Label at most this many now.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Label structures with CP2K (PBE, GTH, MOLOPT): energy, forces, stress; resumable, each frame saved on completion."""
+    """Label structures with CP2K (PBE, GTH, MOLOPT) or an MLIP teacher: energy, forces, stress; resumable, each
+    frame saved on completion, the labeller recorded on every frame."""
     from training.label import (
         Basis,
         CP2KSettings,
+        Cp2kLabeller,
         ScfMethod,
+        TeacherLabeller,
         read_structures,
         run_labelling,
     )
 
+    given = {"basis": basis, "cutoff_Ry": cutoff_Ry, "rel_cutoff_Ry": rel_cutoff_Ry, "scf": scf, "eps_scf": eps_scf,
+             "max_scf": max_scf, "outer_max_scf": outer_max_scf, "smearing_K": smearing_K,
+             "kpoint_min_length_A": kpoint_min_length_A, "command": command}
     try:
-        settings = CP2KSettings(basis=Basis[basis], cutoff_Ry=cutoff_Ry, rel_cutoff_Ry=rel_cutoff_Ry,
-                                scf=ScfMethod(scf), eps_scf=eps_scf, max_scf=max_scf, outer_max_scf=outer_max_scf,
-                                smearing_temperature_K=smearing_K, kpoint_min_length_A=kpoint_min_length_A)
-    except (KeyError, ValueError) as err:
-        _fail(ValueError(f"bad labelling settings: {err}"))
-    try:
+        if teacher is not None:
+            cp2k_only = [f"--{k.replace('_', '-')}" for k, v in given.items() if v != _CP2K_DEFAULTS[k]]
+            if cp2k_only:
+                raise InputError(f"{', '.join(cp2k_only)} set CP2K labelling and cannot go with --teacher {teacher}")
+        else:
+            try:
+                settings = CP2KSettings(basis=Basis[basis], cutoff_Ry=cutoff_Ry, rel_cutoff_Ry=rel_cutoff_Ry,
+                                        scf=ScfMethod(scf), eps_scf=eps_scf, max_scf=max_scf,
+                                        outer_max_scf=outer_max_scf, smearing_temperature_K=smearing_K,
+                                        kpoint_min_length_A=kpoint_min_length_A)
+            except (KeyError, ValueError) as err:
+                raise InputError(f"bad labelling settings: {err}") from err
         frames = read_structures(structures)
-        summary = run_labelling(frames, out, settings, command=command, retry_failed=retry_failed,
-                                max_structures=limit,
+        labeller = TeacherLabeller(teacher, device=device) if teacher is not None else Cp2kLabeller(settings, command)
+        summary = run_labelling(frames, out, labeller, retry_failed=retry_failed, max_structures=limit,
                                 progress=None if as_json else (lambda m: typer.echo(m) or sys.stdout.flush()))
     except IonscreenError as err:
         _fail(err)
