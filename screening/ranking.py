@@ -86,6 +86,8 @@ FLAG_PENALTIES: dict[str, float] = {
     "no_hops": 1.0,
 }
 UNKNOWN_FLAG_PENALTY = 0.5
+#: Largest value of any ``RankingWeights`` field (weights, penalties in eV, margin).
+MAX_RANKING_WEIGHT = 1000.0
 
 
 class Component(enum.StrEnum):
@@ -99,13 +101,20 @@ class RankingWeights(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    conductivity: float = Field(1.0, ge=0, description="Weight per decade of the σ(300 K) lower bound.")
-    activation_energy: float = Field(1.0, ge=0, description="Weight per 0.1 eV of the Ea upper bound (lower is better).")
-    migration_barrier: float = Field(1.0, ge=0, description="Weight per 0.1 eV of the effective percolating barrier.")
-    flag_penalty: float = Field(1.0, ge=0, description="Multiplier of the per-flag penalties (0: ignore flags).")
-    penalty_2d_eV: float = Field(0.15, ge=0, description="Added to a 2D percolation barrier before comparing, eV.")
-    penalty_1d_eV: float = Field(0.30, ge=0, description="Added to a 1D percolation barrier before comparing, eV.")
-    missing_margin: float = Field(1.0, ge=0, description="A missing component scores this far below the worst observed.")
+    conductivity: float = Field(1.0, ge=0, le=MAX_RANKING_WEIGHT,
+                                description="Weight per decade of the σ(300 K) lower bound.")
+    activation_energy: float = Field(1.0, ge=0, le=MAX_RANKING_WEIGHT,
+                                     description="Weight per 0.1 eV of the Ea upper bound (lower is better).")
+    migration_barrier: float = Field(1.0, ge=0, le=MAX_RANKING_WEIGHT,
+                                     description="Weight per 0.1 eV of the effective percolating barrier.")
+    flag_penalty: float = Field(1.0, ge=0, le=MAX_RANKING_WEIGHT,
+                                description="Multiplier of the per-flag penalties (0: ignore flags).")
+    penalty_2d_eV: float = Field(0.15, ge=0, le=MAX_RANKING_WEIGHT,
+                                 description="Added to a 2D percolation barrier before comparing, eV.")
+    penalty_1d_eV: float = Field(0.30, ge=0, le=MAX_RANKING_WEIGHT,
+                                 description="Added to a 1D percolation barrier before comparing, eV.")
+    missing_margin: float = Field(1.0, ge=0, le=MAX_RANKING_WEIGHT,
+                                  description="A missing component scores this far below the worst observed.")
 
     @model_validator(mode="after")
     def _sane(self):

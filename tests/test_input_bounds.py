@@ -18,10 +18,10 @@ from screening.candidates import build_candidate, import_file
 from screening.candidates.limits import (
     MAX_BOND_VALENCE_SITES,
     MAX_INPUT_SITES,
-    MAX_SIMULATION_ATOMS,
     MAX_STRUCTURE_FILE_BYTES,
     MIN_INTERATOMIC_DISTANCE_A,
 )
+from screening.cells import MAX_SIMULATION_ATOMS
 from screening.neb.band import NebParameters
 from screening.transport.protocol import make_protocol, preset
 from workflows.jobs.spec import JobSpecError, build_candidates, load_job_spec, parse_job_spec
@@ -247,6 +247,124 @@ def test_a_candidate_whose_neb_supercell_is_too_large_fails_before_planning():
     text = JOB.replace("transport:\n  preset: quick\n", "neb: {min_length_A: 60}\n")
     failure = build_candidates(parse_job_spec(text, source="job.yaml")).failures[0]
     assert "NEB supercell" in failure.error and "MAX_SIMULATION_ATOMS" in failure.error
+
+
+def _too_large(err, *needles: str) -> None:
+    message = str(err)
+    assert "MAX_SIMULATION_ATOMS" in message and f"{MAX_SIMULATION_ATOMS:,}" in message, message
+    assert all(needle in message for needle in needles), message
+
+
+def test_supercells_are_bounded_wherever_they_are_built():
+    """The bound held only for job files: make_supercell (ionscreen md, the job runner) and build_endpoints (ionscreen
+    neb, default max_atoms=None) built supercells of any size."""
+    from screening.cells import make_supercell
+    from screening.neb import build_endpoints, find_hops
+    from screening.transport.run import to_atoms
+
+    li2s = build_candidate("Li2S").structure
+    with pytest.raises(InputError) as info:
+        make_supercell(to_atoms(li2s), 60.0)
+    _too_large(info.value, "Li8S4", "11x11x11", "12 atoms", "15,972 atoms")
+    assert len(make_supercell(to_atoms(li2s), 8.0)[0]) == 96
+    network = find_hops(li2s, "Li")
+    with pytest.raises(InputError) as info:
+        build_endpoints(network.structure, network.distinct[0], min_length_A=60.0)
+    _too_large(info.value, "NEB supercell", "11x11x11", "15,972 atoms")
+    with pytest.raises(InputError, match=r"324 atoms, more than the 100 .*\(max_atoms = 100\)"):
+        build_endpoints(network.structure, network.distinct[0], min_length_A=12.0, max_atoms=100)
+    assert build_endpoints(network.structure, network.distinct[0], min_length_A=8.0, max_atoms=100).repeats == (2, 2, 2)
+
+
+@pytest.fixture
+def copper_cif(tmp_path) -> Path:
+    from ase.build import bulk
+
+    path = tmp_path / "Cu.cif"
+    bulk("Cu", "fcc", a=3.61, cubic=True).write(path)
+    return path
+
+
+def test_md_and_neb_commands_refuse_a_supercell_above_the_bound(copper_cif, tmp_path):
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+
+    values = preset("quick").model_dump(mode="json", exclude={"name"}) | {"supercell_min_length_A": 60.0}
+    protocol = tmp_path / "big.yaml"
+    protocol.write_text(yaml.safe_dump(values))
+    runner = CliRunner()
+    md = runner.invoke(app, ["md", str(copper_cif), "--model", "ase:emt", "--ion", "Cu", "--protocol", str(protocol),
+                             "--device", "cpu", "--out", str(tmp_path / "md")])
+    assert isinstance(md.exception, InputError), md.output
+    _too_large(md.exception, "17x17x17", "19,652 atoms")
+    early = runner.invoke(app, ["md", str(copper_cif), "--model", str(tmp_path / "absent.model"), "--ion", "Cu",
+                                "--protocol", str(protocol), "--device", "cpu", "--out", str(tmp_path / "md2")])
+    _too_large(early.exception, "17x17x17")  # refused before any model is looked up (or downloaded)
+    neb = runner.invoke(app, ["neb", str(copper_cif), "--model", "ase:emt", "--ion", "Cu", "--min-length-A", "60",
+                              "--device", "cpu", "--out", str(tmp_path / "neb")])
+    assert isinstance(neb.exception, InputError), neb.output
+    _too_large(neb.exception, "NEB supercell", "17x17x17", "19,652 atoms")
+
+
+# ---------------------------------------------------------------------------------------------- stored text
+@pytest.mark.parametrize("item, path", [
+    ("  - {library: Li2S, name: \"Li\\0S\"}\n", "candidates[0].name"),
+    ("  - {library: Li2S, \"na\\0me\": x}\n", "candidates[0]"),
+])
+def test_job_files_with_text_the_database_cannot_store_are_refused(tmp_path, item, path):
+    """NUL was refused only by the web form; a job file given to the CLI reached PostgreSQL with it."""
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.replace("  - library: Li2S\n", item))
+    with pytest.raises(JobSpecError) as info:
+        load_job_spec(job)
+    problem = _problem(info.value, path)
+    assert problem.path == path and problem.line == 5 and "NUL" in problem.message
+    result = CliRunner().invoke(app, ["screen", str(job)])
+    assert isinstance(result.exception, JobSpecError) and "cannot be stored" in str(result.exception)
+    top = _problem(_spec_error(JOB.replace("name: bounds", 'name: "a\\0b"')), "name")
+    assert top.line == 1 and "NUL" in top.message
+
+
+# ---------------------------------------------------------------------------------------------- one bound, one place
+def test_ranking_weights_carry_their_own_bounds():
+    from pydantic import ValidationError
+
+    from screening.ranking import MAX_RANKING_WEIGHT, RankingWeights
+
+    for value in (math.inf, math.nan):
+        with pytest.raises(ValidationError, match="conductivity"):
+            RankingWeights(conductivity=value)
+    with pytest.raises(ValidationError, match=f"(?s)conductivity.*less than or equal to {MAX_RANKING_WEIGHT:g}"):
+        RankingWeights(conductivity=MAX_RANKING_WEIGHT * 1.001)
+    assert RankingWeights(conductivity=MAX_RANKING_WEIGHT, penalty_1d_eV=MAX_RANKING_WEIGHT).conductivity == 1000.0
+    problem = _problem(_spec_error(JOB + "ranking: {penalty_1d_eV: 1.0e+4}\n"), "ranking.penalty_1d_eV")
+    assert f"{MAX_RANKING_WEIGHT:g}" in problem.message
+
+
+def test_bounds_shared_by_transport_neb_and_job_files_agree():
+    from screening.cells import MAX_SUPERCELL_LENGTH_A
+    from screening.neb.band import MAX_FORCE_EV_A, MAX_OPTIMIZER_STEPS
+    from screening.transport.protocol import MAX_SEED
+
+    make_protocol(**{**_VALID, "seed": MAX_SEED, "supercell_min_length_A": MAX_SUPERCELL_LENGTH_A,
+                     "relax_fmax_eV_A": MAX_FORCE_EV_A, "relax_max_steps": MAX_OPTIMIZER_STEPS})
+    NebParameters(min_length_A=MAX_SUPERCELL_LENGTH_A, fmax_eV_A=MAX_FORCE_EV_A, max_steps=MAX_OPTIMIZER_STEPS)
+    for field, value in (("seed", MAX_SEED + 1), ("supercell_min_length_A", MAX_SUPERCELL_LENGTH_A * 1.001),
+                         ("relax_fmax_eV_A", MAX_FORCE_EV_A * 1.001), ("relax_max_steps", MAX_OPTIMIZER_STEPS + 1)):
+        with pytest.raises(InputError, match=field):
+            make_protocol(**{**_VALID, field: value})
+    for field, value in (("min_length_A", MAX_SUPERCELL_LENGTH_A * 1.001), ("fmax_eV_A", MAX_FORCE_EV_A * 1.001),
+                         ("max_steps", MAX_OPTIMIZER_STEPS + 1)):
+        with pytest.raises(ValueError, match=field):
+            NebParameters(**{field: value})
+    parse_job_spec(JOB.replace("  - library: Li2S\n", f"  - {{library: Li2S, seed: {MAX_SEED}}}\n"), source="job.yaml")
+    text = JOB.replace("  - library: Li2S\n", f"  - {{library: Li2S, seed: {MAX_SEED + 1}}}\n")
+    assert str(MAX_SEED) in _problem(_spec_error(text), "candidates[0].seed").message
 
 
 # ---------------------------------------------------------------------------------------------- structure files

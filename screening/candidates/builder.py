@@ -15,10 +15,8 @@ from screening.candidates.identity import structure_hash
 from screening.candidates.library import CandidateKind, LibraryEntry, build_parent, get_entry, insertion_positions
 from screening.candidates.limits import (
     MAX_BOND_VALENCE_SITES,
-    MAX_SIMULATION_ATOMS,
     check_input_structure,
     check_ordered_distances,
-    read_input_structure,
     wrapped_into_cell,
 )
 from screening.candidates.ordering import (
@@ -36,6 +34,8 @@ from screening.candidates.oxidation import (
     element_symbol,
     ion_charge,
 )
+from screening.cells import MAX_SIMULATION_ATOMS
+from screening.structio import read_structure
 
 DEFAULT_SEED = 0
 MAX_AUTO_SUPERCELL_ATOMS = 256
@@ -229,11 +229,29 @@ def candidate_from_structure(
     size of the ordering cell), and the ordered cell is checked for overlapping atoms again. ``source`` (e.g.
     the file) names the structure in their messages; default: ``name``.
     """
+    check_input_structure(structure, source or name)
+    return _candidate_from_checked(structure, name=name, working_ion=working_ion, kind=kind,
+                                   oxidation_states=oxidation_states, supercell=supercell, seed=seed,
+                                   insertion_sites_frac=insertion_sites_frac, source=source)
+
+
+def _candidate_from_checked(
+    structure,
+    *,
+    name: str,
+    working_ion: str,
+    kind: CandidateKind | str = CandidateKind.electrolyte,
+    oxidation_states: dict[str, float] | None = None,
+    supercell: Any = None,
+    seed: int = DEFAULT_SEED,
+    insertion_sites_frac: list[list[float]] | None = None,
+    source: str | None = None,
+) -> Candidate:
+    """:func:`candidate_from_structure` of a structure that ``check_input_structure`` has passed."""
     kind = CandidateKind(kind)
     ion = element_symbol(working_ion)
     ion_charge(ion)
     source = source or name
-    check_input_structure(structure, source)
     structure = wrapped_into_cell(structure)
     if supercell is not None:
         try:
@@ -308,8 +326,8 @@ def _sites_in_supercell(sites: list[list[float]], matrix: np.ndarray) -> list[li
 
 def import_file(path: str | Path, **options) -> Candidate:
     """Read CIF/POSCAR/extxyz within the bounds of :mod:`screening.candidates.limits` and import it (see
-    :func:`candidate_from_structure`)."""
+    :func:`candidate_from_structure`; the reader has already checked the structure)."""
     path = Path(path)
     options.setdefault("name", path.stem)
     options.setdefault("source", str(path))
-    return candidate_from_structure(read_input_structure(path), **options)
+    return _candidate_from_checked(read_structure(path), **options)

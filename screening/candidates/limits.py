@@ -1,4 +1,5 @@
-"""Bounds on imported structure files and on the simulation cells they imply, checked before any expensive step.
+"""Bounds on structure files and the structures read from them, checked before any expensive step (the cells built
+from them are bounded in :mod:`screening.cells`).
 
 pymatgen's CIF reader and its bond-valence analysis grow faster than linearly with the number of sites (a
 100,800-atom CIF would run for hours), and ASE's xyz/POSCAR readers trust the atom count in the header (a
@@ -10,14 +11,14 @@ the file and the limit.
 
 from __future__ import annotations
 
-import enum
-import math
 import re
 from pathlib import Path
 
 import numpy as np
 
 from mlip.errors import InputError
+from screening.cells import cell_heights_A
+from screening.structio import StructureFormat
 
 #: A unit cell of 2,000 sites is a few hundred kB in any format; a larger file is not one crystal's cell.
 MAX_STRUCTURE_FILE_BYTES = 8 * 1024 * 1024
@@ -26,8 +27,6 @@ MAX_INPUT_SITES = 2000
 #: Bond-valence analysis takes ~4 s at 324 sites and ~1 min at 1,500 (and recurses once per distinct site);
 #: above this, oxidation states must be given explicitly.
 MAX_BOND_VALENCE_SITES = 500
-#: Atoms of any cell we build or simulate: the ordering cell, the transport MD supercell, the NEB supercell.
-MAX_SIMULATION_ATOMS = 5000
 #: Two atoms (of fully occupied sites) closer than this are an error in the file, not chemistry (H2: 0.74 Å).
 MIN_INTERATOMIC_DISTANCE_A = 0.5
 #: Longest lattice vector of an input cell, Å (cells are a few to a few tens of Å; vacuum slabs ~100 Å).
@@ -46,34 +45,10 @@ MAX_CIF_PARSE_WORK = 20_000_000
 _INT = re.compile(r"[+-]?[0-9]+")
 
 
-class StructureFormat(enum.StrEnum):
-    CIF = "cif"
-    POSCAR = "poscar"
-    EXTXYZ = "extxyz"
-
-
-def structure_format(path: Path) -> StructureFormat:
-    """The format of a structure file, from its name (the formats ``import`` accepts; no guessing)."""
-    name = path.name.lower()
-    if name.endswith((".cif", ".mcif")):
-        return StructureFormat.CIF
-    if name.startswith(("poscar", "contcar")) or name.endswith((".vasp", ".poscar")):
-        return StructureFormat.POSCAR
-    if name.endswith((".xyz", ".extxyz")):
-        return StructureFormat.EXTXYZ
-    raise InputError(f"{path}: unknown structure file type; name it *.cif, POSCAR / CONTCAR / *.vasp, "
-                     "or *.xyz / *.extxyz")
-
-
-def read_input_structure(path: str | Path):
-    """The pymatgen ``Structure`` of a CIF / POSCAR / extxyz file, refused early when it is too large,
-    empty, not a finite periodic cell, or has overlapping atoms (see the module's bounds)."""
-    from screening.structio import read_structure
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"structure file {path} does not exist")
-    fmt = structure_format(path)
+def check_structure_file(path: Path, fmt: StructureFormat) -> None:
+    """Refuse a structure file before it is parsed: more than ``MAX_STRUCTURE_FILE_BYTES``, empty, or a header
+    (POSCAR counts, xyz frame counts, CIF atom_site rows under their symmetry) implying more than
+    ``MAX_INPUT_SITES`` sites (``screening.structio.read_structure`` calls this, then parses)."""
     size = path.stat().st_size
     if size > MAX_STRUCTURE_FILE_BYTES:
         raise InputError(f"{path} is {size:,} bytes, more than the {MAX_STRUCTURE_FILE_BYTES:,} bytes a structure "
@@ -83,14 +58,6 @@ def read_input_structure(path: str | Path):
     text = path.read_bytes().decode("utf-8", errors="replace")
     {StructureFormat.CIF: _precheck_cif, StructureFormat.POSCAR: _precheck_poscar,
      StructureFormat.EXTXYZ: _precheck_xyz}[fmt](text, path)
-    try:
-        structure = read_structure(path)
-    except InputError:
-        raise
-    except Exception as err:  # the readers raise anything from ValueError to IndexError
-        raise InputError(f"could not read a structure from {path}: {type(err).__name__}: {err}") from err
-    check_input_structure(structure, str(path))
-    return structure
 
 
 def check_input_structure(structure, source: str) -> None:
@@ -119,23 +86,14 @@ def check_input_structure(structure, source: str) -> None:
     if lengths.max() > MAX_INPUT_CELL_LENGTH_A:
         raise InputError(f"{source}: a lattice vector is {lengths.max():.4g} Å long, more than "
                          f"{MAX_INPUT_CELL_LENGTH_A:g} Å (MAX_INPUT_CELL_LENGTH_A)")
-    heights = cell_heights_A(matrix)
-    if heights is None:
-        raise InputError(f"{source}: the cell has no volume; a crystal needs three independent lattice vectors")
+    try:
+        heights = cell_heights_A(matrix)
+    except InputError as err:
+        raise InputError(f"{source}: {err}") from err
     if heights.min() < MIN_INTERATOMIC_DISTANCE_A:
         raise InputError(f"{source}: the cell is {heights.min():.3g} Å thick, so every atom is closer than "
                          f"{MIN_INTERATOMIC_DISTANCE_A} Å (MIN_INTERATOMIC_DISTANCE_A) to its own periodic image")
     _check_distances(structure, source)
-
-
-def cell_heights_A(matrix) -> np.ndarray | None:
-    """Distances between opposite faces of a cell, Å; None for a cell without volume."""
-    matrix = np.asarray(matrix, dtype=float)
-    volume = abs(float(np.linalg.det(matrix)))
-    if not math.isfinite(volume) or volume < 1e-6:
-        return None
-    areas = np.array([np.linalg.norm(np.cross(matrix[(i + 1) % 3], matrix[(i + 2) % 3])) for i in range(3)])
-    return volume / areas
 
 
 def _check_distances(structure, source: str) -> None:

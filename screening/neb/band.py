@@ -17,14 +17,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlip.errors import InputError, SimulationFailed
-from screening.candidates.limits import MAX_SIMULATION_ATOMS
+from screening.cells import MAX_SIMULATION_ATOMS, MAX_SUPERCELL_LENGTH_A
 from screening.neb.results import NebFlag
 
 # An interior image this far (eV) below both endpoints means the path holds another minimum.
 INTERMEDIATE_MINIMUM_TOL_EV = 0.01
-MAX_FORCE_EV_A = 10.0  # a force tolerance above this accepts any structure
-MAX_OPTIMIZER_STEPS = 100_000  # step budgets (band, each endpoint)
-MAX_NEB_CELL_LENGTH_A = 100.0  # supercell lattice vectors, as the transport protocol's supercell_min_length_A
+MAX_FORCE_EV_A = 10.0  # a force tolerance above this accepts any structure (NEB and the transport relaxation)
+MAX_OPTIMIZER_STEPS = 100_000  # step budgets (band, each endpoint, the transport protocol's relaxation)
 
 
 class OptimizerKind(enum.StrEnum):
@@ -65,7 +64,7 @@ class NebParameters(BaseModel):
     endpoint_optimizer: OptimizerKind = Field(OptimizerKind.BFGS, description="Endpoint optimizer.")
     drift_tolerance_A: float = Field(
         0.5, gt=0, le=10.0, description="Moving-ion displacement during endpoint relaxation that raises endpoint_drifted, Å.")
-    min_length_A: float = Field(8.0, gt=0, le=MAX_NEB_CELL_LENGTH_A,
+    min_length_A: float = Field(8.0, gt=0, le=MAX_SUPERCELL_LENGTH_A,
                                 description="Every supercell lattice vector at least this long, Å.")
     max_atoms: int | None = Field(None, ge=1, le=MAX_SIMULATION_ATOMS,
                                   description="Refuse supercells with more atoms than this.")

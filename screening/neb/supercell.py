@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from mlip.errors import InputError
+from screening.cells import cell_heights_A, check_supercell_atoms
 from screening.neb.hops import Hop, Mechanism
 
 # Fractional-coordinate tolerance (in Å) for finding an ion site in the supercell.
@@ -49,12 +50,14 @@ def supercell_repeats(lattice_lengths_A, min_length_A: float) -> tuple[int, int,
     return tuple(max(1, math.ceil(min_length_A / length - 1e-9)) for length in lattice_lengths_A)
 
 
-def cell_widths_A(matrix) -> np.ndarray:
-    """Perpendicular distance between each pair of opposite cell faces."""
-    matrix = np.asarray(matrix, dtype=float)
-    volume = abs(np.linalg.det(matrix))
-    return np.array([volume / np.linalg.norm(np.cross(matrix[(i + 1) % 3], matrix[(i + 2) % 3]))
-                     for i in range(3)])
+def neb_supercell_repeats(structure, min_length_A: float, *, max_atoms: int | None = None,
+                          what: str | None = None) -> tuple[int, int, int]:
+    """Repeats of the NEB supercell of ``structure``, refused when it would hold more than ``max_atoms`` atoms
+    (default, and at most, ``MAX_SIMULATION_ATOMS``; ``what`` names the supercell in the message)."""
+    reps = supercell_repeats(structure.lattice.abc, min_length_A)
+    what = what or f"the NEB supercell of {structure.composition.reduced_formula} (min_length_A = {min_length_A:g} Å)"
+    check_supercell_atoms(len(structure), reps, what=what, max_atoms=max_atoms)
+    return reps
 
 
 def min_length_for_hop(lattice, hop_length_A: float, start_A: float) -> float:
@@ -63,7 +66,7 @@ def min_length_for_hop(lattice, hop_length_A: float, start_A: float) -> float:
     lengths = np.asarray(lattice.abc)
     for _ in range(200):
         reps = supercell_repeats(lengths, length)
-        if hop_length_A < 0.5 * cell_widths_A(lattice.matrix * np.asarray(reps)[:, None]).min() - 1e-3:
+        if hop_length_A < 0.5 * cell_heights_A(lattice.matrix * np.asarray(reps)[:, None]).min() - 1e-3:
             return length
         length += 0.5
     return length
@@ -81,14 +84,15 @@ def build_endpoints(
 
     Vacancy mechanism: all other ion sites stay occupied and the end site is empty in the initial
     state. Interstitial mechanism: all ion sites are removed and only the moving ion is placed.
+    A supercell of more than ``max_atoms`` atoms (default, and at most, ``MAX_SIMULATION_ATOMS``) is refused.
     """
     from pymatgen.io.ase import AseAtomsAdaptor
 
     mechanism = Mechanism(mechanism)
     lattice = structure.lattice
-    reps = supercell_repeats(lattice.abc, min_length_A)
+    reps = neb_supercell_repeats(structure, min_length_A, max_atoms=max_atoms)
     sc_matrix = lattice.matrix * np.asarray(reps)[:, None]
-    widths = cell_widths_A(sc_matrix)
+    widths = cell_heights_A(sc_matrix)
     if not hop.length_A < 0.5 * widths.min() - 1e-3:
         needed = min_length_for_hop(lattice, hop.length_A, min_length_A)
         raise HopTooLongError(
@@ -101,11 +105,6 @@ def build_endpoints(
 
     supercell = structure.copy()
     supercell.make_supercell(list(reps))
-    if max_atoms is not None and len(supercell) > max_atoms:
-        raise InputError(
-            f"the NEB supercell {reps[0]}x{reps[1]}x{reps[2]} has {len(supercell)} atoms, more than "
-            f"max_atoms={max_atoms}; lower min_length_A or raise max_atoms"
-        )
     start_sc = np.asarray(hop.start_frac) / np.asarray(reps)
     end_sc = np.asarray(hop.end_frac) / np.asarray(reps)
     ion_indices = [i for i, site in enumerate(supercell) if site.specie.symbol == hop.ion]

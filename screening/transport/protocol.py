@@ -26,6 +26,8 @@ from pydantic import (
 
 from mlip.errors import InputError
 from mlip.util import canonical_sha256
+from screening.cells import MAX_SUPERCELL_LENGTH_A
+from screening.neb.band import MAX_FORCE_EV_A, MAX_OPTIMIZER_STEPS
 from screening.transport.diffusion import FitWindow
 
 
@@ -46,8 +48,8 @@ MAX_TEMPERATURE_K = 5000.0  # above this every inorganic solid has melted
 MAX_TEMPERATURES = 32  # an Arrhenius fit needs 3-8 points
 MAX_RUN_PS = 10_000.0  # 10 ns per temperature: production, budget, extension, equilibration
 MAX_FRAMES_PER_TEMPERATURE = 500_000  # stored frames of one temperature (10 ns every 20 fs)
-MAX_SUPERCELL_LENGTH_A = 100.0  # every cell height; 100 Å already means >10^5 atoms of a dense solid
-MAX_SEED = 2**63 - 1  # numpy and torch take 64-bit seeds
+MAX_SEED = 2**63 - 1  # numpy and torch take 64-bit seeds (every seed of a job file)
+# The supercell length, relaxation force and step bounds are shared with NEB (screening.cells, screening.neb.band).
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 Temperature = Annotated[float, Field(ge=MIN_TEMPERATURE_K, le=MAX_TEMPERATURE_K)]
@@ -102,8 +104,8 @@ class TransportProtocol(BaseModel):
                                           description="Every cell height (and so every lattice vector) ≥ this, Å.")
     relax: bool = Field(True, description="Relax positions (float64) before MD.")
     relax_cell: bool = Field(False, description="Also relax the cell.")
-    relax_fmax_eV_A: float = Field(0.05, gt=0, le=10.0)
-    relax_max_steps: int = Field(300, ge=1, le=100_000)
+    relax_fmax_eV_A: float = Field(0.05, gt=0, le=MAX_FORCE_EV_A)
+    relax_max_steps: int = Field(300, ge=1, le=MAX_OPTIMIZER_STEPS)
     md_dtype: str = Field("float32", pattern="^float(32|64)$")
     md_engine: MDEngine = Field(
         MDEngine.LEAN, description="lean: the batched MACE engine (mlip.engine); ase: ASE's dynamics and calculator. "

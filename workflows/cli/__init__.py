@@ -115,8 +115,7 @@ def models_check(
 ) -> None:
     """Say whether a model covers every element of a structure (exit 1 if not)."""
     from mlip.loader import load_model
-    from screening.candidates.limits import read_input_structure as read_structure
-    from screening.structio import element_symbols
+    from screening.structio import element_symbols, read_structure
 
     elements = element_symbols(read_structure(structure))
     loaded = load_model(ref, _settings())

@@ -84,8 +84,7 @@ def neb(
     from mlip.loader import load_model
     from screening.neb import Mechanism, NebParameters, neb_for_structure
     from screening.neb.driver import neb_engine_for
-    from screening.candidates.limits import read_input_structure as read_structure
-    from screening.structio import element_symbols
+    from screening.structio import element_symbols, read_structure
 
     settings = load_settings()
     struct = read_structure(structure)

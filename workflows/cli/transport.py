@@ -134,7 +134,8 @@ def md(
 
     from mlip.config import load_settings
     from mlip.loader import load_model
-    from screening.candidates.limits import read_input_structure as read_structure
+    from screening.cells import repeats_for_min_height
+    from screening.structio import read_structure
     from screening.transport.protocol import make_protocol, preset, preset_names
     from screening.transport.run import calculator_factory_for, run_transport
 
@@ -162,6 +163,9 @@ def md(
             raise InputError(f"{path} is not valid YAML: {err}") from err
         proto = make_protocol(**{**values, **overrides})
     struct = read_structure(structure)
+    # before the model loads (which may download it): the supercell must be within the size limit
+    repeats_for_min_height(struct.lattice.matrix, proto.supercell_min_length_A, len(struct),
+                           what=f"the supercell of {structure} with every cell height ≥ {proto.supercell_min_length_A:g} Å")
     settings = load_settings()
     loaded = load_model(model, settings)
     loaded.check_elements([el.symbol for el in struct.composition.elements], what=f"structure {structure}")

@@ -24,7 +24,6 @@ from mlip.errors import InputError, IonscreenError
 SUBMISSIONS_DIR = "submissions"
 _SOURCE = "request body"  # how the job parser's messages name a submission
 _JSON_STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
-_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")  # NUL, lone UTF-16 surrogates
 
 
 class BodyFormat(enum.StrEnum):
@@ -125,40 +124,15 @@ def _json_depth_exceeds(text: str, limit: int) -> bool:
     return False
 
 
-def _unstorable_strings(data: Any) -> list[dict[str, Any]]:
-    """Errors for keys and strings the database cannot store (NUL, unpaired surrogates), by key path. Each container
-    is visited once, so YAML aliases cannot multiply the work."""
-    problems: list[dict[str, Any]] = []
-    seen: set[int] = set()
-    stack: list[tuple[Any, list]] = [(data, [])]
-    while stack and len(problems) < 20:
-        value, loc = stack.pop()
-        if isinstance(value, str):
-            if _UNSTORABLE.search(value):
-                problems.append(_error(loc, "text with a NUL character or an unpaired surrogate cannot be stored",
-                                       "string_unstorable"))
-            continue
-        if not isinstance(value, (dict, list)) or id(value) in seen:
-            continue
-        seen.add(id(value))
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, item in items:
-            if isinstance(key, str) and _UNSTORABLE.search(key):
-                problems.append(_error(loc, f"key {key!r}: text with a NUL character or an unpaired surrogate "
-                                            "cannot be stored", "string_unstorable"))
-            stack.append((item, [*loc, key]))
-    return problems
-
-
 def _load(text: str, fmt: BodyFormat) -> Any:
     """The body parsed just enough for the policy checks, within the job-file parser's bounds (one nesting limit,
     no YAML anchors or aliases); JobSpecError for a body outside them."""
-    from workflows.jobs.spec.parse import MAX_YAML_DEPTH, _parse_yaml, _too_deep
+    from workflows.jobs.spec.parse import MAX_YAML_DEPTH, load_job_yaml, too_deep_message
 
     if fmt is BodyFormat.yaml:
-        return _parse_yaml(text, _SOURCE)[0]
+        return load_job_yaml(text, _SOURCE)[0]
     if _json_depth_exceeds(text, MAX_YAML_DEPTH):
-        raise SubmitError(422, [_error([], _too_deep(), "nesting_too_deep")])
+        raise SubmitError(422, [_error([], too_deep_message(), "nesting_too_deep")])
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -170,7 +144,8 @@ def parse_body(body: bytes, fmt: BodyFormat, base_dir: Path):
     """Decode and validate a submitted job (relative files inside ``base_dir``); returns (text, JobSpec).
     SubmitError(422) on any problem."""
     from workflows.jobs.spec import JobSpecError, parse_job_spec
-    from workflows.jobs.spec.parse import _too_deep
+    from workflows.jobs.spec.parse import too_deep_message
+    from workflows.jobs.spec.schema import unstorable_text
 
     try:
         text = body.decode("utf-8")
@@ -178,13 +153,14 @@ def parse_body(body: bytes, fmt: BodyFormat, base_dir: Path):
         raise SubmitError(422, [_error([], f"the body is not UTF-8 text: {err}", "unicode_invalid")]) from None
     try:
         data = _load(text, fmt)
-        problems = _unstorable_strings(data) or check_file_references(data)
+        problems = [_error(list(loc), message, "string_unstorable") for loc, message in unstorable_text(data)]
+        problems = problems or check_file_references(data)
         if problems:
             raise SubmitError(422, problems)
         spec = parse_job_spec(text, source=_SOURCE, base_dir=base_dir)
     except JobSpecError as err:
         raise SubmitError(422, [_error(_loc(p.path), p.message,
-                                       "nesting_too_deep" if p.message == _too_deep() else "job_spec", p.line)
+                                       "nesting_too_deep" if p.message == too_deep_message() else "job_spec", p.line)
                                 for p in err.problems]) from None
     except (InputError, ValueError, RecursionError) as err:  # the parser's own refusals, whatever their shape
         raise SubmitError(422, [_error([], f"the job cannot be read: {err}", "job_invalid")]) from None

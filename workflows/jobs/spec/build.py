@@ -1,7 +1,7 @@
 """The candidates a job file names, built into ``screening.candidates.Candidate`` documents (one failure at a time).
 
-A candidate whose transport or NEB supercell would hold more than ``MAX_SIMULATION_ATOMS`` atoms is a failure
-here, before planning, rather than a task that exhausts a worker.
+A candidate whose transport or NEB supercell would hold more than ``MAX_SIMULATION_ATOMS`` atoms
+(``screening.cells``) is a failure here, before planning, rather than a task that exhausts a worker.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlip.errors import InputError
 from screening.candidates.library import CandidateKind
 from workflows.jobs.spec.schema import CandidateSpec, JobSpec, StructureSource
 
@@ -77,35 +76,21 @@ def _build_item(item: CandidateSpec, spec: JobSpec):
     return cand if cand.name == name else cand.model_copy(update={"name": name})
 
 
-def simulation_cells(cand, spec: JobSpec) -> list[tuple[str, tuple[int, int, int], int]]:
-    """(what, repeats, atoms) of each supercell the job's stages will build from ``cand``."""
-    import math
-
+def check_simulation_size(cand, spec: JobSpec) -> None:
+    """Refuse a candidate whose transport or NEB supercell would hold more than ``MAX_SIMULATION_ATOMS`` atoms (or
+    the NEB's ``max_atoms``), with the repeats and the bounds the stages themselves use."""
     from screening.cells import repeats_for_min_height
-    from screening.neb.supercell import supercell_repeats
+    from screening.neb.supercell import neb_supercell_repeats
 
-    lattice = cand.structure.lattice
-    out = []
+    structure = cand.structure
     if spec.transport is not None:
         length = spec.transport.protocol().supercell_min_length_A
-        reps = repeats_for_min_height(lattice.matrix, length)
-        out.append((f"transport supercell (supercell_min_length_A = {length:g} Å)", reps, len(cand.structure) * math.prod(reps)))
+        repeats_for_min_height(structure.lattice.matrix, length, len(structure),
+                               what=f"candidate {cand.name}: its transport supercell (supercell_min_length_A = {length:g} Å)")
     if spec.neb is not None:
-        reps = supercell_repeats(lattice.abc, spec.neb.min_length_A)
-        out.append((f"NEB supercell (min_length_A = {spec.neb.min_length_A:g} Å)", reps, len(cand.structure) * math.prod(reps)))
-    return out
-
-
-def check_simulation_size(cand, spec: JobSpec) -> None:
-    """Refuse a candidate whose supercells would hold more than ``MAX_SIMULATION_ATOMS`` atoms."""
-    from screening.candidates.limits import MAX_SIMULATION_ATOMS
-
-    for what, reps, atoms in simulation_cells(cand, spec):
-        if atoms > MAX_SIMULATION_ATOMS:
-            raise InputError(
-                f"candidate {cand.name}: its {what} is {reps[0]}x{reps[1]}x{reps[2]} cells of {len(cand.structure)} atoms "
-                f"= {atoms:,} atoms, more than the {MAX_SIMULATION_ATOMS:,} a simulation may have "
-                "(MAX_SIMULATION_ATOMS); lower the minimum length or screen a smaller cell")
+        length = spec.neb.min_length_A
+        neb_supercell_repeats(structure, length, max_atoms=spec.neb.max_atoms,
+                              what=f"candidate {cand.name}: its NEB supercell (min_length_A = {length:g} Å)")
 
 
 def build_candidates(spec: JobSpec, allowed_elements: set[str] | None = None) -> BuiltCandidates:

@@ -69,7 +69,7 @@ def load_job_spec(path: str | Path) -> JobSpec:
 
 def parse_job_spec(text: str, *, source: str = "<job>", base_dir: str | Path | None = None) -> JobSpec:
     """Validate job YAML (or JSON) text; errors name key paths and lines of ``source``."""
-    data, lines = _parse_yaml(text, source)
+    data, lines = load_job_yaml(text, source)
     if data is None:
         raise JobSpecError(source, [SpecProblem("", 1, "the job file is empty")])
     if not isinstance(data, dict):
@@ -110,7 +110,7 @@ def _loader_class():
     return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _too_deep() -> str:
+def too_deep_message() -> str:
     return f"nested more than {MAX_YAML_DEPTH} levels deep (MAX_YAML_DEPTH); a job file is a few levels of mappings and lists"
 
 
@@ -128,12 +128,14 @@ def _check_events(text: str, loader) -> None:
         if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             depth += 1
             if depth > MAX_YAML_DEPTH:
-                raise _RefusedYAML(event.start_mark.line + 1, _too_deep())
+                raise _RefusedYAML(event.start_mark.line + 1, too_deep_message())
         elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
             depth -= 1
 
 
-def _parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:
+def load_job_yaml(text: str, source: str) -> tuple[Any, _Lines]:
+    """The job text as data (and its line table), within the bounds every job file and request body obeys:
+    size, no anchors or aliases, nesting depth; JobSpecError naming the line otherwise."""
     import yaml
 
     size = len(text.encode("utf-8", errors="surrogatepass"))
@@ -153,7 +155,7 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:
         line = mark.line + 1 if mark is not None else None
         message = " ".join(x for x in (err.context, err.problem) if x) or str(err)
         if "maximum nesting depth" in message:  # libyaml's own bound (1,000 levels), met before ours while scanning
-            raise JobSpecError(source, [SpecProblem("", line, _too_deep())]) from None
+            raise JobSpecError(source, [SpecProblem("", line, too_deep_message())]) from None
         raise JobSpecError(source, [SpecProblem("", line, f"YAML syntax: {message}")]) from err
     except yaml.YAMLError as err:
         raise JobSpecError(source, [SpecProblem("", None, f"YAML: {err}")]) from err

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import enum
-import math
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,12 +32,13 @@ from screening.neb.band import NebParameters
 from screening.neb.hops import Mechanism
 from screening.ranking import RankingWeights
 from screening.stages import Stage
-from screening.transport.protocol import TransportProtocol
+from screening.transport.protocol import MAX_SEED, TransportProtocol
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
 
 # Bounds of the job file's own fields (the protocol's are in screening.transport.protocol and
-# screening.neb.band; structure sizes in screening.candidates.limits). Floats are finite everywhere.
+# screening.neb.band, the ranking's in screening.ranking, the seed's in screening.transport.protocol;
+# structure sizes in screening.candidates.limits). Floats are finite everywhere.
 MAX_CANDIDATES = 1000  # candidates per job (each is built before planning)
 MAX_NAME_LENGTH = 128
 MAX_REFERENCE_LENGTH = 4096  # model reference, file path
@@ -49,8 +50,9 @@ MAX_HOPS = 1000
 MAX_HOP_LENGTH_A = 10.0  # ionic hops are 2-5 Å; a longer "hop" crosses several sites
 MAX_GPUS_PER_WORKER = 64
 MAX_IN_FLIGHT = 100_000
-MAX_RANKING_WEIGHT = 1000.0
-MAX_SEED = 2**63 - 1
+#: Text PostgreSQL cannot store: NUL, and lone UTF-16 surrogates (which UTF-8 cannot encode).
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+_UNSTORABLE_MESSAGE = "text with a NUL character or an unpaired surrogate cannot be stored"
 
 
 class Device(enum.StrEnum):
@@ -67,6 +69,29 @@ def _keyed(subloc: tuple, message: str) -> PydanticCustomError:
 def _multi(problems: list[tuple[tuple, str]], summary: str) -> PydanticCustomError:
     text = summary + ": " + "; ".join(f"{'.'.join(map(str, loc)) or '(top)'}: {msg}" for loc, msg in problems)
     return PydanticCustomError("job_spec", "{message}", {"message": text, "problems": problems})
+
+
+def unstorable_text(data: Any) -> list[tuple[tuple, str]]:
+    """(key path, message) of each key and string of ``data`` the database cannot store; each container is
+    visited once, so shared or cyclic values cannot multiply the work."""
+    problems: list[tuple[tuple, str]] = []
+    seen: set[int] = set()
+    stack: list[tuple[Any, tuple]] = [(data, ())]
+    while stack and len(problems) < 20:
+        value, loc = stack.pop()
+        if isinstance(value, str):
+            if _UNSTORABLE.search(value):
+                problems.append((loc, _UNSTORABLE_MESSAGE))
+            continue
+        if not isinstance(value, (dict, list, tuple)) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            if isinstance(key, str) and _UNSTORABLE.search(key):
+                problems.append((loc, f"key {key!r}: {_UNSTORABLE_MESSAGE}"))
+                continue
+            stack.append((item, (*loc, key)))
+    return sorted(problems, key=lambda p: tuple(map(str, p[0])))
 
 
 def clean_message(msg: str) -> str:
@@ -386,6 +411,15 @@ class JobSpec(_Strict):
     ranking: RankingWeights = Field(default_factory=RankingWeights)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        """Every key and string of the job is stored (PostgreSQL's text refuses NUL): refuse the others first."""
+        problems = unstorable_text(data)
+        if problems:
+            raise _multi(problems, "text the database cannot store")
+        return data
+
     @field_validator("model")
     @classmethod
     def _model_ref(cls, value: str, info: ValidationInfo) -> str:
@@ -411,14 +445,6 @@ class JobSpec(_Strict):
     @classmethod
     def _ion(cls, value: str | None) -> str | None:
         return _check_ion(value)
-
-    @field_validator("ranking")
-    @classmethod
-    def _finite_weights(cls, value: RankingWeights) -> RankingWeights:
-        for key, weight in value.model_dump().items():
-            if not math.isfinite(weight) or weight > MAX_RANKING_WEIGHT:
-                raise _keyed((key,), f"must be a finite number at most {MAX_RANKING_WEIGHT:g} (got {weight!r})")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self):
