@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ase.data import chemical_symbols
+
 from mlip import bundled, foundation, registry, signing
 from mlip.backends import BACKENDS, FILE_FAMILY, code_defined_families, packaged_families
 from mlip.config import Settings, mask_password
@@ -76,7 +78,8 @@ def list_models(settings: Settings, *, inspect_trusted: bool = True) -> list[Mod
                 continue
             info = ModelInfo(f"{family}:{name}", weights.sha256,
                              f"{weights.description} (installed {weights.package} package)",
-                             sha256_file(path) == weights.sha256, str(path), family=family)
+                             sha256_file(path) == weights.sha256, str(path), family=family,
+                             elements=[chemical_symbols[z] for z in weights.atomic_numbers], dtype=weights.dtype)
             out.append(info)
             seen_paths.add(str(path))
 

@@ -54,6 +54,8 @@ class PackagedWeights:
     relative_path: str  # inside the installed package directory
     sha256: str
     description: str  # what the weights are, in words
+    atomic_numbers: tuple[int, ...] = ()  # the elements covered, known without loading (for listings)
+    dtype: str = "float32"
 
     def path(self) -> Path | None:
         """Where the installed package keeps the file; ``None`` when the package is not installed."""

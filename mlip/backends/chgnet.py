@@ -29,22 +29,24 @@ if TYPE_CHECKING:
 
 CHGNET_VERSION = "0.4.2"
 
+#: Elements of MPtrj, which both weight sets cover: H to Bi and Ac to Pu (Po to Ra never occur in it).
+COVERED_ATOMIC_NUMBERS: tuple[int, ...] = tuple(range(1, 84)) + tuple(range(89, 95))
+
 #: The weights inside the chgnet 0.4.2 wheel, with the SHA-256 of each file as the wheel ships it.
 WEIGHTS: dict[str, PackagedWeights] = {
     "0.3.0": PackagedWeights(
         "chgnet", CHGNET_VERSION, "pretrained/0.3.0/chgnet_0.3.0_e29f68s314m37.pth.tar",
         "d14ab7c0f093efe64b60a7bcd540bca10e74fb7f46c86108a079af60524659d1",
         "CHGNet 0.3.0, trained on MPtrj (PBE/PBE+U relaxation trajectories of the Materials Project)",
+        COVERED_ATOMIC_NUMBERS,
     ),
     "r2scan": PackagedWeights(
         "chgnet", CHGNET_VERSION, "pretrained/r2scan/chgnet_r2scan_transfer_learning_e15f36s161m23.pth.tar",
         "8eba3db0f35a2788bb3ae22885ad340591e27996f213c6643af522a633b50dad",
         "CHGNet transfer-learned from 0.3.0 to the Materials Project's r2SCAN data",
+        COVERED_ATOMIC_NUMBERS,
     ),
 }
-
-#: Elements of MPtrj, which both weight sets cover: H to Bi and Ac to Pu (Po to Ra never occur in it).
-COVERED_ATOMIC_NUMBERS: tuple[int, ...] = tuple(range(1, 84)) + tuple(range(89, 95))
 
 
 class ChgnetBackend(ModelBackend):
