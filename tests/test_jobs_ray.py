@@ -160,7 +160,7 @@ def test_worker_killed_mid_task_is_retried_from_its_checkpoint(job_dir, ray_sess
     from workflows.jobs.spec import load_job_spec
 
     transport = json.loads(json.dumps(JOB_TRANSPORT))
-    transport["overrides"]["production_ps"] = 3.0
+    transport["overrides"]["production_ps"] = 1.5
     plan = plan_job(load_job_spec(write_job(job_dir, candidates=[{"library": "Li2S"}], transport=transport, workers=1)), settings)
     store = Store.open(settings.db_url)
     task = store.tasks.list(plan.job_id)[0]
@@ -168,7 +168,7 @@ def test_worker_killed_mid_task_is_retried_from_its_checkpoint(job_dir, ray_sess
     result = {}
     runner = threading.Thread(target=lambda: result.update(summary=run_job(plan.job_id, settings, live=False)))
     runner.start()
-    _wait_for(lambda: _frames(workdir) > 40)
+    _wait_for(lambda: _frames(workdir) > 30)
     victims = [p for p in psutil.process_iter(["cmdline"]) if "ray::ModelWorker" in " ".join(p.info["cmdline"] or [])]
     assert len(victims) == 1
     frames_at_kill = _frames(workdir)
@@ -180,14 +180,14 @@ def test_worker_killed_mid_task_is_retried_from_its_checkpoint(job_dir, ray_sess
     assert task.state == "done" and task.attempts == 2
     assert len(store.results.for_job(plan.job_id)) == 1
     # resumed, not restarted: exactly the production frames, none duplicated
-    assert _frames(workdir) == 300 + 1 and frames_at_kill < 301
+    assert _frames(workdir) == 150 + 1 and frames_at_kill < 151
 
 
 def test_driver_killed_then_resumed_completes_without_duplicates(job_dir, ray_session, settings):
     from workflows.db import Store
 
     transport = json.loads(json.dumps(JOB_TRANSPORT))
-    transport["overrides"]["production_ps"] = 1.5
+    transport["overrides"]["production_ps"] = 1.0
     job = write_job(job_dir, transport=transport)
     driver = subprocess.Popen([sys.executable, "-m", "workflows.cli", "screen", str(job)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -204,7 +204,7 @@ def test_driver_killed_then_resumed_completes_without_duplicates(job_dir, ray_se
     assert sorted(r["name"] for r in rows) == ["Li2S", "LiCl"]  # none lost, none twice
     for t in store.tasks.list(job_id):
         assert t.state == "done"
-        assert _frames(settings.home / t.workdir) == 151
+        assert _frames(settings.home / t.workdir) == 101
 
 
 def test_bad_jobs_fail_before_any_ray_work(job_dir, settings):
