@@ -18,7 +18,6 @@ import numpy as np
 
 from mlip.errors import InputError
 from screening.cells import cell_heights_A
-from screening.structio import StructureFormat
 
 #: A unit cell of 2,000 sites is a few hundred kB in any format; a larger file is not one crystal's cell.
 MAX_STRUCTURE_FILE_BYTES = 8 * 1024 * 1024
@@ -45,10 +44,12 @@ MAX_CIF_PARSE_WORK = 20_000_000
 _INT = re.compile(r"[+-]?[0-9]+")
 
 
-def check_structure_file(path: Path, fmt: StructureFormat) -> None:
+def check_structure_file(path: Path, fmt: str) -> None:
     """Refuse a structure file before it is parsed: more than ``MAX_STRUCTURE_FILE_BYTES``, empty, or a header
     (POSCAR counts, xyz frame counts, CIF atom_site rows under their symmetry) implying more than
-    ``MAX_INPUT_SITES`` sites (``screening.structio.read_structure`` calls this, then parses)."""
+    ``MAX_INPUT_SITES`` sites (``screening.structio.read_structure`` calls this, then parses). ``fmt`` is a
+    ``screening.structio.StructureFormat`` value (cif, poscar, extxyz): structio imports this module, not the
+    reverse."""
     size = path.stat().st_size
     if size > MAX_STRUCTURE_FILE_BYTES:
         raise InputError(f"{path} is {size:,} bytes, more than the {MAX_STRUCTURE_FILE_BYTES:,} bytes a structure "
@@ -56,8 +57,7 @@ def check_structure_file(path: Path, fmt: StructureFormat) -> None:
     if size == 0:
         raise InputError(f"{path} is empty: no atoms")
     text = path.read_bytes().decode("utf-8", errors="replace")
-    {StructureFormat.CIF: _precheck_cif, StructureFormat.POSCAR: _precheck_poscar,
-     StructureFormat.EXTXYZ: _precheck_xyz}[fmt](text, path)
+    {"cif": _precheck_cif, "poscar": _precheck_poscar, "extxyz": _precheck_xyz}[str(fmt)](text, path)
 
 
 def check_input_structure(structure, source: str) -> None:
