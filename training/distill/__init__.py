@@ -1,0 +1,1 @@
+"""Distilling a student potential from a teacher: the configurations the teacher labels."""
