@@ -92,19 +92,29 @@ def bench_ase(module, systems, device: str, dtype: str, steps: int, temperature_
     warm = _with_velocities(systems[0], 0, temperature_K)
     warm.calc = calc
     Bussi(warm, 2 * units.fs, temperature_K=temperature_K, taut=100 * units.fs, rng=np.random.default_rng(0)).run(1)
+    rate, seconds = time_ase_md(calc, systems, device, steps, temperature_K)
+    return {"atom_steps_per_s": rate, "seconds": seconds, "peak_memory_bytes": _peak_bytes(device)}
+
+
+def time_ase_md(calc, systems, device: str, steps: int, temperature_K: float) -> tuple[float, float]:
+    """(atom-steps/s, seconds) of ASE's Bussi dynamics with ``calc``, one system after another; each system's first
+    force evaluation is outside the clock, as for the engine."""
+    from ase import units
+    from ase.md.bussi import Bussi
+
     seconds, atom_steps = 0.0, 0
     for k, atoms in enumerate(systems):
         atoms = _with_velocities(atoms, k, temperature_K)
         atoms.calc = calc
         dyn = Bussi(atoms, 2 * units.fs, temperature_K=temperature_K, taut=100 * units.fs, rng=np.random.default_rng(k))
-        atoms.get_forces()  # the first evaluation is outside the clock, as for the engine
+        atoms.get_forces()
         synchronize(device)
         start = time.perf_counter()
         dyn.run(steps)
         synchronize(device)
         seconds += time.perf_counter() - start
         atom_steps += len(atoms) * steps
-    return {"atom_steps_per_s": atom_steps / seconds, "seconds": seconds, "peak_memory_bytes": _peak_bytes(device)}
+    return atom_steps / seconds, seconds
 
 
 def bench_engine(module, systems, device: str, dtype: str, steps: int, temperature_K: float, tune_steps: int,

@@ -221,33 +221,18 @@ def candidate_from_structure(
     seed: int = DEFAULT_SEED,
     insertion_sites_frac: list[list[float]] | None = None,
     source: str | None = None,
+    prechecked: bool = False,
 ) -> Candidate:
     """Import: assign oxidation states (table, or bond valence with the working ion's stated charge), order
     partial occupancies (auto supercell when not given), check neutrality, hash.
 
     The bounds of :mod:`screening.candidates.limits` are checked first (sites, cell, overlapping atoms, the
     size of the ordering cell), and the ordered cell is checked for overlapping atoms again. ``source`` (e.g.
-    the file) names the structure in their messages; default: ``name``.
+    the file) names the structure in their messages; default: ``name``. ``prechecked``: the structure comes from
+    :func:`screening.structio.read_structure`, which checked it already.
     """
-    check_input_structure(structure, source or name)
-    return _candidate_from_checked(structure, name=name, working_ion=working_ion, kind=kind,
-                                   oxidation_states=oxidation_states, supercell=supercell, seed=seed,
-                                   insertion_sites_frac=insertion_sites_frac, source=source)
-
-
-def _candidate_from_checked(
-    structure,
-    *,
-    name: str,
-    working_ion: str,
-    kind: CandidateKind | str = CandidateKind.electrolyte,
-    oxidation_states: dict[str, float] | None = None,
-    supercell: Any = None,
-    seed: int = DEFAULT_SEED,
-    insertion_sites_frac: list[list[float]] | None = None,
-    source: str | None = None,
-) -> Candidate:
-    """:func:`candidate_from_structure` of a structure that ``check_input_structure`` has passed."""
+    if not prechecked:
+        check_input_structure(structure, source or name)
     kind = CandidateKind(kind)
     ion = element_symbol(working_ion)
     ion_charge(ion)
@@ -330,4 +315,4 @@ def import_file(path: str | Path, **options) -> Candidate:
     path = Path(path)
     options.setdefault("name", path.stem)
     options.setdefault("source", str(path))
-    return _candidate_from_checked(read_structure(path), **options)
+    return candidate_from_structure(read_structure(path), **options, prechecked=True)
