@@ -80,3 +80,34 @@ def test_make_configs_records_every_frames_origin(tmp_path):
     assert len({atoms.info["seed"] for atoms in configs}) == 3  # one seed per host
     small, skipped = make_configs(("barriers",), seed=3, reference_dir=tmp_path, max_atoms=10)
     assert not small and [s.reason for s in skipped] == ["12 atoms > 10"] * 3
+
+
+def test_a_dataset_split_by_host_keeps_every_variant_of_a_structure_together(tmp_path):
+    from mlip.errors import InputError
+    from training.data import SplitSpec, import_files, load_dataset
+
+    frames = []
+    for h in range(12):
+        base = li2s()
+        base.rattle(0.02, seed=100 + h)  # twelve distinct structures
+        host = Host("library", f"host{h}", base, "Li")
+        for kind, atoms in variants(host, seed=h):
+            rng = np.random.default_rng(len(frames))
+            atoms.info.update({"host": host.name, "kind": kind, "REF_energy": -100.0 + rng.normal(0, 0.01),
+                               "REF_stress": rng.normal(0, 1e-3, 6)})
+            atoms.arrays["REF_forces"] = rng.normal(0, 0.3, (len(atoms), 3))
+            frames.append(atoms)
+    write(tmp_path / "frames.xyz", frames, format="extxyz")
+    split = SplitSpec(seed=1, train=0.5, valid=0.25, test=0.25, group_by="host")
+    report = import_files([tmp_path / "frames.xyz"], tmp_path / "ds", split=split)
+    assert report.n_accepted == len(frames)
+    by_host: dict[str, set] = {}
+    for atoms in load_dataset(tmp_path / "ds").frames:
+        by_host.setdefault(atoms.info["host"], set()).add(atoms.info["split"])
+    assert all(len(splits) == 1 for splits in by_host.values())  # no structure on both sides of the split
+    assert len(set().union(*by_host.values())) == 3  # and every split is used
+    for atoms in frames:
+        del atoms.info["host"]
+    write(tmp_path / "no-host.xyz", frames[:2], format="extxyz")
+    with pytest.raises(InputError, match="no 'host' in its info"):
+        import_files([tmp_path / "no-host.xyz"], tmp_path / "ds2", split=split)

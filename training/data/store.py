@@ -93,6 +93,10 @@ class SplitSpec(BaseModel):
     train: float = Field(0.8, ge=0, le=1)
     valid: float = Field(0.1, ge=0, le=1)
     test: float = Field(0.1, ge=0, le=1)
+    group_by: str | None = Field(
+        None, description="info key whose value keeps frames together: with 'host', every variant of one structure "
+        "(rattles, strains, defects, MD snapshots) lands in one split, so test errors are on unseen structures. "
+        "None: each frame by its own structure hash.")
 
     @model_validator(mode="after")
     def _sum_to_one(self):
@@ -100,10 +104,11 @@ class SplitSpec(BaseModel):
             raise ValueError(f"split fractions must sum to 1 (got {self.train}+{self.valid}+{self.test})")
         return self
 
-    def assign(self, structure_hex: str, config_type: str | None = None) -> Split:
+    def assign(self, structure_hex: str, config_type: str | None = None, group: str | None = None) -> Split:
+        """The split of a frame: by ``group`` (its ``group_by`` value) when given, else by its structure hash."""
         if config_type == ISOLATED_ATOM:
             return Split.TRAIN  # mace-torch takes E0s from IsolatedAtom frames of the training file only
-        u = split_fraction(structure_hex, self.seed)
+        u = split_fraction(structure_hex if group is None else f"group:{group}", self.seed)
         if u < self.train:
             return Split.TRAIN
         if u < self.train + self.valid:
@@ -449,7 +454,12 @@ def import_files(
                 continue
             seen_now[key] = (raw.source_file, raw.source_frame, atoms.info[ENERGY_KEY])
             atoms.info["structure_hash"] = key
-            atoms.info["split"] = split.assign(key, atoms.info.get("config_type")).value
+            group = atoms.info.get(split.group_by) if split.group_by else None
+            if split.group_by and group is None:
+                raise InputError(f"{raw.source_file}, frame {raw.source_frame}: no '{split.group_by}' in its info, "
+                                 f"which this dataset's split groups by; nothing was imported into {dataset_dir}")
+            atoms.info["split"] = split.assign(key, atoms.info.get("config_type"),
+                                               None if group is None else str(group)).value
             new_frames.append(atoms)
             counts[(fi, "ok")] += 1
         for p_rej in rejected:

@@ -76,6 +76,8 @@ def data_import(
     allow_mixed_levels: Annotated[bool, typer.Option("--allow-mixed-levels", help="Allow frames of more than one "
                                                      "labeller (level of theory) in the dataset.")] = False,
     split_seed: Annotated[Optional[int], typer.Option("--split-seed", help="New datasets only (default 0).")] = None,
+    split_by: Annotated[Optional[str], typer.Option("--split-by", help="New datasets only: an info key that keeps "
+                                                    "frames together in one split (e.g. host).")] = None,
     split_fractions: Annotated[Optional[str], typer.Option("--split", help="New datasets only: train,valid,test "
                                                            "fractions (default 0.8,0.1,0.1).")] = None,
     as_json: JsonFlag = False,
@@ -92,11 +94,11 @@ def data_import(
 
     try:
         split = None
-        if split_seed is not None or split_fractions is not None:
+        if split_seed is not None or split_fractions is not None or split_by is not None:
             fr = [float(x) for x in (split_fractions or "0.8,0.1,0.1").split(",")]
             if len(fr) != 3:
                 raise typer.BadParameter("--split needs three fractions: train,valid,test")
-            split = SplitSpec(seed=split_seed or 0, train=fr[0], valid=fr[1], test=fr[2])
+            split = SplitSpec(seed=split_seed or 0, train=fr[0], valid=fr[1], test=fr[2], group_by=split_by)
         report = import_files(
             files, dataset, config_type=config_type, fmt=Format(fmt) if fmt else None,
             read_options=ReadOptions(energy_kind=EnergyKind(energy), energy_key=energy_key, forces_key=forces_key,
