@@ -75,7 +75,7 @@ def test_make_configs_records_every_frames_origin(tmp_path):
     assert not skipped and len(configs) == 3 * 7
     for atoms in configs:
         info = atoms.info
-        assert info["source"] == "barriers" and info["config_type"] == f"barriers:{info['host']}:{info['kind']}"
+        assert info["source"] == "barriers" and info["config_type"] == f"barriers:{info['kind']}"
         assert info["working_ion"] == "Li" and min_distance(atoms) >= MIN_CONTACT_A - 1e-6
     assert len({atoms.info["seed"] for atoms in configs}) == 3  # one seed per host
     small, skipped = make_configs(("barriers",), seed=3, reference_dir=tmp_path, max_atoms=10)

@@ -6,8 +6,8 @@ Li, Na, Mg, Zn, Ca, Al inserted), the migration-barrier training hops (both endp
 straight path, a crude NEB image that puts the moving ion where barriers are decided) and the OBELiX training
 structures that import and order. Each host gives: the structure as built, two rattles, a normal and a shear
 strain, a working-ion vacancy and a close contact. Every configuration says where it came from in its info
-(``config_type`` = source:host:kind, plus ``source``, ``host``, ``kind``, ``seed``), so the data card can list
-every frame's origin and the dataset can be split by structure (host).
+(``config_type`` = source:kind, for errors per kind; ``source``, ``host``, ``kind``, ``seed``), so the data card can
+list every frame's origin and the dataset can be split by structure (``data import --split-by host``).
 
     python -m training.distill.configs --out configs.xyz [--sources library,barriers,obelix] [--max-atoms 200]
     ionscreen label configs.xyz --out labels/ --teacher chgnet:0.3.0
@@ -184,7 +184,7 @@ def make_configs(sources: tuple[str, ...] = SOURCES, *, seed: int = 20261202, ma
             for kind, atoms in variants(host, host_seed):
                 if min_distance(atoms) < MIN_CONTACT_A - 1e-6:
                     continue  # a variant closer than any teacher has seen would only teach noise
-                atoms.info.update({"config_type": f"{source}:{host.name}:{kind}", "source": source,
+                atoms.info.update({"config_type": f"{source}:{kind}", "source": source,
                                    "host": host.name, "kind": kind, "seed": host_seed, "working_ion": host.ion})
                 configs.append(atoms)
     return configs, skipped

@@ -48,7 +48,7 @@ def _print_summary(manifest) -> None:
     s = manifest.split
     typer.echo(f"splits         train {manifest.split_counts['train']}  valid {manifest.split_counts['valid']}  "
                f"test {manifest.split_counts['test']}  (fractions {s.train}/{s.valid}/{s.test}, seed {s.seed}, "
-               "by structure hash)")
+               f"{'grouped by ' + s.group_by if s.group_by else 'by structure hash'})")
 
 
 @data_app.command("import")
