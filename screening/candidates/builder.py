@@ -21,6 +21,7 @@ from screening.candidates.limits import (
 )
 from screening.candidates.ordering import (
     HARD_CORE_FRACTION,
+    VACANCY,
     OrderingRecord,
     _supercell_matrix,
     assign_counts,
@@ -28,7 +29,9 @@ from screening.candidates.ordering import (
     order_structure,
 )
 from screening.candidates.oxidation import (
-    assign_by_bond_valence,
+    COMMON_RESIDUAL_SHARE,
+    OxidationSource,
+    assign_automatically,
     assign_from_table,
     check_neutral,
     element_symbol,
@@ -174,11 +177,17 @@ def _make(name, structure, ion, entry: LibraryEntry | None, record, sites) -> Ca
     )
 
 
-def auto_supercell(structure, max_atoms: int = MAX_AUTO_SUPERCELL_ATOMS) -> list[int]:
-    """Smallest diagonal supercell in which the rounded occupancies give a charge-neutral cell."""
+def auto_supercell(structure, max_atoms: int = MAX_AUTO_SUPERCELL_ATOMS, *, balance_with: str | None = None,
+                   max_shift_share: float = COMMON_RESIDUAL_SHARE) -> tuple[list[int], dict[str, int] | None]:
+    """Smallest diagonal supercell in which the rounded occupancies give a charge-neutral cell: (repeats, None).
+
+    With ``balance_with`` (the working ion), a cell whose rounded occupancies leave a residual charge may still be
+    used if changing that ion's count by at most ``max_shift_share`` of the cell's positive charge makes it
+    neutral (occupancy noise of real CIFs): (repeats, target composition with the shifted count)."""
+    from pymatgen.core import Species
+
     if structure.is_ordered:
-        return [1, 1, 1]
-    best = None
+        return [1, 1, 1], None
     for n1, n2, n3 in sorted(
         ((a, b, c) for a in range(1, 5) for b in range(1, 5) for c in range(1, 5)),
         key=lambda t: (t[0] * t[1] * t[2], sorted(t, reverse=True), t),
@@ -192,22 +201,34 @@ def auto_supercell(structure, max_atoms: int = MAX_AUTO_SUPERCELL_ATOMS) -> list
             assign_counts(sc, subs, None)
         except InputError:
             continue
-        charge = sum(float(s.specie.oxi_state) for s in sc if s.is_ordered)
-        from pymatgen.core import Species
-
-        for sub in subs:
-            for sp, n in sub.counts.items():
-                if sp != "vac":
-                    charge += Species.from_str(sp).oxi_state * n
+        counts: dict[str, int] = {}
+        charge = positive = 0.0
+        placed = [(site.specie, 1) for site in sc if site.is_ordered]
+        placed += [(Species.from_str(sp), n) for sub in subs for sp, n in sub.counts.items() if sp != VACANCY]
+        for species, n in placed:  # per species: an element may carry several oxidation states
+            counts[species.symbol] = counts.get(species.symbol, 0) + n
+            charge += float(species.oxi_state) * n
+            positive += max(float(species.oxi_state), 0.0) * n
         if abs(charge) < 1e-6:
-            best = [n1, n2, n3]
-            break
-    if best is None:
-        raise InputError(
-            f"no diagonal supercell up to {max_atoms} atoms makes the rounded occupancies charge neutral; "
-            "give --supercell explicitly or fix the occupancies"
-        )
-    return best
+            return [n1, n2, n3], None
+        if balance_with is None or balance_with not in counts:
+            continue
+        shift = -charge / ion_charge(balance_with)
+        if abs(shift - round(shift)) > 1e-6 or abs(charge) > max_shift_share * positive:
+            continue
+        target = dict(counts)
+        target[balance_with] += int(round(shift))
+        try:
+            assign_counts(sc, find_sublattices(sc), target)
+        except InputError:
+            continue
+        return [n1, n2, n3], target
+    raise InputError(
+        f"no diagonal supercell up to {max_atoms} atoms makes the rounded occupancies charge neutral"
+        + (f", even with the {balance_with} count shifted by up to {max_shift_share:.0%} of the positive charge"
+           if balance_with else "")
+        + "; give --supercell explicitly or fix the occupancies"
+    )
 
 
 def candidate_from_structure(
@@ -260,17 +281,25 @@ def candidate_from_structure(
         table.setdefault(ion, ion_charge(ion))
         if float(table[ion]) != float(ion_charge(ion)):
             raise InputError(f"{ion} is given oxidation state {table[ion]} but the working ion {ion} is {ion_charge(ion)}+")
-        decorated = assign_from_table(structure, table)
+        decorated, how, oxidation_notes = assign_from_table(structure, table), OxidationSource.GIVEN, []
     elif len(structure) > MAX_BOND_VALENCE_SITES:
         raise InputError(f"{source} has {len(structure):,} sites, more than the {MAX_BOND_VALENCE_SITES} that bond-valence "
                          "analysis handles in reasonable time (MAX_BOND_VALENCE_SITES); give the oxidation states "
                          "explicitly (e.g. --oxidation Li=1,P=5,S=-2, or oxidation: in a job file)")
     else:
-        decorated = assign_by_bond_valence(structure, working_ion=ion if ion in elements else None)
-    check_neutral(decorated, name)
+        decorated, how, oxidation_notes = assign_automatically(structure, working_ion=ion if ion in elements else None)
+    if how in (OxidationSource.GIVEN, OxidationSource.BOND_VALENCE):
+        check_neutral(decorated, name)  # a guess may leave occupancy noise; the ordered cell must be neutral
+    target = None
     if supercell is None:
-        supercell = auto_supercell(decorated)
-    ordered, record = order_structure(decorated, supercell=supercell, seed=seed, parent_cell="input")
+        guessed = how in (OxidationSource.COMPOSITION_GUESS, OxidationSource.COMMON_STATES)
+        supercell, target = auto_supercell(decorated, balance_with=ion if guessed and ion in elements else None)
+    ordered, record = order_structure(decorated, supercell=supercell, seed=seed, parent_cell="input",
+                                      target_composition=target)
+    record.notes.extend(oxidation_notes)
+    if target is not None:
+        record.notes.append(f"occupancies rounded to a neutral cell by setting {ion} to {target[ion]} in the "
+                            "ordering cell (the cited occupancies do not balance the guessed oxidation states)")
     check_neutral(ordered, f"ordered {name}")
     check_ordered_distances(ordered, f"{source} (ordered)")
     sites = [list(map(float, s)) for s in (insertion_sites_frac or [])]

@@ -106,7 +106,7 @@ def obelix_hosts(cif_dir: Path, skipped: list[Skipped]) -> Iterator[Host]:
 
     for cif in sorted(cif_dir.glob("*.cif")):
         try:
-            candidate = import_file(cif, ion="Li")
+            candidate = import_file(cif, working_ion="Li")
         except IonscreenError as err:
             skipped.append(Skipped("obelix", cif.stem, str(err).splitlines()[0]))
             continue

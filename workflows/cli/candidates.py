@@ -152,7 +152,7 @@ def export(
 def import_structure(
     path: Path = typer.Argument(..., help="CIF, POSCAR or extxyz file"),
     ion: str = typer.Option(..., "--ion", help="working ion (its charge is the stated one, never guessed)"),
-    oxidation: Optional[str] = typer.Option(None, "--oxidation", help="e.g. Li=1,P=5,S=-2 (default: bond valence)"),
+    oxidation: Optional[str] = typer.Option(None, "--oxidation", help="e.g. Li=1,P=5,S=-2 (default: bond valence, else a guess from the composition; the import says which)"),
     supercell: Optional[str] = typer.Option(None, "--supercell", help="e.g. 2,2,1 (default: smallest neutral)"),
     seed: int = SeedOption,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the ordered candidate as CIF"),
@@ -172,6 +172,9 @@ def import_structure(
         _fail(err)
     typer.echo(f"{cand.name}: {cand.formula}, {cand.n_atoms} atoms, hash {cand.structure_hash}")
     typer.echo(f"ordering: {cand.ordering.method.value}, supercell {cand.ordering.supercell}, seed {cand.ordering.seed}")
+    for note in cand.ordering.notes:
+        if note.startswith(("oxidation states by", "bond valence failed", "occupancies rounded")):
+            typer.echo(f"  {note}")
     if output:
         cand.to_cif(output)
         typer.echo(f"wrote {output}")
