@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 from ase import Atoms
 from ase.io import read, write
 
+from killing import kill_label_run_after
 from mlip.errors import InputError
 from training.label import (
     Basis,
@@ -107,17 +106,8 @@ def test_killed_run_restarts_and_labels_each_structure_once(tmp_path):
     cmd = [sys.executable, "-m", "workflows.cli", "label", str(src), "--out", str(out),
            "--basis", "SZV", "--cutoff-Ry", "100", "--rel-cutoff-Ry", "20", "--eps-scf", "1e-5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     frames_dir = out / "frames"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if frames_dir.exists() and len(list(frames_dir.glob("*.extxyz"))) >= 1:
-            break
-        assert proc.poll() is None, proc.stdout.read().decode()
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)  # mid-run: the next structure's CP2K is running now
-    proc.wait()
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in frames_dir.glob("*.extxyz")}
+    before = kill_label_run_after(cmd, frames_dir, 1, timeout_s=120)  # the next structure's CP2K is running then
     assert 1 <= len(before) < 3, "the kill should land mid-way"
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from ase import Atoms
 from ase.io import read, write
 from ase.spacegroup import crystal
 
+from killing import kill_label_run_after
 from mlip.backends.chgnet import WEIGHTS
 from mlip.errors import InputError
 from training.label import CP2KSettings, TeacherLabeller, label_key, run_labelling
@@ -87,17 +86,8 @@ def test_a_killed_teacher_run_resumes_without_relabelling(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "workflows.cli", "label", str(src), "--out", str(out), "--teacher", TEACHER]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     frames_dir = out / "frames"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if frames_dir.exists() and len(list(frames_dir.glob("*.extxyz"))) >= 3:
-            break
-        assert proc.poll() is None, proc.stdout.read().decode()
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in frames_dir.glob("*.extxyz")}
+    before = kill_label_run_after(cmd, frames_dir, 3, poll_s=0.02)
     assert 3 <= len(before) < 30, "the kill should land mid-way"
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
