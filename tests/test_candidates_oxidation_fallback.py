@@ -75,3 +75,11 @@ def test_bond_valence_stays_first_when_it_works():
     decorated, how, notes = assign_automatically(li2s, "Li")
     assert how is OxidationSource.BOND_VALENCE and notes == []
     assert oxidation_summary(decorated) == {"Li": [1.0], "S": [-2.0]}
+
+
+def test_occupancies_that_never_round_to_a_neutral_cell_are_named():
+    with pytest.raises(InputError, match="no diagonal supercell up to 256 atoms") as info:
+        import_file(DATA / "7e5.cif", working_ion="Li")  # La0.65Li0.05(Mg0.5W0.5)O3
+    message = str(info.value)
+    assert "closest: +1.000 e in the 1x1x1 cell" in message
+    assert "the partially occupied sites: " in message and "Li+:0.1" in message and "La3+:0.965" in message

@@ -188,6 +188,7 @@ def auto_supercell(structure, max_atoms: int = MAX_AUTO_SUPERCELL_ATOMS, *, bala
 
     if structure.is_ordered:
         return [1, 1, 1], None
+    smallest: tuple[float, list[int]] | None = None  # (residual charge, repeats) of the best cell seen
     for n1, n2, n3 in sorted(
         ((a, b, c) for a in range(1, 5) for b in range(1, 5) for c in range(1, 5)),
         key=lambda t: (t[0] * t[1] * t[2], sorted(t, reverse=True), t),
@@ -211,6 +212,8 @@ def auto_supercell(structure, max_atoms: int = MAX_AUTO_SUPERCELL_ATOMS, *, bala
             positive += max(float(species.oxi_state), 0.0) * n
         if abs(charge) < 1e-6:
             return [n1, n2, n3], None
+        if smallest is None or abs(charge) < abs(smallest[0]):
+            smallest = (charge, [n1, n2, n3])
         if balance_with is None or balance_with not in counts:
             continue
         shift = -charge / ion_charge(balance_with)
@@ -223,11 +226,14 @@ def auto_supercell(structure, max_atoms: int = MAX_AUTO_SUPERCELL_ATOMS, *, bala
         except InputError:
             continue
         return [n1, n2, n3], target
+    partial = sorted({sub.label for sub in find_sublattices(structure)})  # species:occupancy of each kind of site
     raise InputError(
         f"no diagonal supercell up to {max_atoms} atoms makes the rounded occupancies charge neutral"
         + (f", even with the {balance_with} count shifted by up to {max_shift_share:.0%} of the positive charge"
            if balance_with else "")
-        + "; give --supercell explicitly or fix the occupancies"
+        + (f" (closest: {smallest[0]:+.3f} e in the {'x'.join(map(str, smallest[1]))} cell)" if smallest else "")
+        + f"; the partially occupied sites: {'; '.join(partial) or 'none'}"
+        + ". Give --supercell explicitly, the oxidation states, or fix the occupancies"
     )
 
 
