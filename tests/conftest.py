@@ -149,3 +149,18 @@ def web_home(web_sample_template, isolated_home):
     template, sample = web_sample_template
     shutil.copytree(template, isolated_home, dirs_exist_ok=True)
     return isolated_home, sample
+
+
+@pytest.fixture
+def unbuildable_library_entry(monkeypatch) -> str:
+    """The library with one more entry that lists a lattice but no coordinates (status missing_coordinates), as an
+    entry whose coordinates are not found yet is shipped; returns its name."""
+    from screening.candidates import library
+
+    real = library.load_library()
+    entry = real.entries[0].model_copy(update={"name": "Unresolved-Li-phase", "sites": [],
+                                               "status": library.EntryStatus.missing_coordinates,
+                                               "notes": "test entry: coordinates not found"})
+    patched = real.model_copy(update={"entries": [*real.entries, entry]})
+    monkeypatch.setattr(library, "load_library", lambda: patched)
+    return entry.name

@@ -82,7 +82,7 @@ def test_atom_count_is_remembered_so_a_second_list_builds_nothing(monkeypatch):
     assert builder.ordered_atom_count("LATP") == first == 110
 
 
-def test_cli_list_never_orders(monkeypatch):
+def test_cli_list_never_orders(monkeypatch, unbuildable_library_entry):
     from typer.testing import CliRunner
 
     from workflows.cli.candidates import app
@@ -93,5 +93,6 @@ def test_cli_list_never_orders(monkeypatch):
     import json
 
     rows = {row["name"]: row for row in json.loads(result.output)}
-    assert rows["LATP"]["atoms"] == "110" and rows["Li7P3S11"]["atoms"] == "-"
+    assert rows["LATP"]["atoms"] == "110" and rows[unbuildable_library_entry]["atoms"] == "-"
+    assert rows["Li7P3S11"]["atoms"] == "42"
     assert rows["beta-Li3PS4"]["flags"] == "noised_coordinates"

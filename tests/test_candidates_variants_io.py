@@ -154,11 +154,12 @@ def test_bad_inputs_raise_input_error(tmp_path):
         build_candidate("Li6PS5Cl", ion="Mg")
 
 
-def test_cli_list_show_export(tmp_path):
+def test_cli_list_show_export(tmp_path, unbuildable_library_entry):
     runner = CliRunner()
     listed = runner.invoke(app, ["list"])
     assert listed.exit_code == 0, listed.output
     assert "Li10GeP2S12" in listed.output and "lambda-MnO2" in listed.output and "missing_coordinates" in listed.output
+    assert unbuildable_library_entry in listed.output
     shown = runner.invoke(app, ["show", "LATP"])
     assert shown.exit_code == 0 and "hash" in shown.output and "ordering" in shown.output
     out = tmp_path / "mn.cif"

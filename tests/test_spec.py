@@ -214,10 +214,10 @@ def test_bad_neb_field_and_resources(jobdir):
     assert problem.path == "resources.max_in_flight" and "at least workers" in problem.message
 
 
-def test_candidate_rules(jobdir):
+def test_candidate_rules(jobdir, unbuildable_library_entry):
     # Not buildable, electrolyte with n_ions, two sources in one item.
     text = GOOD.replace("  - library: Li2S\n", (
-        "  - library: Li7P3S11\n  - library: Li2S\n    n_ions: 2\n  - library: Li2S\n    file: structures/li2s.cif\n"), 1)
+        f"  - library: {unbuildable_library_entry}\n  - library: Li2S\n    n_ions: 2\n  - library: Li2S\n    file: structures/li2s.cif\n"), 1)
     err = _error(jobdir, text)
     by_path = {p.path: p for p in err.problems}
     assert set(by_path) == {"candidates[0].library", "candidates[1].n_ions", "candidates[2].file"}
