@@ -76,10 +76,8 @@ def list_models(settings: Settings, *, inspect_trusted: bool = True) -> list[Mod
             path = weights.path()
             if path is None or not path.is_file():
                 continue
-            info = ModelInfo(f"{family}:{name}", weights.sha256,
-                             f"{weights.description} (installed {weights.package} package)",
-                             sha256_file(path) == weights.sha256, str(path), family=family,
-                             elements=[chemical_symbols[z] for z in weights.atomic_numbers], dtype=weights.dtype)
+            info = ModelInfo(f"{family}:{name}", weights.sha256, weights.source, sha256_file(path) == weights.sha256,
+                             str(path), family=family, elements=[chemical_symbols[z] for z in weights.atomic_numbers], dtype=weights.dtype)
             out.append(info)
             seen_paths.add(str(path))
 

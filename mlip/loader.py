@@ -112,7 +112,7 @@ def _resolve_packaged(ref: ModelRef) -> ResolvedModel:
             f"release has {weights.sha256}: another version is installed or the file was altered. "
             f"Install {weights.package}=={weights.package_version}; nothing was loaded."
         )
-    return ResolvedModel(ref, path, sha, f"{weights.description} (installed {weights.package} package)",
+    return ResolvedModel(ref, path, sha, weights.source,
                          f"pinned SHA-256 of the {weights.package} {weights.package_version} release",
                          family=ref.family)
 

@@ -44,6 +44,30 @@ class CodeSource:
     description: str  # where it comes from, in words
 
 
+def stamp(calc, loaded: "LoadedModel"):
+    """``calc`` carrying its model's provenance (``ionscreen_model_ref`` / ``_sha256``, which NEB provenance reads)
+    and the elements it covers, for :func:`refuse_uncovered`; returns ``calc``."""
+    calc.ionscreen_model_ref = loaded.ref
+    calc.ionscreen_model_sha256 = loaded.sha256
+    calc.ionscreen_covered = frozenset(loaded.atomic_numbers)
+    return calc
+
+
+def refuse_uncovered(calc, atoms) -> None:
+    """In a stamped calculator's ``calculate``: a :class:`ModelDomainError` naming every element of ``atoms`` its
+    model does not cover, before the family's code fails on it in its own way."""
+    if atoms is None:
+        return
+    from ase.data import chemical_symbols
+
+    from mlip.errors import ModelDomainError
+
+    missing = sorted(set(int(z) for z in atoms.numbers) - calc.ionscreen_covered)
+    if missing:
+        names = ", ".join(chemical_symbols[z] for z in missing)
+        raise ModelDomainError(f"model {calc.ionscreen_model_ref} does not cover element(s) {names}")
+
+
 @dataclass(frozen=True)
 class PackagedWeights:
     """Weights shipped inside an installed Python package (reference ``<family>:<name>``), trusted only when the
@@ -56,6 +80,11 @@ class PackagedWeights:
     description: str  # what the weights are, in words
     atomic_numbers: tuple[int, ...] = ()  # the elements covered, known without loading (for listings)
     dtype: str = "float32"
+
+    @property
+    def source(self) -> str:
+        """Where the weights come from, in words (model listings and resolved models)."""
+        return f"{self.description} (installed {self.package} package)"
 
     def path(self) -> Path | None:
         """Where the installed package keeps the file; ``None`` when the package is not installed."""

@@ -14,10 +14,10 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import atomic_numbers
 
-from mlip.backends.base import Capability, CodeSource, ModelBackend
-from mlip.errors import InputError, ModelDomainError
+from mlip.backends.base import Capability, CodeSource, ModelBackend, refuse_uncovered, stamp
+from mlip.errors import InputError
 
 if TYPE_CHECKING:
     from mlip.model import LoadedModel, ResolvedModel
@@ -50,11 +50,7 @@ class EmtBackend(ModelBackend):
     def calculator(self, loaded: "LoadedModel", *, task, dtype: str, device: str = "auto", **options):
         if options:
             raise InputError(f"the EMT calculator takes no options; got {', '.join(sorted(options))}")
-        calc = _coverage_checked_class()()
-        calc.ionscreen_model_ref = loaded.ref
-        calc.ionscreen_model_sha256 = loaded.sha256
-        calc.ionscreen_covered = frozenset(loaded.atomic_numbers)
-        return calc
+        return stamp(_coverage_checked_class()(), loaded)
 
 
 @functools.cache
@@ -78,11 +74,7 @@ def _coverage_checked_class():
         default_dtype = "float64"  # what NEB provenance records; EMT computes in numpy float64
 
         def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-            if atoms is not None:
-                missing = sorted(set(int(z) for z in atoms.numbers) - self.ionscreen_covered)
-                if missing:
-                    names = ", ".join(chemical_symbols[z] for z in missing)
-                    raise ModelDomainError(f"model {self.ionscreen_model_ref} does not cover element(s) {names}")
+            refuse_uncovered(self, atoms)
             return super().calculate(atoms, properties, system_changes)
 
     return CoverageCheckedEMT

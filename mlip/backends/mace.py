@@ -8,11 +8,9 @@ import copy
 import functools
 from typing import TYPE_CHECKING
 
-from ase.data import chemical_symbols
-
 from mlip._mace import import_mace
-from mlip.backends.base import Capability, ModelBackend
-from mlip.errors import InputError, ModelDomainError
+from mlip.backends.base import Capability, ModelBackend, refuse_uncovered, stamp
+from mlip.errors import InputError
 
 if TYPE_CHECKING:
     from mlip.model import LoadedModel, ResolvedModel
@@ -58,13 +56,8 @@ class MaceBackend(ModelBackend):
 
         # MACECalculator converts dtype in place; keep the caller's module untouched.
         module = copy.deepcopy(loaded.module)
-        calc = _coverage_checked_class()(
-            models=module, device=device, default_dtype=dtype, enable_cueq=use_cueq
-        )
-        calc.ionscreen_model_ref = loaded.ref
-        calc.ionscreen_model_sha256 = loaded.sha256
-        calc.ionscreen_covered = frozenset(loaded.atomic_numbers)
-        return calc
+        return stamp(_coverage_checked_class()(models=module, device=device, default_dtype=dtype,
+                                               enable_cueq=use_cueq), loaded)
 
     def batched_evaluator(self, loaded: "LoadedModel", *, device: str = "auto", dtype: str = "float64"):
         from mlip.batched import BatchedMACE
@@ -87,13 +80,7 @@ def _coverage_checked_class():
         """MACECalculator that names uncovered elements instead of failing deep inside MACE."""
 
         def calculate(self, atoms=None, properties=None, system_changes=all_changes):
-            if atoms is not None:
-                missing = sorted(set(int(z) for z in atoms.numbers) - self.ionscreen_covered)
-                if missing:
-                    names = ", ".join(chemical_symbols[z] for z in missing)
-                    raise ModelDomainError(
-                        f"model {self.ionscreen_model_ref} does not cover element(s) {names}"
-                    )
+            refuse_uncovered(self, atoms)
             return super().calculate(atoms, properties, system_changes)
 
     return CoverageCheckedMACECalculator
