@@ -44,7 +44,7 @@ import enum
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -88,6 +88,8 @@ FLAG_PENALTIES: dict[str, float] = {
 UNKNOWN_FLAG_PENALTY = 0.5
 #: Largest value of any ``RankingWeights`` field (weights, penalties in eV, margin).
 MAX_RANKING_WEIGHT = 1000.0
+#: Every ``RankingWeights`` field: non-negative and at most ``MAX_RANKING_WEIGHT``.
+Weight = Annotated[float, Field(ge=0, le=MAX_RANKING_WEIGHT)]
 
 
 class Component(enum.StrEnum):
@@ -101,20 +103,13 @@ class RankingWeights(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    conductivity: float = Field(1.0, ge=0, le=MAX_RANKING_WEIGHT,
-                                description="Weight per decade of the σ(300 K) lower bound.")
-    activation_energy: float = Field(1.0, ge=0, le=MAX_RANKING_WEIGHT,
-                                     description="Weight per 0.1 eV of the Ea upper bound (lower is better).")
-    migration_barrier: float = Field(1.0, ge=0, le=MAX_RANKING_WEIGHT,
-                                     description="Weight per 0.1 eV of the effective percolating barrier.")
-    flag_penalty: float = Field(1.0, ge=0, le=MAX_RANKING_WEIGHT,
-                                description="Multiplier of the per-flag penalties (0: ignore flags).")
-    penalty_2d_eV: float = Field(0.15, ge=0, le=MAX_RANKING_WEIGHT,
-                                 description="Added to a 2D percolation barrier before comparing, eV.")
-    penalty_1d_eV: float = Field(0.30, ge=0, le=MAX_RANKING_WEIGHT,
-                                 description="Added to a 1D percolation barrier before comparing, eV.")
-    missing_margin: float = Field(1.0, ge=0, le=MAX_RANKING_WEIGHT,
-                                  description="A missing component scores this far below the worst observed.")
+    conductivity: Weight = Field(1.0, description="Weight per decade of the σ(300 K) lower bound.")
+    activation_energy: Weight = Field(1.0, description="Weight per 0.1 eV of the Ea upper bound (lower is better).")
+    migration_barrier: Weight = Field(1.0, description="Weight per 0.1 eV of the effective percolating barrier.")
+    flag_penalty: Weight = Field(1.0, description="Multiplier of the per-flag penalties (0: ignore flags).")
+    penalty_2d_eV: Weight = Field(0.15, description="Added to a 2D percolation barrier before comparing, eV.")
+    penalty_1d_eV: Weight = Field(0.30, description="Added to a 1D percolation barrier before comparing, eV.")
+    missing_margin: Weight = Field(1.0, description="A missing component scores this far below the worst observed.")
 
     @model_validator(mode="after")
     def _sane(self):
