@@ -569,9 +569,9 @@ def _check_run_file(out_dir: Path, labeller: Labeller) -> None:
         old_hash = old.get("identity_hash", old.get("settings_hash"))  # runs before labellers keyed on settings
         if old_hash != labeller.identity_hash:
             raise InputError(labeller.refusal(old, out_dir))
-        if old.get("cp2k_version", old.get("version")) == labeller.version:
-            return
         before = old.get("cp2k_version", old.get("version"))
+        if before == labeller.version:
+            return
         versions = old.get("versions_seen", old.get("cp2k_versions_seen", [before]))
         record["versions_seen"] = sorted({*versions, labeller.version})
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")

@@ -306,7 +306,7 @@ def _locked(path: Path):
     return exclusive_or_refuse(path / ".lock", f"another import is writing to {path}; try again when it has finished")
 
 
-def _store_frame(raw: RawFrame, config_type: str | None, source_sha: str, fmt: str) -> Atoms:
+def _store_frame(raw: RawFrame, config_type: str | None, source_sha: str) -> Atoms:
     atoms = Atoms(numbers=raw.atoms.numbers, positions=raw.atoms.positions, cell=raw.atoms.cell,
                   pbc=raw.atoms.pbc)
     for k, v in raw.info.items():
@@ -320,7 +320,7 @@ def _store_frame(raw: RawFrame, config_type: str | None, source_sha: str, fmt: s
     atoms.info["source_file"] = Path(raw.source_file).name
     atoms.info["source_sha256"] = source_sha[:16]
     atoms.info["source_frame"] = int(raw.source_frame)
-    atoms.info["level_of_theory"] = level_of_theory(raw.info, fmt)
+    atoms.info["level_of_theory"] = raw.info["level_of_theory"]
     return atoms
 
 
@@ -402,8 +402,12 @@ def import_files(
             raws = read_frames(p, f, opts)
             per_file.append((p, _sha256_path(p), f, raws))
 
-        # levels first: a mix of labellers would otherwise surface as energy outliers, naming the symptom
-        incoming = [level_of_theory(raw.info, f.value) for _, _, f, raws in per_file for raw in raws]
+        # levels first: a mix of labellers would otherwise surface as energy outliers, naming the symptom.
+        # Each frame's level is settled once here (its file's format decides it for frames that name none).
+        for _, _, f, raws in per_file:
+            for raw in raws:
+                raw.info["level_of_theory"] = level_of_theory(raw.info, f.value)
+        incoming = [raw.info["level_of_theory"] for _, _, _, raws in per_file for raw in raws]
         _refuse_mixed_levels(old_frames, incoming, dataset_dir, allow_mixed_levels)
 
         # 2. validate frame by frame
@@ -416,8 +420,8 @@ def import_files(
                     rejected.append(Problem(str(p), raw.source_frame, reason))
                 else:
                     candidates.append((fi, raw, sha, f.value))
-        levels = [level_of_theory(raw.info, f) for _, raw, _, f in candidates]
-        outliers = energy_outliers([(k, c[1], levels[k]) for k, c in enumerate(candidates)], existing_energies, limits)
+        levels = [(k, raw, raw.info["level_of_theory"]) for k, (_, raw, _, _) in enumerate(candidates)]
+        outliers = energy_outliers(levels, existing_energies, limits)
         for k in sorted(outliers):
             raw = candidates[k][1]
             rejected.append(Problem(raw.source_file, raw.source_frame, outliers[k]))
@@ -431,7 +435,7 @@ def import_files(
             )
 
         # 3. canonicalise, hash, de-duplicate
-        stored = _canonical([_store_frame(raw, config_type, sha, f) for _, raw, sha, f in candidates])
+        stored = _canonical([_store_frame(raw, config_type, sha) for _, raw, sha, _ in candidates])
         duplicates: list[Duplicate] = []
         new_frames: list[Atoms] = []
         seen_now: dict[str, tuple[str, int, float]] = {}
