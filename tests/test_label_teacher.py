@@ -111,6 +111,11 @@ def test_label_command_refuses_cp2k_options_with_a_teacher(tmp_path):
     assert result.exit_code == 1
     assert "--basis, --cutoff-Ry set CP2K labelling and cannot go with --teacher" in result.output
     assert not (tmp_path / "out").exists()
+    # what was given decides, not whether it differs from the default
+    same = CliRunner().invoke(app, ["label", str(tmp_path / "s.xyz"), "--out", str(tmp_path / "out"),
+                                    "--teacher", TEACHER, "--cutoff-Ry", "400"])
+    assert same.exit_code == 1 and "--cutoff-Ry set CP2K labelling" in same.output
+    assert not (tmp_path / "out").exists()
 
 
 def _cp2k_style_frames(path, n: int) -> None:

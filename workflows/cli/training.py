@@ -163,12 +163,13 @@ def data_export(
         typer.echo(f"{k:6s} {p}")
 
 
-_CP2K_DEFAULTS = {"basis": "DZVP", "cutoff_Ry": 400.0, "rel_cutoff_Ry": 50.0, "scf": "smear", "eps_scf": 1e-6,
-                  "max_scf": 100, "outer_max_scf": 10, "smearing_K": 300.0, "kpoint_min_length_A": None,
-                  "command": "cp2k_shell"}
+#: The options that set CP2K labelling (parameter names); given with --teacher they are an error.
+_CP2K_OPTIONS = ("basis", "cutoff_Ry", "rel_cutoff_Ry", "scf", "eps_scf", "max_scf", "outer_max_scf", "smearing_K",
+                 "kpoint_min_length_A", "command")
 
 
 def label_command(
+    ctx: typer.Context,
     structures: Annotated[Path, typer.Argument(help="Structures to label (any ASE-readable file, e.g. extxyz).")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (resumable: rerun to continue).")],
     teacher: Annotated[Optional[str], typer.Option(
@@ -201,12 +202,11 @@ def label_command(
         run_labelling,
     )
 
-    given = {"basis": basis, "cutoff_Ry": cutoff_Ry, "rel_cutoff_Ry": rel_cutoff_Ry, "scf": scf, "eps_scf": eps_scf,
-             "max_scf": max_scf, "outer_max_scf": outer_max_scf, "smearing_K": smearing_K,
-             "kpoint_min_length_A": kpoint_min_length_A, "command": command}
     try:
         if teacher is not None:
-            cp2k_only = [f"--{k.replace('_', '-')}" for k, v in given.items() if v != _CP2K_DEFAULTS[k]]
+            # by name: typer ships its own copy of click, whose ParameterSource is another enum than click's
+            cp2k_only = [p.opts[0] for p in ctx.command.params if p.name in _CP2K_OPTIONS
+                         and ctx.get_parameter_source(p.name).name == "COMMANDLINE"]
             if cp2k_only:
                 raise InputError(f"{', '.join(cp2k_only)} set CP2K labelling and cannot go with --teacher {teacher}")
         else:
