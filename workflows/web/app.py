@@ -146,11 +146,12 @@ def create_app(
     app.state.refresher = refresher
     app.state.sessions = SessionStore()
 
-    from workflows.web import api, pages
+    from workflows.web import api, optimade, pages
 
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(pages.pages)
+    app.include_router(optimade.router)
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
 
     @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
