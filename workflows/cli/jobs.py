@@ -91,16 +91,27 @@ def screen(
 
 def results(
     job: Annotated[str, typer.Argument(help="Job id (or a unique prefix of ≥ 4 characters).")],
-    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, json, or optimade (the job's OPTIMADE structures "
+                                                      "documents, as /optimade/v1/structures serves them).")] = "table",
     cif: Annotated[Optional[str], typer.Option("--cif", help="Export this candidate (name or structure-hash prefix) as CIF.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the CIF.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the CIF (or the OPTIMADE file).")] = None,
 ) -> None:
     """Ranked candidates of a job (uncertainty-aware score), or one candidate's CIF."""
-    if fmt not in ("table", "csv", "json"):
-        raise InputError(f"--format must be table, csv or json, got {fmt!r}")
+    if fmt not in ("table", "csv", "json", "optimade"):
+        raise InputError(f"--format must be table, csv, json or optimade, got {fmt!r}")
     settings = _settings()
     store = _store(settings)
     record = store.jobs.get(job)
+    if fmt == "optimade" and cif is None:
+        from workflows.web.optimade.entries import job_documents
+
+        text = json.dumps(job_documents(store, record.id), indent=1)
+        if out is None:
+            typer.echo(text)
+        else:
+            out.write_text(text + "\n")
+            typer.echo(f"wrote {out}", err=True)
+        return
     if cif is not None:
         matches = [c for c in store.candidates.for_job(record.id) if c.name == cif or c.structure_hash.startswith(cif)]
         if len(matches) != 1:
