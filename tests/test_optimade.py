@@ -178,6 +178,7 @@ FILTERS = {
     'elements HAS ANY "Na", "Mg" AND NOT elements HAS "Ti"':
         lambda a: bool({"Na", "Mg"} & set(a["elements"])) and "Ti" not in a["elements"],
     'elements HAS "s"': lambda a: False,  # symbols are case-sensitive (SQLite's LIKE is not)
+    'elements HAS "Li,S" OR elements HAS ANY ",", "" OR _ionscreen_flags HAS "few_hops\\", \\"x"': lambda a: False,
     "elements LENGTH >= 4": lambda a: len(a["elements"]) >= 4,
     "nelements < 3 OR nsites > 50": lambda a: a["nelements"] < 3 or a["nsites"] > 50,
     "40 <= nsites": lambda a: a["nsites"] >= 40,

@@ -18,6 +18,7 @@ import json
 import math
 import operator
 import re
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -67,11 +68,17 @@ def _contains(sql, text: str):
     return Position(sql, sa.literal(text, sa.Text)) > 0
 
 
-@functools.lru_cache(maxsize=1)
-def _grammar():
-    from optimade.filterparser import LarkParser
+_parsers = threading.local()
 
-    return LarkParser(version=(1, 2, 0)).lark
+
+def _grammar():
+    """The OPTIMADE v1.2 grammar's Lark parser, one per thread (requests are served from a thread pool)."""
+    lark = getattr(_parsers, "lark", None)
+    if lark is None:
+        from optimade.filterparser import LarkParser
+
+        lark = _parsers.lark = LarkParser(version=(1, 2, 0)).lark
+    return lark
 
 
 @functools.lru_cache(maxsize=1)
@@ -335,6 +342,8 @@ class SqlFilter(BaseTransformer):
         quote = '"' if prop.backing is Backing.flag_list else ","
 
         def has(member: str):
+            if not member or quote in member or "\\" in member:
+                return sa.false()  # no element symbol or flag is empty or holds the separator (",Li,S," is two)
             return _contains(prop.sql, f"{quote}{member}{quote}")
 
         if kind == "known":
