@@ -23,6 +23,16 @@ class DatasetSummary(BaseModel):
     sources: list[str] = Field(default_factory=list, description="Source files as imported (name, format, frames).")
 
 
+class ValidationFigures(BaseModel):
+    """One validation set's figures for a model (``ionscreen validate``), as text with their intervals."""
+
+    set: str = Field(description="Validation set: conductivity, barriers or frames.")
+    fingerprint: str = Field(description="SHA-256 of the set's protocol and data (same fingerprint, same computation).")
+    figures: dict[str, str] = Field(description="Figure name (unit in the name) → value with its 95% interval.")
+    mlflow_run_id: str | None = None
+    created_utc: str
+
+
 class ModelCard(BaseModel):
     name: str
     created_utc: str
@@ -53,6 +63,8 @@ class ModelCard(BaseModel):
     ionscreen_version: str
     intended_use: str = ""
     limitations: list[str] = Field(default_factory=list)
+    validation: list[ValidationFigures] = Field(
+        default_factory=list, description="Figures of `ionscreen validate` (against experiment and DFT), one per set.")
 
 
 def _est(e: Estimate | None, digits: int = 1) -> str:
@@ -88,6 +100,20 @@ def default_limitations(card: ModelCard) -> list[str]:
     if card.mode == "naive":
         out.append("Naively fine-tuned: accuracy of the foundation model outside this dataset is not retained.")
     return out
+
+
+def render_validation_section(items: list[ValidationFigures]) -> list[str]:
+    """The card's "Validation" section (Markdown lines): per set, its figures with intervals and the MLflow run."""
+    lines = ["## Validation", ""]
+    if not items:
+        return lines + ["Not validated yet: run `ionscreen validate MODEL --set conductivity` (and barriers, frames).", ""]
+    for item in items:
+        run = f", MLflow run `{item.mlflow_run_id}`" if item.mlflow_run_id else ""
+        lines += [f"### {item.set}", "", f"Set fingerprint `{item.fingerprint[:12]}`, {item.created_utc}{run}.", "",
+                  "| figure | value |", "| --- | --- |"]
+        lines += [f"| {name} | {value} |" for name, value in item.figures.items()]
+        lines.append("")
+    return lines
 
 
 def render_markdown(card: ModelCard) -> str:
@@ -177,6 +203,8 @@ def render_markdown(card: ModelCard) -> str:
         lines += [_error_row(f"element {el}", es) for el, es in t.per_element.items()]
         lines += [_error_row(f"config {ct}", es) for ct, es in t.per_config_type.items()]
         lines.append("")
+    if card.validation:
+        lines += render_validation_section(card.validation)
     lines += ["## Limitations", ""] + [f"- {x}" for x in (card.limitations or default_limitations(card))] + [""]
     lines += [
         "## Use",

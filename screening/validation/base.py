@@ -5,6 +5,13 @@ A set lists its entries (each with a stable ``key``), runs one entry with a mode
 JSON-serialisable record, and turns the records into figures and plots. The runner (in ``workflows``)
 owns the journal (one record per finished entry: re-running skips them), MLflow and the report; a set
 knows only its physics and its statistics. No Ray, no CLI, no MLflow here.
+
+What the runner (:mod:`workflows.validate`) adds: it checks ``entry.elements`` against the model first (an
+uncovered entry is recorded as ``uncovered`` and never run), and hands ``summarise``/``plot`` the records with
+``key`` and ``label`` of their entry added. Optional methods it uses when a set has them: ``fingerprint()``
+(SHA-256 of the set's protocol and data: entries computed under another fingerprint are never reused),
+``describe()`` (the set's parameters, for the report) and ``ranking(records)`` (entry key →
+:class:`screening.validation.stats.RankValue`, a number or a bound, for the agreement between models).
 """
 
 from __future__ import annotations

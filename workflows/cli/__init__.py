@@ -31,6 +31,7 @@ def _register_area_commands() -> None:
     from workflows.cli import train as cli_train
     from workflows.cli import training as cli_training
     from workflows.cli import transport as cli_transport
+    from workflows.cli import validate as cli_validate
     from workflows.cli import web as cli_web
 
     app.command("screen")(cli_jobs.screen)
@@ -47,6 +48,7 @@ def _register_area_commands() -> None:
     app.command("label")(cli_training.label_command)
     app.command("train")(cli_train.train)
     models_app.command("compare")(cli_train.models_compare)
+    app.command("validate")(cli_validate.validate)
 
 
 _register_area_commands()

@@ -1,0 +1,240 @@
+"""``ionscreen validate``: the runner resumes after a kill without redoing entries, writes the report (Markdown, PNG,
+JSON), logs to MLflow and the registry version, compares several models (Kendall τ), and refuses bad input.
+
+The runner is exercised with a small fake set (``SlowSet`` below, registered in ``SET_MODULES`` for the test), so
+these tests depend neither on MD nor on the barriers set."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from scipy import stats as sstats
+
+from mlip.errors import InputError, ModelNotFoundError
+from screening.validation.base import EntryStatus, ValidationEntry
+from screening.validation.stats import Bound, RankValue
+
+TESTS = Path(__file__).resolve().parent
+N_ENTRIES = 6
+
+
+class SlowSet:
+    """Entries e0..e5: e0..e4 made of ``SLOW_SET_ELEMENT`` (default Li), e5 of Fe, which no test model covers. Each run
+    sleeps ``SLOW_SET_SLEEP_S`` and appends its key to the file ``SLOW_SET_CALLS``. The bundled model ranks the
+    entries 0..4, any other model in reverse, with e2 an upper bound only."""
+
+    name = "slow"
+
+    def entries(self, *, limit=None, full=False):
+        element = os.environ.get("SLOW_SET_ELEMENT", "Li")
+        out = [ValidationEntry(key=f"e{i}", label=f"entry {i}", elements=frozenset({element} if i < 5 else {"Fe"}),
+                               data={"i": i}) for i in range(N_ENTRIES)]
+        return out if limit is None else out[:limit]
+
+    def run_entry(self, entry, context):
+        time.sleep(float(os.environ.get("SLOW_SET_SLEEP_S", "0")))
+        if os.environ.get("SLOW_SET_CALLS"):
+            with open(os.environ["SLOW_SET_CALLS"], "a") as fh:
+                fh.write(entry.key + "\n")
+        i = entry.data["i"]
+        forward = context.model_ref.startswith("bundled:")
+        return {"status": EntryStatus.OK.value, "value": float(i if forward else -i),
+                "bound": None if forward or i != 2 else Bound.UPPER.value, "workdir_exists": context.workdir.is_dir()}
+
+    def ranking(self, records):
+        return {r["key"]: RankValue(r["value"], Bound(r["bound"]) if r.get("bound") else None)
+                for r in records if r.get("status") == "ok"}
+
+    def summarise(self, records):
+        ok = [r for r in records if r["status"] == "ok"]
+        return {"n_ok": len(ok), "n_uncovered": sum(r["status"] == "uncovered" for r in records),
+                "value_sum": sum(r["value"] for r in ok)}
+
+    def plot(self, records, out_dir, *, title):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig = Figure(figsize=(2, 2))
+        FigureCanvasAgg(fig)
+        fig.add_subplot().plot([r.get("value", 0) for r in records])
+        path = out_dir / "slow_values.png"
+        fig.savefig(path)
+        return [path]
+
+
+@pytest.fixture
+def slow_set(monkeypatch):
+    import workflows.validate as v
+
+    monkeypatch.setitem(v.SET_MODULES, "slow", __name__)
+    return "slow"
+
+
+def _journal(out: Path) -> list[dict]:
+    paths = list(out.glob("models/*/slow/*/journal.jsonl"))
+    assert len(paths) <= 1
+    if not paths:
+        return []
+    return [json.loads(line) for line in paths[0].read_text().splitlines() if line.strip()]
+
+
+def test_validate_resumes_after_a_kill_without_redoing_entries(tmp_path, slow_set, monkeypatch):
+    out, calls = tmp_path / "out", tmp_path / "calls.log"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import workflows.validate as v; "
+            f"v.SET_MODULES['slow'] = {__name__!r}; from workflows.cli import main; "
+            "sys.argv = ['ionscreen', 'validate', 'ase:emt', '--set', 'slow', '--out', sys.argv[2], "
+            "'--device', 'cpu', '--no-mlflow']; main()")  # ase:emt and cpu: no torch to import, a fast start
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW_SET_SLEEP_S": "0.3", "SLOW_SET_CALLS": str(calls),
+           "SLOW_SET_ELEMENT": "Cu"}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(TESTS), str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(_journal(out)) < 2:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _journal(out)
+    assert 2 <= len(before) < N_ENTRIES, "killed too late to test resuming"
+    assert not (out / "report.md").exists()
+
+    from workflows.validate import run_validation
+
+    monkeypatch.setenv("SLOW_SET_SLEEP_S", "0")
+    monkeypatch.setenv("SLOW_SET_CALLS", str(calls))
+    monkeypatch.setenv("SLOW_SET_ELEMENT", "Cu")
+    result = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu")
+    after = _journal(out)
+    assert [line["key"] for line in after] == [f"e{i}" for i in range(N_ENTRIES)]
+    assert after[:len(before)] == before  # finished lines untouched
+    called = calls.read_text().split()
+    for line in before:  # journalled before the kill: never run again
+        if line["record"]["status"] == "ok":
+            assert called.count(line["key"]) == 1
+    assert called.count("e5") == 0  # uncovered: recorded, never run
+    assert after[-1]["record"] == {"status": "uncovered", "missing_elements": ["Fe"]}
+    run = result.models[0].sets["slow"]
+    assert run.n_skipped == len(before) and run.n_run_now == N_ENTRIES - len(before)
+    assert run.summary == {"n_ok": 5, "n_uncovered": 1, "value_sum": -10.0}
+    # a second run does nothing
+    again = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu")
+    assert again.models[0].sets["slow"].n_run_now == 0
+    assert len(calls.read_text().split()) == len(called)
+
+
+def test_journal_skips_a_line_cut_by_a_kill(tmp_path):
+    from workflows.validate import Journal
+
+    j = Journal(tmp_path / "journal.jsonl")
+    j.append({"key": "a", "record": {"status": "ok"}})
+    with j.path.open("a") as fh:
+        fh.write('{"key": "b", "record": {"sta')  # the process died mid-write
+    assert set(j.read()) == {"a"}
+    j.append({"key": "b", "record": {"status": "ok"}})
+    assert set(j.read()) == {"a", "b"}
+    assert len(j.path.read_text().splitlines()) == 3
+
+
+def test_report_mlflow_and_model_agreement(tmp_path, slow_set, tiny_model_copy, settings):
+    from mlflow import MlflowClient
+
+    from mlip.loader import trust
+    from training.registry import register_model
+    from workflows.validate import EXPERIMENT, run_validation
+
+    trust(tiny_model_copy, settings)
+    register_model(tiny_model_copy, "tiny", settings, alias="candidate")
+    out = tmp_path / "out"
+    result = run_validation(["bundled:lipscl-demo", "models:/tiny@candidate"], ["slow"], out_dir=out,
+                            settings=settings, command="ionscreen validate ...")
+
+    md = (out / "report.md").read_text()
+    data = json.loads((out / "report.json").read_text())
+    assert "| value_sum | 10 | -10 |" in md
+    assert "uncovered (Fe)" in md
+    # bounds as bounds: e2 is '< -2' for the tiny model, so over e0..e4 the orders are reversed except for the
+    # entries that recensoring ties (e2, e3, e4 under the bound -2) → τ-b is -1 only over what can be ordered
+    pair = data["agreement"]["slow"][0]
+    assert pair["n"] == 5 and pair["kendall_tau_b"]["n_bounds_y"] == 1
+    tau = pair["kendall_tau_b"]["value"]
+    assert tau == pytest.approx(sstats.kendalltau([1, 2, 3, 4, 5], [5, 4, 2, 2, 2]).statistic)
+    assert "Kendall τ-b" in md and f"{tau:.3g}" in md
+    for model in data["models"]:
+        for plot in model["sets"]["slow"]["plots"]:
+            assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+            assert f"]({plot})" in md
+    assert data["models"][1]["registered"] == "models:/tiny/1"
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id])
+    assert {r.info.run_id for r in runs} == {m.mlflow_run_id for m in result.models}
+    tiny_run = next(r for r in runs if r.data.tags["ionscreen.model_ref"] == "models:/tiny@candidate")
+    assert tiny_run.info.status == "FINISHED"
+    assert tiny_run.data.metrics["slow.value_sum"] == -10.0
+    assert tiny_run.data.tags["ionscreen.registered_model"] == "models:/tiny/1"
+    artifacts = {a.path for a in client.list_artifacts(tiny_run.info.run_id)}
+    assert {"report.md", "report.json", "plots", "model_card"} <= artifacts
+    version = client.get_model_version("tiny", "1")
+    assert version.tags["ionscreen.validation.slow.run"] == tiny_run.info.run_id
+    assert version.tags["ionscreen.validation.slow.value_sum"] == "-10"
+    card = (out / data["models"][1]["card"]).read_text()
+    assert "## Validation" in card and "| value_sum | -10 |" in card and tiny_run.info.run_id in card
+
+
+def test_model_card_renders_the_validation_section():
+    from training.modelcard import ModelCard, ValidationFigures, render_markdown
+
+    fields = {name: f.get_default(call_default_factory=True) for name, f in ModelCard.model_fields.items()
+              if not f.is_required()}
+    card = ModelCard.model_construct(
+        **fields, name="m", created_utc="now", model_file="m.model", model_sha256="0" * 64, elements=["Li"],
+        n_params=1, dtype="float64", r_max_A=5.0, heads=["Default"], mode="scratch", architecture={},
+        hyperparameters={}, e0s_eV={}, e0s_method="given", epochs_run=1, mace_version="x", ionscreen_version="y",
+        dataset=type("D", (), {"path": "d", "dataset_hash": "h", "n_frames": 1, "n_atoms": 1, "split_counts": {},
+                               "element_atom_counts": {}, "config_type_counts": {}, "sources": []})())
+    assert "## Validation" not in render_markdown(card)
+    card.validation = [ValidationFigures(set="conductivity", fingerprint="f" * 64, created_utc="now",
+                                         figures={"spearman_rho": "0.7 [0.2, 0.9] (n=12)"}, mlflow_run_id="abc")]
+    text = render_markdown(card)
+    assert "### conductivity" in text and "| spearman_rho | 0.7 [0.2, 0.9] (n=12) |" in text and "`abc`" in text
+
+
+def test_bad_input_is_refused_with_a_clear_message(tmp_path, slow_set):
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+    from workflows.validate import run_validation
+
+    with pytest.raises(InputError, match="unknown validation set 'nope'; sets: conductivity, barriers, frames"):
+        run_validation(["bundled:lipscl-demo"], ["nope"], out_dir=tmp_path, mlflow=False)
+    with pytest.raises(InputError, match="the frames set needs --dataset"):
+        run_validation(["bundled:lipscl-demo"], ["frames"], out_dir=tmp_path, mlflow=False)
+    with pytest.raises(InputError, match="does not exist"):
+        run_validation(["bundled:lipscl-demo"], ["frames"], out_dir=tmp_path, mlflow=False,
+                       set_options={"frames": {"dataset": tmp_path / "missing"}})
+    with pytest.raises(InputError, match="not an ionscreen dataset"):
+        run_validation(["bundled:lipscl-demo"], ["frames"], out_dir=tmp_path, mlflow=False,
+                       set_options={"frames": {"dataset": tmp_path}})
+    with pytest.raises(ModelNotFoundError):
+        run_validation(["no/such/file.model"], ["slow"], out_dir=tmp_path, mlflow=False)
+    with pytest.raises(InputError, match="--limit must be at least 1"):
+        run_validation(["bundled:lipscl-demo"], ["slow"], out_dir=tmp_path, limit=0, mlflow=False)
+    assert not list(tmp_path.glob("models/*"))  # nothing ran
+    result = CliRunner().invoke(app, ["validate", "bundled:lipscl-demo", "--set", "nope", "--out", str(tmp_path)])
+    assert isinstance(result.exception, InputError) and "unknown validation set" in str(result.exception)
+
+
+def test_cli_exits_2_with_one_line_for_an_unknown_set(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "workflows.cli", "validate", "bundled:lipscl-demo", "--set", "nope",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown validation set 'nope'")

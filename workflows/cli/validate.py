@@ -1,0 +1,64 @@
+"""``ionscreen validate``: a model's track record against experiment and DFT (thin layer over ``workflows.validate``)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from workflows.cli.options import DeviceOpt, JsonFlag
+
+
+def validate(
+    models: Annotated[list[str], typer.Argument(
+        help="Model references, e.g. bundled:lipscl-demo chgnet:0.3.0 models:/NAME@ALIAS; several are compared.")],
+    sets: Annotated[Optional[list[str]], typer.Option(
+        "--set", "-s", help="Validation set: conductivity, barriers or frames (repeat for several; default conductivity).")] = None,
+    dataset: Annotated[Optional[Path], typer.Option(
+        "--dataset", help="Labelled dataset directory (`ionscreen data import` output) for the frames set.")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Dataset split for the frames set (default test).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N entries of each set.")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Every entry of each set (GPU work), not the CPU subset.")] = False,
+    device: DeviceOpt = "auto",
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Output directory (journals, plots, report); default $IONSCREEN_HOME/validation.")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run entries the journal holds as failed again.")] = False,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log the run to MLflow.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate models on named sets; re-running the same command resumes (finished entries are skipped)."""
+    from mlip.config import load_settings
+    from workflows.validate import format_figure, run_validation
+
+    def progress(stage: str, info: dict) -> None:
+        if as_json:
+            return
+        if stage == "done":
+            note = f": {info['error']}" if info.get("error") else ""
+            typer.echo(f"[{info['model']} · {info['set']} {info['index'] + 1}/{info['n']}] {info['key']} "
+                       f"{info['status']} ({info['wall_s']:.0f} s){note}", err=True)
+
+    options = {"frames": {"dataset": dataset, "split": split}}
+    result = run_validation(models, sets or ["conductivity"], out_dir=out, limit=limit, full=full, device=device,
+                            set_options=options, retry_failed=retry_failed, mlflow=not no_mlflow,
+                            settings=load_settings(), progress=progress,
+                            command=" ".join(["ionscreen validate", *map(shlex.quote, sys.argv[2:])]))
+    if as_json:
+        typer.echo(json.dumps(json.loads(result.report_json.read_text()), indent=1))
+        return
+    for model in result.models:
+        typer.echo(f"{model.ref} (sha256 {model.sha256[:12]})" + (f", MLflow run {model.mlflow_run_id}"
+                                                                   if model.mlflow_run_id else ""))
+        for name, run in model.sets.items():
+            headline = {k: v for k, v in run.summary.items()
+                        if k in ("spearman_rho", "mae_log10_S_cm", "n_ok", "n_bounds", "n_uncovered", "n_failed",
+                                 "mae_eV", "energy_mae_meV_atom", "force_mae_meV_A")}
+            typer.echo(f"  {name}: " + ", ".join(f"{k} {format_figure(v)}" for k, v in headline.items()))
+    for name, pairs in result.agreement.items():
+        for pair in pairs:
+            typer.echo(f"  {name}: {pair['a']} vs {pair['b']}: Kendall τ-b {format_figure(pair['kendall_tau_b'])}")
+    typer.echo(f"report {result.report_md} ({result.wall_s:.0f} s)")

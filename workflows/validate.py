@@ -1,0 +1,612 @@
+"""``ionscreen validate``: run named validation sets for one or more models, journal every finished entry (a re-run
+skips them), and write one report (Markdown with plots, JSON of every figure), logged to MLflow per model.
+
+Layout under the output directory::
+
+    models/<sha256[:16]>/<set>/<fingerprint[:12]>/journal.jsonl   one line per finished entry (append, fsync)
+                                                 /entries/<key>/    the entry's work directory (MD checkpoints)
+                                                 /plots/*.png
+    models/<sha256[:16]>/validation_card.md                          the figures as they appear on the model card
+    report.md, report.json                                           this run: every model and set side by side
+
+A set's ``fingerprint()`` (protocol and data) is part of the path, so a changed protocol never reuses entries or
+checkpoints computed under another. The runner owns the journal, MLflow and the report; the sets own physics and
+statistics (:mod:`screening.validation.base`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib
+import inspect
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from mlip.config import Settings, load_settings, mask_password
+from mlip.errors import InputError, IonscreenError
+from mlip.util import atomic_write_text, exclusive_or_refuse
+from screening.validation.base import EntryStatus, RunContext, ValidationEntry, ValidationSet
+
+#: Set name → module that defines it (imported only when the set is asked for). The class is the one in the
+#: module whose ``name`` is the set name.
+SET_MODULES: dict[str, str] = {
+    "conductivity": "screening.validation.conductivity",
+    "barriers": "screening.validation.barriers",
+    "frames": "training.validation_frames",
+}
+EXPERIMENT = "ionscreen-validation"
+Progress = Callable[[str, dict], None]
+
+
+def set_names() -> list[str]:
+    return list(SET_MODULES)
+
+
+def make_set(name: str, options: Mapping[str, Any] | None = None) -> ValidationSet:
+    """The named set, built with those ``options`` its constructor takes (None values left out)."""
+    if name not in SET_MODULES:
+        raise InputError(f"unknown validation set {name!r}; sets: {', '.join(SET_MODULES)}")
+    try:
+        module = importlib.import_module(SET_MODULES[name])
+    except ModuleNotFoundError as err:
+        if err.name != SET_MODULES[name]:
+            raise
+        raise InputError(f"the {name} validation set is not part of this installation ({SET_MODULES[name]} "
+                         "is missing)") from err
+    classes = [obj for obj in vars(module).values()
+               if inspect.isclass(obj) and getattr(obj, "name", None) == name and obj.__module__ == module.__name__]
+    if len(classes) != 1:
+        raise InputError(f"{SET_MODULES[name]} defines {len(classes)} classes named {name!r}; expected one")
+    cls = classes[0]
+    params = inspect.signature(cls).parameters
+    given = {k: v for k, v in (options or {}).items() if v is not None and k in params}
+    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and k not in given]
+    if missing:
+        flags = ", ".join("--" + k.replace("_", "-") for k in missing)
+        raise InputError(f"the {name} set needs {flags}")
+    instance = cls(**given)
+    if not isinstance(instance, ValidationSet):
+        raise InputError(f"{cls.__qualname__} does not implement the validation set protocol")
+    return instance
+
+
+def set_fingerprint(vset) -> str:
+    """The set's own fingerprint (protocol and data), or its name when it has none."""
+    fp = getattr(vset, "fingerprint", None)
+    return fp() if callable(fp) else hashlib.sha256(vset.name.encode()).hexdigest()
+
+
+def _safe(key: str) -> str:
+    """A directory name for an entry key (readable part + hash, so distinct keys never collide)."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:60]
+    return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+class Journal:
+    """One JSON line per finished entry, appended and fsynced as the entry finishes. A line cut by a kill is
+    ignored when read (that entry simply runs again)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def read(self) -> dict[str, dict]:
+        done: dict[str, dict] = {}
+        if not self.path.exists():
+            return done
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(item, dict) and "key" in item and isinstance(item.get("record"), dict):
+                done[item["key"]] = item
+        return done
+
+    def append(self, item: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            if fh.tell() and not self.path.read_bytes().endswith(b"\n"):
+                fh.write("\n")  # a kill left half a line: start a fresh one
+            fh.write(json.dumps(item, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+@dataclass
+class SetRun:
+    """One (model, set) of a validation run: its records (journal order = entry order), figures and plots."""
+
+    set_name: str
+    fingerprint: str
+    directory: Path
+    records: list[dict]
+    n_run_now: int
+    n_skipped: int
+    wall_s: float
+    summary: dict = field(default_factory=dict)
+    plots: list[Path] = field(default_factory=list)
+    describe: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelRun:
+    ref: str
+    sha256: str
+    family: str
+    elements: list[str]
+    registered: str | None  # models:/NAME/VERSION when the reference is a registry version
+    sets: dict[str, SetRun] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    card_path: Path | None = None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _registered(ref: str, settings: Settings) -> tuple[str | None, Any]:
+    from mlip.refs import RefKind, parse_ref
+
+    parsed = parse_ref(ref)
+    if parsed.kind is not RefKind.REGISTRY:
+        return None, None
+    from mlip import registry
+
+    version = registry.get_version(parsed, settings)
+    return f"models:/{version.name}/{version.version}", version
+
+
+def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, full: bool, retry_failed: bool,
+            progress: Progress, seed: int = 0) -> SetRun:
+    """Run (or resume) one set for one loaded model; every finished entry is journalled before the next starts."""
+    from mlip.calculators import Task
+
+    fingerprint = set_fingerprint(vset)
+    directory = model_dir / vset.name / fingerprint[:12]
+    directory.mkdir(parents=True, exist_ok=True)
+    entries: list[ValidationEntry] = vset.entries(limit=limit, full=full)
+    keys = [e.key for e in entries]
+    if len(set(keys)) != len(keys):
+        raise InputError(f"the {vset.name} set lists an entry key twice; keys must be unique")
+    journal = Journal(directory / "journal.jsonl")
+    t0 = time.perf_counter()
+    n_now = 0
+    with exclusive_or_refuse(directory / ".lock", f"{directory} is being validated by another process; wait for it "
+                             "or use another --out"):
+        done = journal.read()
+        for index, entry in enumerate(entries):
+            prior = done.get(entry.key)
+            if prior is not None and not (retry_failed and prior["record"].get("status") == EntryStatus.FAILED.value):
+                continue
+            progress("entry", {"set": vset.name, "index": index, "n": len(entries), "key": entry.key,
+                               "label": entry.label})
+            started = time.perf_counter()
+            missing = loaded.missing_elements(sorted(entry.elements))
+            if missing:
+                record = {"status": EntryStatus.UNCOVERED.value, "missing_elements": missing}
+            else:
+                workdir = directory / "entries" / _safe(entry.key)
+                workdir.mkdir(parents=True, exist_ok=True)
+                context = RunContext(
+                    model_ref=loaded.ref, model_sha256=loaded.sha256, loaded=loaded,
+                    calculator=lambda task=Task.SINGLE_POINT, dtype=None: loaded.calculator(task=task, device=device,
+                                                                                             dtype=dtype),
+                    device=device, workdir=workdir, seed=seed)
+                try:
+                    record = vset.run_entry(entry, context)
+                except IonscreenError as err:  # the set should say so itself; a failed entry never stops the run
+                    record = {"status": EntryStatus.FAILED.value, "error": f"{type(err).__name__}: {err}"[:1000]}
+                record = json.loads(json.dumps(record, default=str))  # what the journal will hold, exactly
+                EntryStatus(record.get("status"))
+            line = {"key": entry.key, "label": entry.label, "set": vset.name, "fingerprint": fingerprint,
+                    "model_ref": loaded.ref, "model_sha256": loaded.sha256, "finished_utc": _now(),
+                    "wall_s": round(time.perf_counter() - started, 3), "record": record}
+            journal.append(line)
+            done[entry.key] = line
+            n_now += 1
+            progress("done", {"set": vset.name, "index": index, "n": len(entries), "key": entry.key,
+                              "status": record["status"], "wall_s": line["wall_s"],
+                              "error": record.get("error")})
+    records = [{**done[k]["record"], "key": k, "label": done[k]["label"], "entry_wall_s": done[k]["wall_s"]}
+               for k in keys if k in done]
+    describe = vset.describe() if callable(getattr(vset, "describe", None)) else {}
+    return SetRun(vset.name, fingerprint, directory, records, n_now, len(entries) - n_now,
+                  time.perf_counter() - t0, describe=describe)
+
+
+# -------------------------------------------------------------------------------------------------------
+# Figures: formatting and flattening
+
+
+def _is_estimate(value: Any) -> bool:
+    return isinstance(value, Mapping) and "value" in value and ("ci95" in value or "n" in value)
+
+
+def format_figure(value: Any) -> str:
+    """A figure as text: numbers to 3 significant digits, estimates as 'v [lo, hi] (n=…)'."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "–" if not math.isfinite(value) else f"{value:.3g}"
+    if _is_estimate(value):
+        text = format_figure(value.get("value"))
+        ci = value.get("ci95")
+        if ci:
+            text += f" [{format_figure(ci[0])}, {format_figure(ci[1])}]"
+        if value.get("n") is not None:
+            text += f" (n={value['n']})"
+        return text
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+        return "[" + ", ".join(format_figure(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k} {format_figure(v)}" for k, v in value.items())
+    return str(value)
+
+
+def flat_metrics(summary: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """Numeric figures as MLflow metrics: ``prefix.name``, and for estimates ``.value``, ``.ci95_lo``, ``.ci95_hi``."""
+    out: dict[str, float] = {}
+    for key, value in summary.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            if math.isfinite(value):
+                out[name] = float(value)
+        elif _is_estimate(value):
+            if isinstance(value.get("value"), (int, float)):
+                out[f"{name}.value"] = float(value["value"])
+            if value.get("ci95"):
+                out[f"{name}.ci95_lo"], out[f"{name}.ci95_hi"] = map(float, value["ci95"])
+        elif isinstance(value, Mapping):
+            out.update(flat_metrics(value, name))
+    return out
+
+
+def _table_rows(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Figure names in first-seen order over the models, only those that are numbers or estimates."""
+    names: list[str] = []
+    for summary in summaries.values():
+        for key, value in summary.items():
+            if key not in names and (isinstance(value, (int, float)) or _is_estimate(value) or value is None):
+                names.append(key)
+    return names
+
+
+# -------------------------------------------------------------------------------------------------------
+# Agreement between models
+
+
+def model_agreement(models: Sequence[ModelRun], sets: Mapping[str, Any], seed: int = 0) -> dict[str, list[dict]]:
+    """Per set that ranks its entries (a ``ranking(records)`` method): Kendall τ-b and Spearman ρ between every
+    pair of models over the entries both ranked, bounds as bounds."""
+    from screening.validation.stats import pairwise_agreement
+
+    out: dict[str, list[dict]] = {}
+    if len(models) < 2:
+        return out
+    for name, vset in sets.items():
+        ranking = getattr(vset, "ranking", None)
+        if not callable(ranking):
+            continue
+        rankings = {m.ref: ranking(m.sets[name].records) for m in models if name in m.sets}
+        out[name] = pairwise_agreement(rankings, seed=seed)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------
+# Report
+
+
+def _rel(path: Path, root: Path) -> str:
+    return os.path.relpath(path, root)
+
+
+def render_report(models: Sequence[ModelRun], agreement: Mapping[str, list[dict]], out_dir: Path,
+                  *, command: str = "") -> str:
+    set_order: list[str] = []
+    for m in models:
+        set_order += [s for s in m.sets if s not in set_order]
+    lines = ["# Validation report", "", f"Created {_now()} by ionscreen validate" + (f": `{command}`" if command else "") + ".", ""]
+    lines += ["| model | family | SHA-256 | registered | MLflow run |", "| --- | --- | --- | --- | --- |"]
+    for m in models:
+        lines.append(f"| `{m.ref}` | {m.family} | `{m.sha256[:16]}` | {m.registered or '–'} | "
+                     f"{('`' + m.mlflow_run_id + '`') if m.mlflow_run_id else '–'} |")
+    for name in set_order:
+        runs = {m.ref: m.sets[name] for m in models if name in m.sets}
+        lines += ["", f"## Set `{name}`", ""]
+        first = next(iter(runs.values()))
+        if first.describe:
+            lines += [f"Set parameters: `{json.dumps(first.describe, sort_keys=True)[:600]}`", ""]
+        lines += ["Entries per model: " + "; ".join(
+            f"`{ref}` {len(r.records)} finished ({r.n_run_now} run now, {r.n_skipped} from the journal)"
+            for ref, r in runs.items()) + ".", ""]
+        summaries = {ref: r.summary for ref, r in runs.items()}
+        rows = _table_rows(summaries)
+        lines += ["| figure | " + " | ".join(f"`{ref}`" for ref in runs) + " |",
+                  "| --- |" + " --- |" * len(runs)]
+        for row in rows:
+            lines.append(f"| {row} | " + " | ".join(format_figure(summaries[ref].get(row)) for ref in runs) + " |")
+        notes = {ref: s.get("rule") for ref, s in summaries.items() if s.get("rule")}
+        if notes:
+            lines += ["", f"How: {next(iter(notes.values()))}."]
+        if name in agreement and agreement[name]:
+            lines += ["", "Agreement between the models' rankings (bounds as bounds; 95% bootstrap intervals):", "",
+                      "| model A | model B | entries | Kendall τ-b | Spearman ρ |", "| --- | --- | --- | --- | --- |"]
+            for pair in agreement[name]:
+                lines.append(f"| `{pair['a']}` | `{pair['b']}` | {pair['n']} | {format_figure(pair['kendall_tau_b'])} | "
+                             f"{format_figure(pair['spearman'])} |")
+        lines += ["", "### Entries", "", "| entry | " + " | ".join(f"`{ref}`" for ref in runs) + " |",
+                  "| --- |" + " --- |" * len(runs)]
+        labels: dict[str, str] = {}
+        for r in runs.values():
+            for rec in r.records:
+                labels.setdefault(rec["key"], rec.get("label", rec["key"]))
+        by_model = {ref: {rec["key"]: rec for rec in r.records} for ref, r in runs.items()}
+        for key, label in labels.items():
+            cells = []
+            for ref in runs:
+                rec = by_model[ref].get(key)
+                cells.append("–" if rec is None else _entry_cell(rec))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        for ref, r in runs.items():
+            for plot in r.plots:
+                lines += ["", f"![{name} {ref} {plot.stem}]({_rel(plot, out_dir)})"]
+    return "\n".join(lines) + "\n"
+
+
+def _entry_cell(record: Mapping[str, Any]) -> str:
+    status = record.get("status")
+    if status == EntryStatus.UNCOVERED.value:
+        return "uncovered (" + " ".join(record.get("missing_elements", [])) + ")"
+    if status == EntryStatus.FAILED.value:
+        return "failed: " + str(record.get("error", "")).replace("|", "/")[:80]
+    shown = record.get("shown")
+    if shown:
+        return str(shown).replace("|", "/")
+    parts = []
+    for key in ("predicted_S_cm", "predicted_upper_bound_S_cm", "barrier_eV"):
+        if record.get(key) is not None:
+            prefix = "< " if key.endswith("upper_bound_S_cm") else ""
+            parts.append(f"{prefix}{format_figure(record[key])}")
+            break
+    if record.get("flags"):
+        parts.append(",".join(record["flags"]))
+    wall = record.get("entry_wall_s")
+    if wall is not None:
+        parts.append(f"{wall:.0f} s")
+    return " ".join(parts) or "ok"
+
+
+# -------------------------------------------------------------------------------------------------------
+# MLflow and the model card
+
+
+def _card_figures(model: ModelRun):
+    from training.modelcard import ValidationFigures
+
+    out = []
+    for name, run in model.sets.items():
+        figures = {k: format_figure(v) for k, v in run.summary.items() if k in _table_rows({"m": run.summary})}
+        out.append(ValidationFigures(set=name, fingerprint=run.fingerprint, figures=figures,
+                                     mlflow_run_id=model.mlflow_run_id, created_utc=_now()))
+    return out
+
+
+def write_card(model: ModelRun, model_dir: Path, settings: Settings, registry_version=None) -> Path:
+    """The model's validation figures as they appear on its card: for a registry version trained by ionscreen, its
+    own model card (from the training run) with the Validation section added; otherwise that section alone."""
+    from training.modelcard import render_markdown, render_validation_section
+
+    figures = _card_figures(model)
+    card = None
+    if registry_version is not None and registry_version.run_id:
+        card = _fetch_card(registry_version.run_id, settings, model_dir)
+    if card is not None:
+        merged = [f for f in card.validation if f.set not in {g.set for g in figures}] + figures
+        card = card.model_copy(update={"validation": merged})
+        atomic_write_text(model_dir / "model_card.json", card.model_dump_json(indent=1) + "\n")
+        path = model_dir / "model_card.md"
+        atomic_write_text(path, render_markdown(card))
+        return path
+    path = model_dir / "validation_card.md"
+    text = "\n".join([f"# Validation of {model.ref}", "", f"SHA-256 `{model.sha256}` ({model.family}).", ""]
+                     + render_validation_section(figures))
+    atomic_write_text(path, text + "\n")
+    return path
+
+
+def _fetch_card(run_id: str, settings: Settings, model_dir: Path):
+    from mlflow.exceptions import MlflowException
+
+    from mlip import registry
+    from training.modelcard import ModelCard
+
+    client = registry.client(settings)
+    try:
+        local = client.download_artifacts(run_id, "model_card.json", str(model_dir))
+    except (MlflowException, OSError):
+        return None
+    try:
+        return ModelCard.model_validate_json(Path(local).read_text())
+    except ValueError:
+        return None
+
+
+def start_mlflow_run(model: ModelRun, settings: Settings) -> str:
+    """Create this model's validation run (the id goes on the card and in the report before they are logged)."""
+    from mlip import registry
+    from training.registry import ensure_experiment
+
+    client = registry.client(settings)
+    experiment_id = ensure_experiment(client, EXPERIMENT, settings)
+    tags = {"ionscreen.model_ref": model.ref, "ionscreen.model_sha256": model.sha256, "ionscreen.kind": "validation",
+            "ionscreen.sets": ",".join(model.sets)}
+    if model.registered:
+        tags["ionscreen.registered_model"] = model.registered
+    run = client.create_run(experiment_id, run_name=f"validate-{model.ref}"[:250], tags=tags)
+    model.mlflow_run_id = run.info.run_id
+    return model.mlflow_run_id
+
+
+def finish_mlflow_run(model: ModelRun, settings: Settings, out_dir: Path, *, params: Mapping[str, Any],
+                      registry_version=None) -> None:
+    """Log the figures (metrics, one batch), parameters, report, plots and card to the model's run, tag its registry
+    version with the run and the headline figures, and end the run."""
+    from mlflow.entities import Metric, Param
+
+    from mlip import registry
+
+    client = registry.client(settings)
+    run_id = model.mlflow_run_id
+    try:
+        stamp = int(time.time() * 1000)
+        metrics = {}
+        for name, set_run in model.sets.items():
+            metrics.update(flat_metrics(set_run.summary, name))
+        all_params = {**params, "model_ref": model.ref, "model_sha256": model.sha256, "model_family": model.family}
+        for name, set_run in model.sets.items():
+            all_params[f"{name}.fingerprint"] = set_run.fingerprint
+        items = [Metric(k, v, stamp, 0) for k, v in sorted(metrics.items())]
+        client.log_batch(run_id, metrics=items[:900], params=[Param(k, str(v)[:6000]) for k, v in all_params.items()])
+        for start in range(900, len(items), 900):
+            client.log_batch(run_id, metrics=items[start:start + 900])
+        for name in ("report.md", "report.json"):
+            client.log_artifact(run_id, str(out_dir / name))
+        for name, set_run in model.sets.items():
+            for plot in set_run.plots:
+                client.log_artifact(run_id, str(plot), artifact_path=f"plots/{name}")
+        if model.card_path is not None:
+            client.log_artifact(run_id, str(model.card_path), artifact_path="model_card")
+            json_card = model.card_path.with_suffix(".json")
+            if json_card.exists():
+                client.log_artifact(run_id, str(json_card), artifact_path="model_card")
+        if registry_version is not None:
+            version = str(registry_version.version)
+            for name, set_run in model.sets.items():
+                client.set_model_version_tag(registry_version.name, version, f"ionscreen.validation.{name}.run", run_id)
+                for key, value in flat_metrics(set_run.summary, name).items():
+                    client.set_model_version_tag(registry_version.name, version, f"ionscreen.validation.{key}",
+                                                 f"{value:.4g}")
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id)
+
+
+# -------------------------------------------------------------------------------------------------------
+# The whole command
+
+
+@dataclass
+class ValidationRun:
+    out_dir: Path
+    models: list[ModelRun]
+    agreement: dict[str, list[dict]]
+    report_md: Path
+    report_json: Path
+    wall_s: float
+
+
+def run_validation(
+    model_refs: Sequence[str],
+    set_names_: Sequence[str],
+    *,
+    out_dir: str | Path | None = None,
+    limit: int | None = None,
+    full: bool = False,
+    device: str = "auto",
+    set_options: Mapping[str, Mapping[str, Any]] | None = None,
+    retry_failed: bool = False,
+    mlflow: bool = True,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+    command: str = "",
+    seed: int = 0,
+) -> ValidationRun:
+    """Validate every model on every set, resuming from the journals; write and log the report."""
+    from mlip.calculators import resolve_device
+    from mlip.loader import load_model
+
+    t0 = time.perf_counter()
+    settings = settings or load_settings()
+    progress = progress or (lambda stage, info: None)
+    if not model_refs:
+        raise InputError("name at least one model (e.g. bundled:lipscl-demo, chgnet:0.3.0, models:/NAME@ALIAS)")
+    if not set_names_:
+        raise InputError(f"name at least one set with --set ({', '.join(SET_MODULES)})")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1, got {limit}")
+    unknown = [s for s in set_names_ if s not in SET_MODULES]
+    if unknown:
+        raise InputError(f"unknown validation set {', '.join(map(repr, unknown))}; sets: {', '.join(SET_MODULES)}")
+    names = list(dict.fromkeys(set_names_))
+    sets = {name: make_set(name, (set_options or {}).get(name)) for name in names}  # bad options fail before loading
+    device = device if device == "cpu" else resolve_device(device)  # cpu needs no CUDA check (nor torch import)
+    loaded_models = []
+    for ref in dict.fromkeys(model_refs):
+        loaded = load_model(ref, settings)
+        registered, version = _registered(ref, settings)
+        loaded_models.append((loaded, registered, version))
+    out_dir = Path(out_dir) if out_dir is not None else settings.home / "validation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    runs: list[ModelRun] = []
+    for loaded, registered, _ in loaded_models:
+        model = ModelRun(loaded.ref, loaded.sha256, loaded.family, list(loaded.elements), registered)
+        model_dir = out_dir / "models" / loaded.sha256[:16]
+        for name, vset in sets.items():
+            progress("set", {"model": loaded.ref, "set": name})
+            set_run = run_set(loaded, vset, model_dir=model_dir, device=device, limit=limit, full=full,
+                              retry_failed=retry_failed, progress=lambda s, i, ref=loaded.ref: progress(s, {**i, "model": ref}),
+                              seed=seed)
+            set_run.summary = vset.summarise(set_run.records)
+            set_run.plots = vset.plot(set_run.records, set_run.directory / "plots", title=f"{loaded.ref} · {name}")
+            model.sets[name] = set_run
+        runs.append(model)
+    agreement = model_agreement(runs, sets, seed=seed)
+    params = {"sets": ",".join(names), "limit": limit, "full": full, "device": device, "seed": seed}
+
+    def write_report() -> tuple[Path, Path]:
+        md = out_dir / "report.md"
+        atomic_write_text(md, render_report(runs, agreement, out_dir, command=command))
+        data = {
+            "created_utc": _now(), "command": command, "params": params,
+            "mlflow_tracking_uri": mask_password(settings.mlflow_tracking_uri) if mlflow else None,
+            "models": [{"ref": m.ref, "sha256": m.sha256, "family": m.family, "registered": m.registered,
+                        "mlflow_run_id": m.mlflow_run_id,
+                        "card": _rel(m.card_path, out_dir) if m.card_path else None,
+                        "sets": {name: {"fingerprint": r.fingerprint, "describe": r.describe, "figures": r.summary,
+                                        "n_entries": len(r.records), "n_run_now": r.n_run_now,
+                                        "n_from_journal": r.n_skipped, "wall_s_this_run": r.wall_s,
+                                        "journal": _rel(r.directory / "journal.jsonl", out_dir),
+                                        "plots": [_rel(p, out_dir) for p in r.plots]}
+                                 for name, r in m.sets.items()}} for m in runs],
+            "agreement": agreement,
+        }
+        js = out_dir / "report.json"
+        atomic_write_text(js, json.dumps(data, indent=1, default=str) + "\n")
+        return md, js
+
+    if mlflow:
+        for model in runs:
+            start_mlflow_run(model, settings)
+    for model, (_, _, version) in zip(runs, loaded_models):
+        model.card_path = write_card(model, out_dir / "models" / model.sha256[:16], settings, version)
+    report_md, report_json = write_report()
+    if mlflow:
+        for model, (_, _, version) in zip(runs, loaded_models):
+            finish_mlflow_run(model, settings, out_dir, params=params, registry_version=version)
+    return ValidationRun(out_dir, runs, agreement, report_md, report_json, time.perf_counter() - t0)
