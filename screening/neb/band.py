@@ -37,6 +37,14 @@ class Interpolation(enum.StrEnum):
     LINEAR = "linear"
 
 
+class PathConvention(enum.StrEnum):
+    """Which periodic image of the moving ion's displacement the band follows (the other atoms always take the
+    shortest one)."""
+
+    MINIMUM_IMAGE = "minimum-image"  # the shortest image: what two wrapped structure files usually mean
+    AS_GIVEN = "as-given"  # final minus initial position as written: a published band's own path
+
+
 def optimizer_class(kind: OptimizerKind):
     from ase.optimize import BFGS, FIRE, MDMin
 
@@ -156,13 +164,15 @@ def run_band(
     *,
     moving_index: int | None = None,
     home: str | Path | None = None,
+    path: PathConvention = PathConvention.MINIMUM_IMAGE,
 ) -> BandOutcome:
     """Relax endpoints and a climbing-image NEB band between ``initial`` and ``final`` (ASE Atoms).
 
     ``engine`` is any ASE calculator (shared by all images) or a :class:`mlip.backends.BatchedEvaluator`
     (images evaluated together in batches). The inputs are not modified. ``moving_index`` (the
     hopping atom) enables the endpoint-drift check. ``home`` is where batch-size measurements are
-    cached (default $IONSCREEN_HOME).
+    cached (default $IONSCREEN_HOME). ``path`` ``as-given`` keeps the moving atom's displacement as written
+    (needs ``moving_index``); every other atom, and by default the moving one too, takes its shortest image.
     """
     from ase.calculators.calculator import Calculator
     from ase.geometry import find_mic
@@ -176,9 +186,15 @@ def run_band(
     if not batched and not isinstance(engine, Calculator):
         raise InputError(f"engine must be an ASE calculator or a batched evaluator, got {type(engine).__name__}")
 
+    path = PathConvention(path)
+    if path is PathConvention.AS_GIVEN and moving_index is None:
+        raise InputError("the as-given path needs the index of the moving atom (moving_index)")
     start, end = initial.copy(), final.copy()
     # One consistent unwrapping: ASE's NEB tangents and springs use plain position differences.
-    end.positions = start.positions + find_mic(end.positions - start.positions, start.cell, start.pbc)[0]
+    step = find_mic(end.positions - start.positions, start.cell, start.pbc)[0]
+    if path is PathConvention.AS_GIVEN:
+        step[moving_index] = final.positions[moving_index] - initial.positions[moving_index]
+    end.positions = start.positions + step
     endpoint_converged, endpoint_steps, drift = [], [], []
     for atoms in (start, end):
         before = atoms.positions.copy()

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mlip.errors import SimulationFailed
-from screening.neb.band import BandOutcome, NebParameters, run_band
+from screening.neb.band import BandOutcome, NebParameters, PathConvention, run_band
 from screening.neb.hops import Hop, HopNetwork, Mechanism, find_hops
 from screening.neb.percolation import WeightedEdge, percolation_barriers
 from screening.neb.results import (
@@ -124,20 +124,25 @@ def neb_for_endpoints(
     moving_index: int | None = None,
     home: str | Path | None = None,
     extra: dict | None = None,
+    path: PathConvention = PathConvention.MINIMUM_IMAGE,
 ) -> NebHopResult:
     """Climbing-image NEB between two ASE Atoms; barriers only when converged (else flagged, None).
 
-    ``extra`` holds hop facts for the document (hop_label, ion, hop_length_A, ...).
+    ``extra`` holds hop facts for the document (hop_label, ion, hop_length_A, ...). ``path``: see
+    :func:`run_band` (recorded in the parameters when it is not the default).
     A calculation that fails numerically (:class:`SimulationFailed`) gives a ``neb_failed`` result.
     """
     params = params or NebParameters()
     parameters = params.model_dump(mode="json")
+    path = PathConvention(path)
+    if path is not PathConvention.MINIMUM_IMAGE:  # only then: the default's parameter hash stays what it was
+        parameters["path"] = str(path)
     extra = dict(extra or {})
     if "hop_length_A" not in extra and moving_index is not None:
         extra["hop_length_A"] = float(np.linalg.norm(final.positions[moving_index] - initial.positions[moving_index]))
     began = time.perf_counter()
     try:
-        outcome = run_band(initial, final, engine, params, moving_index=moving_index, home=home)
+        outcome = run_band(initial, final, engine, params, moving_index=moving_index, home=home, path=path)
     except SimulationFailed as err:
         return NebHopResult(name=name, fmax_eV_A=params.fmax_eV_A, n_images=params.n_images, n_atoms=len(initial),
                             flags=[NebFlag.NEB_FAILED], message=str(err),

@@ -60,6 +60,7 @@ class NebHopResult(BaseModel):
     name: str = Field(description="Identifier of this hop within its run (file stem of its outputs).")
     hop_label: int | None = Field(None, description="Symmetry class of the hop in the structure's hop network.")
     ion: str | None = Field(None, description="Working ion that moves.")
+    moving_index: int | None = Field(None, description="Index of the moving atom in both endpoints (NEB from given endpoints).")
     mechanism: str | None = Field(None, description="vacancy or interstitial.")
     hop_length_A: float | None = Field(None, description="Straight-line start-to-end distance of the moving ion, Å.")
     multiplicity: int | None = Field(None, description="Hops of this symmetry class per unit cell.")
