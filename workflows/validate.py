@@ -329,7 +329,11 @@ def render_report(models: Sequence[ModelRun], agreement: Mapping[str, list[dict]
         lines += ["", f"## Set `{name}`", ""]
         first = next(iter(runs.values()))
         if first.describe:
-            lines += [f"Set parameters: `{json.dumps(first.describe, sort_keys=True)[:600]}`", ""]
+            lines += ["Set parameters:", ""]
+            for key, value in first.describe.items():
+                text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+                lines.append(f"- {key}: `{text[:400]}`" if not isinstance(value, str) else f"- {key}: {text[:400]}")
+            lines.append("")
         lines += ["Entries per model: " + "; ".join(
             f"`{ref}` {len(r.records)} finished ({r.n_run_now} run now, {r.n_skipped} from the journal)"
             for ref, r in runs.items()) + ".", ""]
@@ -373,21 +377,19 @@ def _entry_cell(record: Mapping[str, Any]) -> str:
         return "uncovered (" + " ".join(record.get("missing_elements", [])) + ")"
     if status == EntryStatus.FAILED.value:
         return "failed: " + str(record.get("error", "")).replace("|", "/")[:80]
-    shown = record.get("shown")
-    if shown:
-        return str(shown).replace("|", "/")
     parts = []
-    for key in ("predicted_S_cm", "predicted_upper_bound_S_cm", "barrier_eV"):
-        if record.get(key) is not None:
-            prefix = "< " if key.endswith("upper_bound_S_cm") else ""
-            parts.append(f"{prefix}{format_figure(record[key])}")
-            break
+    if record.get("shown"):  # the set's own one-line summary of the entry
+        parts.append(str(record["shown"]))
+    elif record.get("predicted_S_cm") is not None:
+        parts.append(f"{format_figure(record['predicted_S_cm'])} S/cm")
+    elif record.get("predicted_upper_bound_S_cm") is not None:
+        parts.append(f"< {format_figure(record['predicted_upper_bound_S_cm'])} S/cm")
     if record.get("flags"):
         parts.append(",".join(record["flags"]))
     wall = record.get("entry_wall_s")
     if wall is not None:
         parts.append(f"{wall:.0f} s")
-    return " ".join(parts) or "ok"
+    return " ".join(parts).replace("|", "/") or "ok"
 
 
 # -------------------------------------------------------------------------------------------------------

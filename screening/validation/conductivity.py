@@ -283,6 +283,12 @@ class ConductivitySet:
             "protocol_hash": self.protocol.hash,
             "wall_s": time.perf_counter() - t0,
         })
+        measured = f"{'< ' if entry.data.get('measured_bound') else ''}{entry.data['measured_S_cm']:.2g}"
+        if record["predicted_S_cm"] is not None:
+            lo, hi = record["predicted_ci95_S_cm"]
+            record["shown"] = f"{record['predicted_S_cm']:.2g} [{lo:.2g}, {hi:.2g}] S/cm (exp. {measured})"
+        elif record["predicted_upper_bound_S_cm"] is not None:
+            record["shown"] = f"< {record['predicted_upper_bound_S_cm']:.2g} S/cm (exp. {measured})"
         if record["predicted_S_cm"] is None and record["predicted_upper_bound_S_cm"] is None:
             record.update(status=EntryStatus.FAILED.value, stage="analysis",
                           error="no σ(300 K) and no bound: every temperature was unusable (" +
