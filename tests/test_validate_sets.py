@@ -58,6 +58,10 @@ def test_cpu_subset_follows_its_rule():
     assert len(vset.entries(full=True)) == 254
     with pytest.raises(InputError):
         vset.entries(limit=0)
+    assert ConductivitySet(protocol="validation-cpu").fingerprint() == vset.fingerprint()
+    assert ConductivitySet(protocol="standard").fingerprint() != vset.fingerprint()
+    with pytest.raises(InputError, match="unknown protocol preset"):
+        ConductivitySet(protocol="fastest")
 
 
 def test_subset_rule_on_a_hand_made_table():

@@ -208,13 +208,17 @@ class ConductivitySet:
     name = "conductivity"
 
     def __init__(self, data_dir: str | Path | None = None, protocol=None, seed: int = 0):
-        from screening.transport.protocol import TransportProtocol, make_protocol
+        """``protocol``: a TransportProtocol, a preset name (``standard`` for GPU runs of the full set), or None for
+        :data:`CPU_PROTOCOL` (also by its name, ``validation-cpu``)."""
+        from screening.transport.protocol import TransportProtocol, make_protocol, preset
 
         self.data_dir = Path(data_dir) if data_dir is not None else DATA_DIR
-        if protocol is None:
+        if protocol is None or protocol == CPU_PROTOCOL["name"]:
             protocol = make_protocol(**CPU_PROTOCOL)
+        elif isinstance(protocol, str):
+            protocol = preset(protocol)
         elif not isinstance(protocol, TransportProtocol):
-            raise InputError(f"protocol must be a TransportProtocol, got {type(protocol).__name__}")
+            raise InputError(f"protocol must be a TransportProtocol or a preset name, got {type(protocol).__name__}")
         self.protocol = protocol
         self.seed = seed
 

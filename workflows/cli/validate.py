@@ -21,6 +21,8 @@ def validate(
     dataset: Annotated[Optional[Path], typer.Option(
         "--dataset", help="Labelled dataset directory (`ionscreen data import` output) for the frames set.")] = None,
     split: Annotated[Optional[str], typer.Option("--split", help="Dataset split for the frames set (default test).")] = None,
+    protocol: Annotated[Optional[str], typer.Option(
+        "--protocol", help="Transport preset for the conductivity set (default validation-cpu; standard for GPUs).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N entries of each set.")] = None,
     full: Annotated[bool, typer.Option("--full", help="Every entry of each set (GPU work), not the CPU subset.")] = False,
     device: DeviceOpt = "auto",
@@ -42,7 +44,7 @@ def validate(
             typer.echo(f"[{info['model']} · {info['set']} {info['index'] + 1}/{info['n']}] {info['key']} "
                        f"{info['status']} ({info['wall_s']:.0f} s){note}", err=True)
 
-    options = {"frames": {"dataset": dataset, "split": split}}
+    options = {"frames": {"dataset": dataset, "split": split}, "conductivity": {"protocol": protocol}}
     result = run_validation(models, sets or ["conductivity"], out_dir=out, limit=limit, full=full, device=device,
                             set_options=options, retry_failed=retry_failed, mlflow=not no_mlflow,
                             settings=load_settings(), progress=progress,
