@@ -10,8 +10,11 @@ displacement as written in the data (``as-given``): the files hold the first and
 interpolated band, whose raw displacement is the published path (in 37 hops another periodic image is as short or
 shorter, and in three of them, Li7P3Se11, Na7P3S11 and Na7P3Se11, 1.5 Å shorter: a different hop).
 
-The predicted barrier is the saddle minus the lower endpoint (the larger of forward and backward), as a barrier to
-cross the hop either way; the forward one is recorded too. A band that does not converge gives no number (flagged).
+The predicted barrier is the highest minus the lowest energy of the converged band (endpoints included): the
+convention of the MLIP benchmark on this data (Bheemaguli, Xiao & Sai Gautam, Digital Discovery 2026; their
+published NEB energies give max minus min), which is the larger of forward and backward unless an image lies below
+both endpoints (flagged ``intermediate_minimum``). Forward and backward are recorded too. A band that does not
+converge gives no number (flagged).
 
 The default CPU subset (``entries()``) is chosen from the input alone, never from results: the hops of the seven
 ions Li, Na, K, Mg, Ca, Zn, Al whose endpoints pass the checks and hold at most ``SUBSET_MAX_ATOMS`` atoms; per ion
@@ -197,7 +200,7 @@ class BarrierSet:
         return {"data": "558 DFT NEB hops with both endpoints (MIT; Devi, Butler & Sai Gautam, npj Comput. Mater. "
                         "2024), training split", "data_sha256": _file_sha256(self.data_file),
                 "neb": self.params.model_dump(mode="json"), "path": str(self.path),
-                "predicted_barrier": "saddle minus the lower relaxed endpoint (max of forward and backward), eV",
+                "predicted_barrier": "highest minus lowest energy of the converged band (endpoints included), eV",
                 "subset": f"{SUBSET_SIZE} hops of {', '.join(SUBSET_IONS)} with at most {SUBSET_MAX_ATOMS} atoms and "
                           "valid endpoints, smallest first (each host's first hop first), one per ion in turn",
                 "classification_cutoff_eV": GOOD_CONDUCTOR_CUTOFF_EV}
@@ -265,12 +268,13 @@ class BarrierSet:
         if "neb_failed" in flags:
             return {**record, "status": EntryStatus.FAILED.value, "error": result.message}
         record["shown"] = f"no barrier (DFT {data['reference_barrier_eV']:.3f} eV)"
-        if result.barrier_forward_eV is not None and result.barrier_backward_eV is not None:
-            record["predicted_barrier_eV"] = max(result.barrier_forward_eV, result.barrier_backward_eV)
+        if result.barrier_forward_eV is not None and result.profile_file is not None:
+            energies = json.loads(Path(result.profile_file).read_text())["energy_eV"]
+            lowest, initial = min(energies), float(result.energy_initial_eV)
+            record["predicted_barrier_eV"] = max(energies) - lowest
             record["shown"] = f"{record['predicted_barrier_eV']:.3f} eV (DFT {data['reference_barrier_eV']:.3f})"
-            forward, backward = result.barrier_forward_interval_eV, result.barrier_backward_interval_eV
-            if forward is not None and backward is not None:
-                record["predicted_interval_eV"] = [max(forward[0], backward[0]), max(forward[1], backward[1])]
+            if result.barrier_forward_interval_eV is not None:
+                record["predicted_interval_eV"] = [initial + e - lowest for e in result.barrier_forward_interval_eV]
         return {**record, "status": EntryStatus.OK.value}
 
     @staticmethod
