@@ -34,6 +34,23 @@ below; an unknown flag costs ``UNKNOWN_FLAG_PENALTY``). Flags that mean the numb
 (``unstable_md``, ``framework_melted``, ``neb_failed``) cost as much as several decades of σ; flags that mean
 the number is uncertain (``not_diffusive``, ``neb_not_converged``, ``few_temperatures``) cost about one unit.
 
+**Model disagreement** (job spec ``agreement_model``: the same stages run with a second model). For each candidate,
+:func:`model_agreement` compares the second model's summaries with the primary model's:
+
+* ``model_disagreement_log10_sigma`` = |log10 σ₁(300 K) − log10 σ₂(300 K)|, in decades, from the two estimates;
+* ``model_disagreement_barrier_eV`` = |b₁ − b₂|, eV, b the effective percolating barrier of each model as the
+  ``migration_barrier`` component defines it (lowest of barrier_d + penalty_d) but from the thresholds themselves,
+  not their interval ends (two estimates are compared, not two pessimistic bounds).
+
+Bounds are not numbers: each figure comes with its :class:`AgreementBasis`. When one model gives only an upper bound
+u (σ with no estimate, interval (0, u); NEB thresholds flagged ``not_computed`` or ``incomplete_hops``) and the
+other an estimate x above it, the models differ by *at least* f(x) − f(u) (basis ``at_least``); an estimate at or
+below the other's bound does not contradict it, and two bounds say nothing: no figure (``consistent_bound``,
+``bounds_only``), never an invented one. ``RankingWeights.disagreement`` (default 0: reported, not ranked) subtracts
+``w_disagreement × (Δlog10σ / 1 decade + Δb / 0.1 eV)`` from the score, the same units as the components (one
+decade or 0.1 eV = one unit), over the figures that exist (an ``at_least`` figure counts as itself). A figure that
+does not exist costs nothing and is noted: the penalty is evidence against a candidate, not an imputed value.
+
 **Ties**: scores equal to 1e-9 are ordered by structure hash (then name), and noted. Pure functions over
 :class:`screening.summaries.Screened` candidates; no DB, no column names.
 """
@@ -42,7 +59,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -92,6 +109,10 @@ MAX_RANKING_WEIGHT = 1000.0
 Weight = Annotated[float, Field(ge=0, le=MAX_RANKING_WEIGHT)]
 
 
+#: NEB flags that make the percolation thresholds upper bounds (hops left out of the network).
+NEB_UPPER_BOUND_FLAGS = frozenset({"not_computed", "incomplete_hops"})
+
+
 class Component(enum.StrEnum):
     CONDUCTIVITY = "conductivity"
     ACTIVATION_ENERGY = "activation_energy"
@@ -110,6 +131,8 @@ class RankingWeights(BaseModel):
     penalty_2d_eV: Weight = Field(0.15, description="Added to a 2D percolation barrier before comparing, eV.")
     penalty_1d_eV: Weight = Field(0.30, description="Added to a 1D percolation barrier before comparing, eV.")
     missing_margin: Weight = Field(1.0, description="A missing component scores this far below the worst observed.")
+    disagreement: Weight = Field(0.0, description="Weight per unit of disagreement with the job's agreement_model "
+                                 "(one decade of σ(300 K), 0.1 eV of barrier); 0: reported, not ranked.")
 
     @model_validator(mode="after")
     def _sane(self):
@@ -118,6 +141,62 @@ class RankingWeights(BaseModel):
         if not any(getattr(self, c.value) > 0 for c in Component):
             raise ValueError("at least one of conductivity, activation_energy, migration_barrier must have weight > 0")
         return self
+
+
+class AgreementBasis(enum.StrEnum):
+    """What a model-disagreement figure rests on (see the module docstring)."""
+
+    ESTIMATES = "estimates"  # both models give an estimate: the figure is their difference
+    AT_LEAST = "at_least"  # one gives only an upper bound, below the other's estimate: they differ by at least the figure
+    CONSISTENT_BOUND = "consistent_bound"  # one gives only an upper bound, at or above the other's estimate: no figure
+    BOUNDS_ONLY = "bounds_only"  # both give only upper bounds: no figure
+    MISSING = "missing"  # a model has no number for the quantity: no figure
+
+
+class ModelAgreement(BaseModel):
+    """How far the job's second model (``agreement_model``) is from its primary model for one candidate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_disagreement_log10_sigma: float | None = Field(
+        None, ge=0, description="|log10 σ₁(300 K) − log10 σ₂(300 K)|, decades (None: no figure; see the basis).")
+    model_disagreement_log10_sigma_basis: AgreementBasis | None = Field(
+        None, description="What the σ figure rests on; None when neither model ran transport.")
+    model_disagreement_barrier_eV: float | None = Field(
+        None, ge=0, description="|b₁ − b₂| of the effective percolating barriers, eV (None: no figure).")
+    model_disagreement_barrier_basis: AgreementBasis | None = Field(
+        None, description="What the barrier figure rests on; None when neither model ran NEB.")
+    agreement_model_flags: list[str] = Field(default_factory=list,
+                                             description="Quality flags of the second model's results.")
+    notes: list[str] = Field(default_factory=list, description="How each figure was obtained, or why there is none.")
+
+    def units(self) -> float:
+        """The disagreement in score units: decades of σ plus barrier difference / 0.1 eV, over existing figures."""
+        total = 0.0
+        if self.model_disagreement_log10_sigma is not None:
+            total += self.model_disagreement_log10_sigma
+        if self.model_disagreement_barrier_eV is not None:
+            total += self.model_disagreement_barrier_eV / BARRIER_SCALE_eV
+        return total
+
+    def figures_text(self) -> str:
+        """``Δlog10σ/Δbarrier`` for tables: a number, ≥number (at least), 'bound' (bounds only, no figure) or —."""
+        def one(value: float | None, basis: AgreementBasis | None) -> str:
+            if value is not None:
+                return ("≥" if basis is AgreementBasis.AT_LEAST else "") + f"{value:.2f}"
+            return "bound" if basis in (AgreementBasis.CONSISTENT_BOUND, AgreementBasis.BOUNDS_ONLY) else "—"
+
+        return (f"{one(self.model_disagreement_log10_sigma, self.model_disagreement_log10_sigma_basis)}/"
+                f"{one(self.model_disagreement_barrier_eV, self.model_disagreement_barrier_basis)}")
+
+    def columns(self) -> dict[str, Any]:
+        """The figures and their bases, flat (for tables and exports)."""
+        return {
+            "model_disagreement_log10_sigma": self.model_disagreement_log10_sigma,
+            "model_disagreement_log10_sigma_basis": self.model_disagreement_log10_sigma_basis,
+            "model_disagreement_barrier_eV": self.model_disagreement_barrier_eV,
+            "model_disagreement_barrier_basis": self.model_disagreement_barrier_basis,
+        }
 
 
 class ComponentScore(BaseModel):
@@ -153,12 +232,18 @@ class RankedRow(BaseModel):
     missing: list[str] = Field(description="Applicable components without a usable value (imputed).")
     notes: list[str]
     values: dict[str, Any] = Field(description="The candidate's identity and summary columns, flat.")
+    agreement: ModelAgreement | None = Field(None, description="Disagreement with the job's agreement_model "
+                                             "(None: the job has no second model).")
+    disagreement_penalty: float = Field(0.0, description="weight × disagreement units, subtracted from the score.")
 
     @property
     def contributions(self) -> dict[str, float]:
-        """Signed additive terms of the score: one per component, and ``flags`` (≤ 0)."""
+        """Signed additive terms of the score: one per component, ``flags`` (≤ 0), and ``model_disagreement``
+        (≤ 0) when the job has a second model."""
         out = {name: c.contribution for name, c in self.components.items()}
         out["flags"] = -sum(self.flag_penalties.values())
+        if self.agreement is not None:
+            out["model_disagreement"] = -self.disagreement_penalty
         return out
 
     def table_row(self) -> dict[str, Any]:
@@ -181,6 +266,8 @@ class RankedRow(BaseModel):
             "percolation_2d_eV": v.get("percolation_2d_eV"),
             "percolation_3d_eV": v.get("percolation_3d_eV"),
         }
+        if self.agreement is not None:
+            row |= {k: getattr(v, "value", v) for k, v in self.agreement.columns().items()}
         for name, value in self.contributions.items():
             row[f"contribution_{name}"] = round(value, 4)
         row["flags"] = ";".join(self.flags)
@@ -257,6 +344,85 @@ _COMPONENTS: dict[Component, tuple[Callable[[Screened, RankingWeights], _Observa
 }
 
 
+# ---------------------------------------------------------------------------------------------- model agreement
+@dataclass(frozen=True)
+class _Side:
+    """One model's number for a quantity, on the scale it is compared on (log10 σ, or eV)."""
+
+    number: float | None
+    bound: bool = False  # the number is only an upper bound
+    text: str = ""  # the number as read, for notes; or why there is none
+
+
+def _sigma_side(c: Screened | None) -> _Side | None:
+    if c is None or c.transport is None:
+        return None
+    sigma = c.transport.conductivity_300K_mS_cm
+    if sigma.value is not None:
+        if sigma.value > 0:
+            return _Side(math.log10(sigma.value), text=f"{sigma.value:.3g} mS/cm")
+        return _Side(None, text=f"σ(300 K) = {sigma.value:g} mS/cm is not positive")
+    if sigma.ci95 is not None and sigma.hi > 0:
+        return _Side(math.log10(sigma.hi), bound=True, text=f"≤ {sigma.hi:.3g} mS/cm")
+    return _Side(None, text="no σ(300 K)")
+
+
+def _barrier_side(c: Screened | None, weights: RankingWeights) -> _Side | None:
+    if c is None or c.neb is None:
+        return None
+    penalties = {3: 0.0, 2: weights.penalty_2d_eV, 1: weights.penalty_1d_eV}
+    best: tuple[float, int, float] | None = None
+    for dim in (3, 2, 1):
+        threshold = getattr(c.neb, f"percolation_{dim}d_eV").value
+        if threshold is not None and (best is None or threshold + penalties[dim] < best[0] - 1e-12):
+            best = (threshold + penalties[dim], dim, threshold)
+    if best is None:
+        return _Side(None, text="no percolating path")
+    bound = bool(NEB_UPPER_BOUND_FLAGS & set(c.neb.flags))
+    text = f"{'≤ ' if bound else ''}{best[0]:.3f} eV ({best[1]}D {best[2]:.3f} eV + {penalties[best[1]]:.2f})"
+    return _Side(best[0], bound=bound, text=text)
+
+
+def _compare(first: _Side | None, second: _Side | None, what: str, unit: str
+             ) -> tuple[float | None, AgreementBasis | None, str | None]:
+    """(figure, basis, note) for one quantity: ``first`` from the primary model, ``second`` from the other."""
+    if first is None and second is None:
+        return None, None, None
+    if first is None or first.number is None or second is None or second.number is None:
+        which = [name for name, side in (("primary", first), ("agreement", second))
+                 if side is None or side.number is None]
+        why = "; ".join(f"{name} model: {side.text if side is not None else 'no result'}"
+                        for name, side in (("primary", first), ("agreement", second)) if name in which)
+        return None, AgreementBasis.MISSING, f"{what}: no figure ({why})"
+    pair = f"primary {first.text}, agreement {second.text}"
+    if not first.bound and not second.bound:
+        return abs(first.number - second.number), AgreementBasis.ESTIMATES, None
+    if first.bound and second.bound:
+        return None, AgreementBasis.BOUNDS_ONLY, f"{what}: both models give only upper bounds ({pair}); no figure"
+    estimate, bound = (second, first) if first.bound else (first, second)
+    if estimate.number > bound.number:
+        gap = estimate.number - bound.number
+        return gap, AgreementBasis.AT_LEAST, f"{what}: an estimate above the other model's upper bound ({pair}): " \
+                                             f"at least {gap:.3g} {unit} apart"
+    return None, AgreementBasis.CONSISTENT_BOUND, (f"{what}: one model gives only an upper bound, at or above the "
+                                                   f"other's estimate ({pair}); consistent, no figure")
+
+
+def model_agreement(primary: Screened, second: Screened | None, weights: RankingWeights | None = None
+                    ) -> ModelAgreement:
+    """The disagreement between a candidate's summaries under the primary model and under the second model (None:
+    the second model has no result for it). See the module docstring for the figures and their bases."""
+    weights = weights or RankingWeights()
+    sigma, sigma_basis, sigma_note = _compare(_sigma_side(primary), _sigma_side(second), "σ(300 K)", "decades")
+    barrier, barrier_basis, barrier_note = _compare(_barrier_side(primary, weights), _barrier_side(second, weights),
+                                                    "percolating barrier", "eV")
+    return ModelAgreement(
+        model_disagreement_log10_sigma=sigma, model_disagreement_log10_sigma_basis=sigma_basis,
+        model_disagreement_barrier_eV=barrier, model_disagreement_barrier_basis=barrier_basis,
+        agreement_model_flags=second.flags if second is not None else [],
+        notes=[n for n in (sigma_note, barrier_note) if n])
+
+
 def flag_penalty(flag: str) -> float:
     """Unweighted penalty of one flag (``FLAG_PENALTIES``, else ``UNKNOWN_FLAG_PENALTY``)."""
     return FLAG_PENALTIES.get(flag, UNKNOWN_FLAG_PENALTY)
@@ -267,11 +433,15 @@ def rank(
     candidates: Sequence[Screened],
     weights: RankingWeights | None = None,
     components: Iterable[Component | str] | None = None,
+    *,
+    second: Mapping[str, Screened] | None = None,
 ) -> list[RankedRow]:
     """Rank screened candidates (identity + result summaries), best first.
 
     ``components`` names the components that apply (e.g. from the job's stages); by default every component
-    with at least one value among the candidates applies. See the module docstring for the score.
+    with at least one value among the candidates applies. ``second``: the same candidates' summaries under a second
+    model, by structure hash (a candidate absent from it has no second result); given, every row carries its
+    :class:`ModelAgreement` and the ``disagreement`` penalty applies. See the module docstring for the score.
     """
     weights = weights or RankingWeights()
     seen: set[str] = set()
@@ -320,10 +490,20 @@ def rank(
         for f in flags:
             if f not in FLAG_PENALTIES:
                 notes.append(f"unknown flag {f!r} penalised {UNKNOWN_FLAG_PENALTY:g}")
-        score = sum(p.contribution for p in parts.values()) - sum(penalties.values())
+        agreement = None if second is None else model_agreement(c, second.get(key), weights)
+        disagreement = 0.0
+        if agreement is not None and weights.disagreement > 0:
+            disagreement = weights.disagreement * agreement.units()
+            a = agreement
+            for what, figure, basis in (("σ(300 K)", a.model_disagreement_log10_sigma, a.model_disagreement_log10_sigma_basis),
+                                        ("barrier", a.model_disagreement_barrier_eV, a.model_disagreement_barrier_basis)):
+                if basis is not None and figure is None:
+                    notes.append(f"model disagreement in {what} not penalised: no figure ({basis.value})")
+        score = sum(p.contribution for p in parts.values()) - sum(penalties.values()) - disagreement
         ranked = RankedRow(rank=0, score=score, structure_hash=key, name=c.name, formula=c.formula, kind=c.kind,
                            working_ion=c.working_ion, components=parts, flag_penalties=penalties, flags=flags,
-                           missing=missing, notes=notes, values=c.columns())
+                           missing=missing, notes=notes, values=c.columns(), agreement=agreement,
+                           disagreement_penalty=disagreement)
         scored.append((-round(score, TIE_DECIMALS), key, ranked.name or "", ranked))
 
     scored.sort(key=lambda t: t[:3])
