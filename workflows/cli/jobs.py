@@ -37,16 +37,22 @@ def print_ranked(store, job_id: str, settings, fmt: str = "table") -> None:
 
     plan = load_plan(store, job_id, settings, required=False)
     rows, others = ranked(store, job_id, plan)
+    second = plan.agreement_model if plan is not None else None
     if fmt == "csv":
         typer.echo(ranked_csv(rows), nl=False)
         return
     if fmt == "json":
-        typer.echo(json.dumps({"ranked": [r.model_dump(mode="json") for r in rows], "not_ranked": others}, indent=2))
+        document = {"ranked": [r.model_dump(mode="json") for r in rows], "not_ranked": others}
+        if second is not None:
+            document["agreement_model"] = second.model_dump(mode="json")
+        typer.echo(json.dumps(document, indent=2))
         return
     job = store.jobs.get(job_id)
-    typer.echo(f"job {job.id} ({job.name}): {job.status}, model {job.model_ref}")
+    typer.echo(f"job {job.id} ({job.name}): {job.status}, model {job.model_ref}"
+               + (f", agreement model {second.ref}" if second is not None else ""))
+    agreement_header = f" {'Δmodels log10σ/eV':<18}" if second is not None else ""
     typer.echo(f"{'#':>3} {'candidate':<22} {'formula':<14} {'ion':<3} {'σ300K (mS/cm) [95% CI]':<30} "
-               f"{'Ea (eV) [95% CI]':<24} {'barrier 1D/2D/3D (eV)':<20} {'score':>7}  flags")
+               f"{'Ea (eV) [95% CI]':<24} {'barrier 1D/2D/3D (eV)':<20}{agreement_header} {'score':>7}  flags")
     for r in rows:
         v = r.values
         sigma = f"{_fmt(v.get('conductivity_300K_mS_cm'))} [{_fmt(v.get('conductivity_300K_ci95_lo_mS_cm'))}, {_fmt(v.get('conductivity_300K_ci95_hi_mS_cm'))}]"
@@ -55,10 +61,13 @@ def print_ranked(store, job_id: str, settings, fmt: str = "table") -> None:
         flags = ",".join(r.flags) or "-"
         if r.missing:
             flags += f" (missing: {','.join(r.missing)})"
+        agreement = f" {r.agreement.figures_text():<18}" if r.agreement is not None else ""
         typer.echo(f"{r.rank:>3} {str(r.name)[:22]:<22} {str(r.formula)[:14]:<14} {str(r.working_ion):<3} {sigma:<30} {ea:<24} "
-                   f"{barrier:<20} {r.score:>7.2f}  {flags}")
+                   f"{barrier:<20}{agreement} {r.score:>7.2f}  {flags}")
     for o in others:
-        typer.echo(f"  - {o['name']:<22} {o['formula']:<14} {o['stage']}: {o['state']}" + (f" — {o['error']}" if o["error"] else ""))
+        model = f" ({o['model_ref']})" if "model_ref" in o else ""
+        typer.echo(f"  - {o['name']:<22} {o['formula']:<14} {o['stage']}{model}: {o['state']}"
+                   + (f" — {o['error']}" if o["error"] else ""))
     for failure in plan.candidate_failures if plan else []:
         typer.echo(f"  - not screened: {failure}")
     if job.error:
@@ -153,14 +162,22 @@ def jobs_status(job: Annotated[str, typer.Argument(help="Job id or prefix.")],
                                "mlflow_run_id": j.mlflow_run_id, "counts": store.tasks.counts(j.id),
                                "tasks": [t.model_dump(mode="json") for t in tasks]}, indent=2, default=str))
         return
-    typer.echo(f"job {j.id} ({j.name}): {j.status}; model {j.model_ref}; MLflow run {j.mlflow_run_id or '—'}")
+    from workflows.jobs.plan import load_plan, task_models
+
+    plan = load_plan(store, j.id, settings, required=False)
+    second = plan.agreement_model if plan is not None else None
+    models = task_models(store, j.id, plan, tasks) if second is not None else {}
+    typer.echo(f"job {j.id} ({j.name}): {j.status}; model {j.model_ref}"
+               + (f"; agreement model {second.ref}" if second is not None else "")
+               + f"; MLflow run {j.mlflow_run_id or '—'}")
     for stage, c in store.tasks.counts(j.id).items():
         typer.echo(f"  {stage}: " + ", ".join(f"{n} {state}" for state, n in c.items()))
     for t in tasks:
         cand = store.candidates.get(t.candidate_id)
         extra = f" — {t.error}" if t.error else (f" — {t.progress_json}" if t.state == "running" and t.progress_json else "")
+        which = " [agreement model]" if models.get(t.id) == second and second is not None else ""
         typer.echo(f"  task {t.id:>4} {str(t.stage):<9} {cand.name:<22} {str(t.state):<9} attempts {t.attempts}"
-                   + (" (reused)" if t.reused_result else "") + extra)
+                   + (" (reused)" if t.reused_result else "") + which + extra)
     if j.error:
         typer.echo(f"notes: {j.error}")
 

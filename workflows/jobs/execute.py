@@ -6,6 +6,10 @@ result rows; the driver records them. A worker
 killed mid-task (its actor is restarted by Ray, which reloads the model) gets the task again, and the
 task resumes from its MD checkpoints in its work directory. Errors raised by the science (bad input,
 model domain) are permanent: the task is marked failed with its error and the job goes on.
+
+A worker holds every model its tasks name: the first when it starts (a model that cannot load fails at once), any
+other — a job's ``agreement_model`` — on its first task. The queue holds the primary model's tasks first, so the
+second model is loaded once the first model's work is handed out, and no worker idles between the two.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from mlip.errors import IonscreenError
 
@@ -87,19 +91,26 @@ def _actor_classes():
 
     @ray.remote(max_restarts=-1, max_task_retries=0)
     class ModelWorker:
-        """Holds one loaded model for its whole life; runs tasks one at a time."""
+        """Holds its loaded models for its whole life (see the module docstring); runs tasks one at a time."""
 
-        def __init__(self, model_ref: str, threads: int, device: str, progress_name: str):
+        def __init__(self, model_refs: list[str], threads: int, device: str, progress_name: str):
             import torch
 
             from mlip.config import load_settings
-            from mlip.loader import load_model
 
             torch.set_num_threads(threads)
             self.settings = load_settings()
-            self.loaded = load_model(model_ref, self.settings)
+            self.models: dict = {}
+            self.model(model_refs[0])
             self.device = device
             self.progress_name = progress_name
+
+        def model(self, ref: str):
+            from mlip.loader import load_model
+
+            if ref not in self.models:
+                self.models[ref] = load_model(ref, self.settings)
+            return self.models[ref]
 
         def pid(self) -> int:
             return os.getpid()
@@ -112,7 +123,8 @@ def _actor_classes():
             def progress(stage: str, info: dict) -> None:
                 sink.push.remote({"task_id": spec.task_id, "stage": stage, **info})
 
-            return run_task(spec, self.loaded, home=self.settings.home, device=self.device, progress=progress)
+            return run_task(spec, self.model(spec.model.ref), home=self.settings.home, device=self.device,
+                            progress=progress)
 
     return ProgressSink, ModelWorker
 
@@ -125,7 +137,7 @@ def _is_permanent(err: BaseException) -> bool:
 def execute(
     store,
     job_id: str,
-    model_ref: str,
+    model_refs: Sequence[str],
     payloads: dict[int, "TaskSpec"],
     options: ExecutionOptions,
     *,
@@ -133,7 +145,8 @@ def execute(
     on_event: Callable[[str, dict], None] = lambda kind, info: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> RunSummary:
-    """Run the pending tasks ``payloads`` (task id → TaskSpec) and record their results.
+    """Run the pending tasks ``payloads`` (task id → TaskSpec, in the order to run them) with workers that hold
+    ``model_refs`` (the first loaded at start, the others on first use), and record their results.
 
     ``on_event(kind, info)`` receives ``submitted``/``progress``/``done``/``failed``/``retry`` events for
     the progress display; ``should_stop()`` is polled (cancellation).
@@ -156,7 +169,7 @@ def execute(
     if device == "auto":
         device = "cuda" if options.gpus_per_worker else "cpu"
     workers = [
-        ModelWorker.options(**worker_opts).remote(model_ref, options.threads_per_worker, device, sink_name)
+        ModelWorker.options(**worker_opts).remote(list(model_refs), options.threads_per_worker, device, sink_name)
         for _ in range(n_workers)
     ]
     queue = list(payloads)  # task ids, in order

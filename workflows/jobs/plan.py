@@ -5,6 +5,11 @@ trust-checked, hashed), every candidate, element coverage — and stores the job
 in one transaction (:meth:`workflows.db.jobs.JobRepository.create`): a failure part-way leaves nothing behind.
 At run time :func:`task_specs` turns the stored rows back into :class:`TaskSpec`s, the typed payloads workers get:
 the candidate, the stage's protocol or NEB settings, and the pinned model a worker must have loaded.
+
+A job with an ``agreement_model`` pins a second model the same way and plans every stage of every candidate once
+more with it. Its tasks and results are ordinary ones keyed by (candidate, stage, protocol, model): the task key
+hashes the model's SHA-256, so it also says which of the plan's models a task runs (:func:`task_models`), and a
+second-model result computed before (by any job) is reused like any other.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class JobPlan(_StageSettings):
     """Everything a job's run needs besides its stored candidates and tasks (``jobs.plan_json``)."""
 
     model: PinnedModel
+    agreement_model: PinnedModel | None = Field(None, description="The second model every stage also runs with.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     ranking: RankingWeights = Field(default_factory=RankingWeights)
     candidate_failures: list[str] = Field(default_factory=list, description="Candidates of the job file not built.")
@@ -86,6 +92,11 @@ class JobPlan(_StageSettings):
     @property
     def stages(self) -> list[Stage]:
         return [s for s, part in ((Stage.TRANSPORT, self.transport), (Stage.NEB, self.neb)) if part is not None]
+
+    @property
+    def models(self) -> list[PinnedModel]:
+        """The primary model, then the agreement model if any."""
+        return [self.model] + ([self.agreement_model] if self.agreement_model is not None else [])
 
     def units(self, stage: Stage | str) -> int:
         """Progress units of one task of ``stage`` (temperatures for transport)."""
@@ -136,17 +147,27 @@ def plan_job(spec: JobSpec, settings: Settings, *, store=None) -> PlannedJob:
 
     store = store or Store.open(settings.db_url)
     loaded = load_model(spec.model, settings)  # resolves and checks trust now, not on a worker
-    built = build_candidates(spec, allowed_elements=set(loaded.elements))
+    second = None
+    if spec.agreement_model is not None:
+        second = load_model(spec.agreement_model, settings)
+        if second.sha256 == loaded.sha256:
+            raise InputError(f"agreement_model {spec.agreement_model} is the same model as model {spec.model} "
+                             f"(SHA-256 {loaded.sha256}); a model agrees with itself, so name a different one")
+    built = build_candidates(spec, allowed_elements=set(loaded.elements),
+                             agreement_elements=set(second.elements) if second is not None else None)
     failures = [f"{f.item} ({f.label}): {f.error_type}: {f.error}" for f in built.failures]
     if not built.candidates:
         raise InputError("no candidate of the job can be screened:\n  " + "\n  ".join(failures))
-    plan = JobPlan(model=PinnedModel(ref=spec.model, sha256=loaded.sha256), transport=spec.transport_protocol(),
-                   neb=spec.neb, resources=spec.resources, ranking=spec.ranking, candidate_failures=failures)
+    plan = JobPlan(model=PinnedModel(ref=spec.model, sha256=loaded.sha256),
+                   agreement_model=PinnedModel(ref=spec.agreement_model, sha256=second.sha256) if second else None,
+                   transport=spec.transport_protocol(), neb=spec.neb, resources=spec.resources, ranking=spec.ranking,
+                   candidate_failures=failures)
     tasks = []
-    for i, cand in enumerate(built.candidates):
-        for stage in plan.stages:
-            key = task_key(cand.structure_hash, stage, plan.protocol_hash(stage), loaded.sha256)
-            tasks.append(PlannedTask(i, stage, key, str(workdir_for(Path("."), key))))
+    for model in plan.models:  # the primary model's tasks first: they run first
+        for i, cand in enumerate(built.candidates):
+            for stage in plan.stages:
+                key = task_key(cand.structure_hash, stage, plan.protocol_hash(stage), model.sha256)
+                tasks.append(PlannedTask(i, stage, key, str(workdir_for(Path("."), key))))
     error = "candidates that could not be built:\n" + "\n".join(failures) if failures else None
     job_id = store.jobs.create(spec, model_sha256=loaded.sha256, plan=plan.model_dump(mode="json"),
                                candidates=built.candidates, tasks=tasks, error=error)
@@ -178,9 +199,28 @@ def load_plan(store, job_id: str, settings: Settings | None = None, *, required:
     return plan
 
 
+def task_models(store, job_id: str, plan: JobPlan, tasks) -> dict[int, PinnedModel]:
+    """Which of the plan's models each of ``tasks`` runs, by task id. The task key hashes the model's SHA-256, so the
+    key says it; a task whose key fits none of the plan's models is refused (InputError)."""
+    if plan.agreement_model is None:
+        return {t.id: plan.model for t in tasks}
+    hashes = {c.id: c.structure_hash for c in store.candidates.for_job(job_id)}
+    out = {}
+    for t in tasks:
+        stage = Stage(t.stage)
+        model = next((m for m in plan.models
+                      if task_key(hashes[t.candidate_id], stage, plan.protocol_hash(stage), m.sha256) == t.task_key), None)
+        if model is None:
+            raise InputError(f"task {t.id} of job {job_id} has a key that fits neither of its plan's models; the job's "
+                             "tasks do not match its plan (submit the job again)")
+        out[t.id] = model
+    return out
+
+
 def task_specs(store, job_id: str, plan: JobPlan, tasks, *, mlflow_run_id: str | None = None) -> dict[int, TaskSpec]:
-    """The typed payloads of ``tasks`` (TaskRecords of the job), by task id."""
+    """The typed payloads of ``tasks`` (TaskRecords of the job), by task id, each with the model it runs."""
     records = {c.id: c for c in store.candidates.for_job(job_id)}
+    models = task_models(store, job_id, plan, tasks)
     candidates: dict[int, Candidate] = {}
     out = {}
     for t in tasks:
@@ -188,7 +228,7 @@ def task_specs(store, job_id: str, plan: JobPlan, tasks, *, mlflow_run_id: str |
             candidates[t.candidate_id] = Candidate.from_cif_text(records[t.candidate_id].cif)
         stage = Stage(t.stage)
         out[t.id] = TaskSpec(task_id=t.id, task_key=t.task_key, stage=stage, candidate_id=t.candidate_id,
-                             candidate=candidates[t.candidate_id], model=plan.model,
+                             candidate=candidates[t.candidate_id], model=models[t.id],
                              transport=plan.transport if stage is Stage.TRANSPORT else None,
                              neb=plan.neb if stage is Stage.NEB else None, mlflow_run_id=mlflow_run_id)
     return out

@@ -5,6 +5,9 @@ already computed for the same candidate, protocol and model), records results th
 the job as an MLflow run. It is also ``resume``: tasks a dead driver left ``running`` go back to ``pending`` and
 continue from their checkpoints. The pinned model is checked before any worker starts: if its reference now
 resolves to other bytes (a moved alias), every pending task fails with both SHA-256s and nothing is stored.
+
+A job with an ``agreement_model`` runs the primary model's tasks first and then the second model's, on the same
+workers (:mod:`workflows.jobs.execute`); its ranking carries each candidate's model disagreement.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from mlip.errors import InputError, ModelMismatchError
 from screening.stages import Stage
 from workflows.jobs.execute import ExecutionOptions, RunSummary, execute, init_ray
 from workflows.jobs.layout import Layout, resolve_layout
-from workflows.jobs.plan import JobPlan, TaskSpec, load_plan, task_specs
+from workflows.jobs.plan import JobPlan, PinnedModel, TaskSpec, load_plan, task_models, task_specs
 
 SCREENING_EXPERIMENT = "ionscreen-screening"
 
@@ -117,8 +120,9 @@ def run_job(
     mlflow_run_id = _ensure_mlflow_run(store, job_id, plan, settings)
 
     tasks = store.tasks.list(job_id)
-    display = JobProgress({t.id: str(t.stage) for t in tasks}, {t.id: plan.units(t.stage) for t in tasks},
-                          stream=progress_stream, live=live)
+    models = task_models(store, job_id, plan, tasks)
+    display = JobProgress({t.id: _stage_label(plan, t.stage, models[t.id]) for t in tasks},
+                          {t.id: plan.units(t.stage) for t in tasks}, stream=progress_stream, live=live)
     pending = []
     for t in tasks:
         if t.state in ("done", "failed", "cancelled"):
@@ -128,12 +132,15 @@ def run_job(
             display.mark(t.id, "reused")
         else:
             pending.append(t)
-    mismatch = _model_mismatch(plan, settings) if pending else None
-    if mismatch is not None:
-        for t in pending:  # nothing runs under the wrong model: the tasks fail, naming both hashes
+    mismatches = {m.sha256: err for m in {models[t.id] for t in pending} if (err := _model_mismatch(m, settings))}
+    refused: dict[int, str] = {}
+    for t in pending:  # nothing runs under the wrong model: its tasks fail, naming both hashes
+        mismatch = mismatches.get(models[t.id].sha256)
+        if mismatch is not None:
             store.tasks.finish(t.id, "failed", error=f"{type(mismatch).__name__}: {mismatch}")
             display.mark(t.id, "failed")
-        pending = []
+            refused[t.id] = str(mismatch)
+    pending = [t for t in pending if t.id not in refused]
     payloads = task_specs(store, job_id, plan, pending, mlflow_run_id=mlflow_run_id)
 
     layout = _layout(plan, payloads, address, overrides, settings) if payloads else None
@@ -166,8 +173,11 @@ def run_job(
             last_check[1] = store.jobs.get(job_id).status == "cancelled"
         return last_check[1]
 
+    order = {m: i for i, m in enumerate(plan.models)}  # the primary model's tasks first (stable within a model)
+    payloads = dict(sorted(payloads.items(), key=lambda item: order[item[1].model]))
+    model_refs = list(dict.fromkeys(p.model.ref for p in payloads.values()))
     try:
-        summary = execute(store, job_id, plan.model.ref, payloads, options,
+        summary = execute(store, job_id, model_refs, payloads, options,
                           env=_worker_env(settings, options), on_event=on_event, should_stop=should_stop)
     except BaseException as err:
         if not isinstance(err, KeyboardInterrupt) and store.jobs.get(job_id).status == "running":
@@ -181,42 +191,74 @@ def run_job(
         n_done = sum(c.get("done", 0) for c in counts.values())
         status = "done" if n_done else "failed"
         store.jobs.set_status(job_id, status)
-    if mismatch is not None:
-        summary.failed += len(mismatch_ids := [t.id for t in store.tasks.list(job_id, state="failed")
-                                              if "ModelMismatchError" in (t.error or "")])
-        summary.errors.update({i: str(mismatch) for i in mismatch_ids})
+    summary.failed += len(refused)
+    summary.errors.update(refused)
     _finish_mlflow_run(store, job_id, plan, settings, summary)
     return summary
 
 
-def _model_mismatch(plan: JobPlan, settings: Settings) -> ModelMismatchError | None:
-    """The error to fail tasks with when the pinned reference now resolves to other bytes, else None."""
+def _stage_label(plan: JobPlan, stage, model: PinnedModel) -> str:
+    """The progress bar a task counts towards: its stage, and the second model's tasks apart."""
+    return str(stage) if model == plan.model else f"{stage} (agreement model)"
+
+
+def _model_mismatch(model: PinnedModel, settings: Settings) -> ModelMismatchError | None:
+    """The error to fail a model's tasks with when its pinned reference now resolves to other bytes, else None."""
     from mlip.loader import resolve
 
     try:
-        plan.model.check(resolve(plan.model.ref, settings).sha256)
+        model.check(resolve(model.ref, settings).sha256)
     except ModelMismatchError as err:
         return err
     return None
 
 
 def ranked(store, job_id: str, plan: JobPlan | None = None):
-    """The job's candidates ranked (best first, with the plan's weights) and the candidates without results."""
+    """The job's candidates ranked (best first, with the plan's weights) and the candidates without results.
+
+    With an agreement model, the primary model's results are ranked and each row carries its disagreement with the
+    second model's (``RankedRow.agreement``)."""
     from screening.ranking import rank
     from workflows.db.results import screened
 
     rows = store.results.for_job(job_id)
     weights = plan.ranking if plan is not None else None
     components = None
-    ranked_rows = rank(screened(rows), weights=weights, components=components) if rows else []
+    second = None
+    tasks = store.tasks.list(job_id)
+    models = {}
+    if plan is not None and plan.agreement_model is not None:
+        second_rows = [r for r in rows if r["model_sha256"] == plan.agreement_model.sha256]
+        rows = [r for r in rows if r["model_sha256"] == plan.model.sha256]
+        second = {c.structure_hash: c for c in screened(second_rows)}
+        models = task_models(store, job_id, plan, tasks)
+    ranked_rows = rank(screened(rows), weights=weights, components=components, second=second) if rows else []
     with_results = {r["structure_hash"] for r in rows}
     others = []
-    for t in store.tasks.list(job_id):
+    for t in tasks:
         cand = store.candidates.get(t.candidate_id)
         if cand.structure_hash not in with_results:
-            others.append({"name": cand.name, "formula": cand.formula, "stage": str(t.stage), "state": str(t.state),
-                           "error": t.error, "structure_hash": cand.structure_hash})
+            entry = {"name": cand.name, "formula": cand.formula, "stage": str(t.stage), "state": str(t.state),
+                     "error": t.error, "structure_hash": cand.structure_hash}
+            if models:  # which of the two models the task ran
+                entry["model_ref"] = models[t.id].ref
+            others.append(entry)
     return ranked_rows, others
+
+
+def job_agreements(store, job_id: str, plan: JobPlan | None) -> dict:
+    """Each candidate's disagreement between the job's two models (``screening.ranking.ModelAgreement``), by candidate
+    id, for candidates with a primary-model result; {} for a job without an agreement model."""
+    from screening.ranking import model_agreement
+    from workflows.db.results import screened
+
+    if plan is None or plan.agreement_model is None:
+        return {}
+    rows = store.results.for_job(job_id)
+    ids = {r["structure_hash"]: r["candidate_id"] for r in rows}
+    second = {c.structure_hash: c for c in screened([r for r in rows if r["model_sha256"] == plan.agreement_model.sha256])}
+    return {ids[c.structure_hash]: model_agreement(c, second.get(c.structure_hash), plan.ranking)
+            for c in screened([r for r in rows if r["model_sha256"] == plan.model.sha256])}
 
 
 def ranked_csv(ranked_rows) -> str:
@@ -246,6 +288,9 @@ def _ensure_mlflow_run(store, job_id: str, plan: JobPlan, settings: Settings) ->
     run_id = run.info.run_id
     params = {"job_name": job.name, "spec_hash": job.spec_hash, "model_ref": plan.model.ref,
               "model_sha256": plan.model.sha256}
+    if plan.agreement_model is not None:
+        params |= {"agreement_model_ref": plan.agreement_model.ref,
+                   "agreement_model_sha256": plan.agreement_model.sha256}
     for stage in plan.stages:
         params[f"{stage}_protocol_hash"] = plan.protocol_hash(stage)
         for key, value in plan.protocol_data(stage).items():

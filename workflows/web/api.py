@@ -248,9 +248,13 @@ def job_results(request: Request, job_id: JobId):
 
     store = _store(request)
     job = store.jobs.get(job_id)
-    rows, others = ranked(store, job.id, load_plan(store, job.id, request.app.state.settings, required=False))
-    return {"job_id": job.id, "status": str(job.status), "ranked": [r.model_dump(mode="json") for r in rows],
-            "not_ranked": others}
+    plan = load_plan(store, job.id, request.app.state.settings, required=False)
+    rows, others = ranked(store, job.id, plan)
+    document = {"job_id": job.id, "status": str(job.status), "ranked": [r.model_dump(mode="json") for r in rows],
+                "not_ranked": others}
+    if plan is not None and plan.agreement_model is not None:  # each row's `agreement` compares with this model
+        document["agreement_model"] = plan.agreement_model.model_dump(mode="json")
+    return document
 
 
 @router.get("/health", tags=["server"], summary="Liveness and schema revision")

@@ -66,8 +66,12 @@ def table(request: Request):
     except InputError as err:  # e.g. an unknown job id
         error = [{"loc": ["query", "job"], "msg": str(err)}]
         result = None
+    agreement_model, agreements = _job_agreements(request, query) if result is not None else (None, {})
+    columns = list(_COLUMNS)
+    if agreement_model is not None:  # a job screened with a second model: its disagreement, before the model column
+        columns.insert(-2, ("Δ models log10σ/eV", None, "num"))
     headers = []
-    for label, key, css in _COLUMNS:
+    for label, key, css in columns:
         if key is None:
             headers.append({"label": label, "href": None, "css": css, "active": None})
             continue
@@ -86,8 +90,26 @@ def table(request: Request):
         "csv_href": "/api/candidates.csv" + ("?" + query_string(query, page=1) if query_string(query, page=1) else ""),
         "page_href": lambda page: "?" + query_string(query, page=page),
         "sort_keys": list(SortKey),
+        "agreement_model": agreement_model,
+        "agreements": agreements,
     }
     return _render(request, "table.html", context, status_code=422 if error else 200)
+
+
+def _job_agreements(request: Request, query) -> tuple[Any, dict[int, Any]]:
+    """(the job's agreement model, ModelAgreement by candidate id) when the table shows one job screened with a
+    second model; (None, {}) otherwise."""
+    from workflows.jobs.plan import load_plan
+    from workflows.jobs.run import job_agreements
+
+    if query.job is None:
+        return None, {}
+    store = request.app.state.store
+    job = store.jobs.get(query.job)
+    plan = load_plan(store, job.id, request.app.state.settings, required=False)
+    if plan is None or plan.agreement_model is None:
+        return None, {}
+    return plan.agreement_model, job_agreements(store, job.id, plan)
 
 
 # ---------------------------------------------------------------------------------------------- a candidate

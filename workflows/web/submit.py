@@ -86,8 +86,10 @@ def check_file_references(data: Any) -> list[dict[str, Any]]:
     if not isinstance(data, dict):
         return []
     problems: list[dict[str, Any]] = []
-    model = data.get("model")
-    if isinstance(model, str):
+    for key in ("model", "agreement_model"):
+        model = data.get(key)
+        if not isinstance(model, str):
+            continue
         from mlip.refs import RefKind, parse_ref
 
         try:
@@ -95,7 +97,7 @@ def check_file_references(data: Any) -> list[dict[str, Any]]:
         except Exception:  # noqa: BLE001 - a malformed reference is the schema's to report
             is_path = False
         if is_path:
-            problems += _check_file_reference(model.strip(), ["model"])
+            problems += _check_file_reference(model.strip(), [key])
     candidates = data.get("candidates")
     if isinstance(candidates, list):
         for i, item in enumerate(candidates):

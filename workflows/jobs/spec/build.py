@@ -93,11 +93,13 @@ def check_simulation_size(cand, spec: JobSpec) -> None:
                               what=f"candidate {cand.name}: its NEB supercell (min_length_A = {length:g} Å)")
 
 
-def build_candidates(spec: JobSpec, allowed_elements: set[str] | None = None) -> BuiltCandidates:
+def build_candidates(spec: JobSpec, allowed_elements: set[str] | None = None, *,
+                     agreement_elements: set[str] | None = None) -> BuiltCandidates:
     """Materialise every candidate of ``spec``; a candidate that fails is reported and the others are built.
 
     ``allowed_elements`` (e.g. a model's element symbols): candidates with other elements fail with a
-    ModelDomainError message; candidates whose supercells exceed ``MAX_SIMULATION_ATOMS`` fail with an
+    ModelDomainError message; ``agreement_elements`` the same for the job's ``agreement_model`` (a candidate is
+    screened by both models or not at all); candidates whose supercells exceed ``MAX_SIMULATION_ATOMS`` fail with an
     InputError. Candidates with the same structure hash are kept once (first one wins).
     """
     from mlip.errors import ModelDomainError
@@ -108,13 +110,14 @@ def build_candidates(spec: JobSpec, allowed_elements: set[str] | None = None) ->
     for i, item in enumerate(spec.candidates):
         try:
             cand = _build_item(item, spec)
-            if allowed_elements is not None:
-                elements = {el.symbol for el in cand.structure.composition.elements}
-                outside = sorted(elements - set(allowed_elements))
+            elements = {el.symbol for el in cand.structure.composition.elements}
+            for covered, which, fix in ((allowed_elements, "the model", "a model"),
+                                        (agreement_elements, "the agreement model", "an agreement_model")):
+                outside = sorted(elements - set(covered)) if covered is not None else []
                 if outside:
                     raise ModelDomainError(
-                        f"{cand.name} contains {', '.join(outside)}, which the model does not cover "
-                        f"(it covers {', '.join(sorted(allowed_elements))}); use a model trained on these elements")
+                        f"{cand.name} contains {', '.join(outside)}, which {which} does not cover "
+                        f"(it covers {', '.join(sorted(covered))}); use {fix} trained on these elements")
             check_simulation_size(cand, spec)
         except Exception as err:  # noqa: BLE001 - one bad candidate must not stop the others; the error is reported
             log.warning("candidates[%d] (%s) failed: %s", i, item.label, err)

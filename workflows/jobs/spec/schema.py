@@ -398,11 +398,16 @@ class ResourcesSpec(_Strict):
 
 # ---------------------------------------------------------------------------------------------- the job
 class JobSpec(_Strict):
-    """A screening job: candidates × stages with one model, ranking weights and resources."""
+    """A screening job: candidates × stages with one model (and optionally a second one to compare with), ranking
+    weights and resources."""
 
     name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH, description="Job name ([A-Za-z0-9._-]+).")
     model: str = Field(max_length=MAX_REFERENCE_LENGTH,
                        description="Model reference (path, mace-mp:<name>, models:/<name>@<alias>, bundled:<name>).")
+    agreement_model: str | None = Field(
+        None, max_length=MAX_REFERENCE_LENGTH,
+        description="Optional second model reference: every stage runs with it too, and each candidate gets its "
+                    "model disagreement (ranking weight `disagreement`).")
     working_ion: str | None = Field(None, max_length=8,
                                     description="Ion for file candidates and cathode hosts that do not say.")
     candidates: list[CandidateSpec] = Field(min_length=1, max_length=MAX_CANDIDATES)
@@ -420,11 +425,13 @@ class JobSpec(_Strict):
             raise _multi(problems, "text the database cannot store")
         return data
 
-    @field_validator("model")
+    @field_validator("model", "agreement_model")
     @classmethod
-    def _model_ref(cls, value: str, info: ValidationInfo) -> str:
+    def _model_ref(cls, value: str | None, info: ValidationInfo) -> str | None:
         from mlip.refs import RefKind, parse_ref
 
+        if value is None:
+            return None
         raw = value.strip()
         try:
             ref = parse_ref(raw)  # InputError (a ValueError) listing the accepted forms
@@ -450,6 +457,9 @@ class JobSpec(_Strict):
     def _consistent(self):
         if self.transport is None and self.neb is None:
             raise _keyed((), "give at least one of transport: or neb: (nothing to compute)")
+        if self.agreement_model is not None and self.agreement_model == self.model:
+            raise _keyed(("agreement_model",), "is the same reference as model; a model agrees with itself, so name "
+                                               "a different model (or leave agreement_model out)")
         problems = []
         for i, item in enumerate(self.candidates):
             for sub, source in (((), item), (("substitute",), item.substitute), (("dope",), item.dope)):
