@@ -135,6 +135,11 @@ class SetRun:
     plots: list[Path] = field(default_factory=list)
     describe: dict = field(default_factory=dict)
 
+    @property
+    def entry_wall_s(self) -> float:
+        """Wall time of the finished entries as the journal recorded it (this run and earlier ones)."""
+        return float(sum(r.get("entry_wall_s") or 0.0 for r in self.records))
+
 
 @dataclass
 class ModelRun:
@@ -239,7 +244,9 @@ def format_figure(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return "–" if not math.isfinite(value) else f"{value:.3g}"
+        if not math.isfinite(value):
+            return "–"
+        return f"{value:.0f}" if 1e3 <= abs(value) < 1e7 else f"{value:.3g}"
     if _is_estimate(value):
         text = format_figure(value.get("value"))
         ci = value.get("ci95")
@@ -335,8 +342,8 @@ def render_report(models: Sequence[ModelRun], agreement: Mapping[str, list[dict]
                 lines.append(f"- {key}: `{text[:400]}`" if not isinstance(value, str) else f"- {key}: {text[:400]}")
             lines.append("")
         lines += ["Entries per model: " + "; ".join(
-            f"`{ref}` {len(r.records)} finished ({r.n_run_now} run now, {r.n_skipped} from the journal)"
-            for ref, r in runs.items()) + ".", ""]
+            f"`{ref}` {len(r.records)} finished ({r.n_run_now} run now, {r.n_skipped} from the journal), "
+            f"{r.entry_wall_s:.0f} s of entry wall time" for ref, r in runs.items()) + ".", ""]
         summaries = {ref: r.summary for ref, r in runs.items()}
         rows = _table_rows(summaries)
         lines += ["| figure | " + " | ".join(f"`{ref}`" for ref in runs) + " |",
@@ -593,6 +600,7 @@ def run_validation(
                         "sets": {name: {"fingerprint": r.fingerprint, "describe": r.describe, "figures": r.summary,
                                         "n_entries": len(r.records), "n_run_now": r.n_run_now,
                                         "n_from_journal": r.n_skipped, "wall_s_this_run": r.wall_s,
+                                        "entry_wall_s_total": r.entry_wall_s,
                                         "journal": _rel(r.directory / "journal.jsonl", out_dir),
                                         "plots": [_rel(p, out_dir) for p in r.plots]}
                                  for name, r in m.sets.items()}} for m in runs],
