@@ -43,6 +43,9 @@ class SlowSet:
         if os.environ.get("SLOW_SET_CALLS"):
             with open(os.environ["SLOW_SET_CALLS"], "a") as fh:
                 fh.write(entry.key + "\n")
+        if entry.key == os.environ.get("SLOW_SET_FAIL"):
+            (context.workdir / "attempt").write_text("failed")
+            return {"status": EntryStatus.FAILED.value, "error": "told to fail"}
         i = entry.data["i"]
         forward = context.model_ref.startswith("bundled:")
         return {"status": EntryStatus.OK.value, "value": float(i if forward else -i),
@@ -128,6 +131,27 @@ def test_validate_resumes_after_a_kill_without_redoing_entries(tmp_path, slow_se
     again = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu")
     assert again.models[0].sets["slow"].n_run_now == 0
     assert len(calls.read_text().split()) == len(called)
+
+
+def test_failed_entries_stay_done_unless_retried_from_a_clean_directory(tmp_path, slow_set, monkeypatch):
+    from workflows.validate import run_validation
+
+    calls = tmp_path / "calls.log"
+    monkeypatch.setenv("SLOW_SET_CALLS", str(calls))
+    monkeypatch.setenv("SLOW_SET_ELEMENT", "Cu")
+    monkeypatch.setenv("SLOW_SET_FAIL", "e1")
+    out = tmp_path / "out"
+    first = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu")
+    assert first.models[0].sets["slow"].records[1]["status"] == "failed"
+    assert "failed: told to fail" in (out / "report.md").read_text()
+    [attempt] = out.glob("models/*/slow/*/entries/e1-*/attempt")
+    monkeypatch.delenv("SLOW_SET_FAIL")
+    run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu")
+    assert calls.read_text().split().count("e1") == 1 and attempt.exists()  # a failure is a finished entry
+    retried = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu", retry_failed=True)
+    assert retried.models[0].sets["slow"].n_run_now == 1 and not attempt.exists()
+    assert calls.read_text().split().count("e1") == 2
+    assert retried.models[0].sets["slow"].records[1]["status"] == "ok"
 
 
 def test_journal_skips_a_line_cut_by_a_kill(tmp_path):

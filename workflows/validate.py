@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +200,8 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
                 record = {"status": EntryStatus.UNCOVERED.value, "missing_elements": missing}
             else:
                 workdir = directory / "entries" / _safe(entry.key)
+                if prior is not None and workdir.exists():  # a retried failure starts afresh, not from its checkpoints
+                    shutil.rmtree(workdir)
                 workdir.mkdir(parents=True, exist_ok=True)
                 context = RunContext(
                     model_ref=loaded.ref, model_sha256=loaded.sha256, loaded=loaded,

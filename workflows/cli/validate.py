@@ -28,7 +28,7 @@ def validate(
     device: DeviceOpt = "auto",
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Output directory (journals, plots, report); default $IONSCREEN_HOME/validation.")] = None,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run entries the journal holds as failed again.")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run entries the journal holds as failed again (from a clean work directory).")] = False,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log the run to MLflow.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
