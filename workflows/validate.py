@@ -280,6 +280,8 @@ def flat_metrics(summary: Mapping[str, Any], prefix: str) -> dict[str, float]:
                 out[f"{name}.value"] = float(value["value"])
             if value.get("ci95"):
                 out[f"{name}.ci95_lo"], out[f"{name}.ci95_hi"] = map(float, value["ci95"])
+            if isinstance(value.get("n"), int):
+                out[f"{name}.n"] = float(value["n"])
         elif isinstance(value, Mapping):
             out.update(flat_metrics(value, name))
     return out
