@@ -388,7 +388,7 @@ def _entry_cell(record: Mapping[str, Any]) -> str:
     if status == EntryStatus.UNCOVERED.value:
         return "uncovered (" + " ".join(record.get("missing_elements", [])) + ")"
     if status == EntryStatus.FAILED.value:
-        return "failed: " + str(record.get("error", "")).replace("|", "/")[:80]
+        return "failed: " + str(record.get("error", "")).replace("|", "/")[:140]
     parts = []
     if record.get("shown"):  # the set's own one-line summary of the entry
         parts.append(str(record["shown"]))

@@ -354,7 +354,7 @@ class ConductivitySet:
         consistent = [r for r in bounds if r.get("measured_bound") is None]
         out["bounds_consistent"] = sum(r["measured_S_cm"] <= r["predicted_upper_bound_S_cm"] for r in consistent)
         out["bounds_checked"] = len(consistent)
-        walls = [r["wall_s"] for r in ok if r.get("wall_s") is not None]
+        walls = [r["wall_s"] for r in records if r.get("wall_s") is not None]
         out["wall_s_total"] = float(sum(walls))
         out["rule"] = ("ρ and τ over every finished entry, bounds ranked as bounds (recensored at the highest bound, "
                        "screening.validation.stats); MAE over entries where model and experiment both give a number")
@@ -407,7 +407,7 @@ class ConductivitySet:
         ax.set_ylabel("model log10 σ(300 K) (S/cm)")
         ax.set_title(f"{title}\nconductivity parity ({len(ok)} entries; dashed: one decade)", fontsize=9)
         if ok:
-            ax.legend(fontsize=7, loc="upper left")
+            ax.legend(fontsize=7, loc="lower right")
         path = out_dir / "conductivity_parity.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         paths.append(path)
