@@ -442,6 +442,42 @@ def write_card(model: ModelRun, model_dir: Path, settings: Settings, registry_ve
     return path
 
 
+
+MODEL_SUMMARY = "validation.json"  # per model directory: the latest figures of each set (the browser's model page)
+
+
+def write_model_summary(model: ModelRun, model_dir: Path, *, params: Mapping[str, Any], command: str) -> Path:
+    """Merge this run's sets into ``models/<sha>/validation.json``: per set the latest figures, plots (relative to
+    the model directory), entry counts and the command, so that a page can show every model's track record."""
+    path = model_dir / MODEL_SUMMARY
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        data = {}
+    sets = data.get("sets") if isinstance(data.get("sets"), dict) else {}
+    for name, run in model.sets.items():
+        sets[name] = {"fingerprint": run.fingerprint, "describe": run.describe, "figures": run.summary,
+                      "n_entries": len(run.records), "plots": [_rel(p, model_dir) for p in run.plots],
+                      "mlflow_run_id": model.mlflow_run_id, "command": command, "params": dict(params),
+                      "updated_utc": _now()}
+    data = {"ref": model.ref, "sha256": model.sha256, "family": model.family, "elements": model.elements,
+            "registered": model.registered, "sets": sets}
+    atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")
+    return path
+
+
+def read_model_summary(validation_dir: Path, sha256: str) -> dict | None:
+    """The model's ``validation.json`` under ``validation_dir`` (``$IONSCREEN_HOME/validation``), or None."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        return None
+    path = validation_dir / "models" / sha256[:16] / MODEL_SUMMARY
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if data.get("sha256") == sha256 else None
+
+
 def _fetch_card(run_id: str, settings: Settings, model_dir: Path):
     from mlflow.exceptions import MlflowException
 
@@ -620,6 +656,7 @@ def run_validation(
             start_mlflow_run(model, settings)
     for model, (_, _, version) in zip(runs, loaded_models):
         model.card_path = write_card(model, out_dir / "models" / model.sha256[:16], settings, version)
+        write_model_summary(model, out_dir / "models" / model.sha256[:16], params=params, command=command)
     report_md, report_json = write_report()
     if mlflow:
         for model, (_, _, version) in zip(runs, loaded_models):

@@ -117,6 +117,15 @@ class ResultRepository(Repository):
 
         return self._run(work, write=False)
 
+    def model_refs(self, model_sha256: str) -> list[str]:
+        """The references under which results of the model with this SHA-256 were computed (sorted, distinct)."""
+
+        def work(session: Session) -> list[str]:
+            query = sa.select(Result.model_ref).where(Result.model_sha256 == model_sha256).distinct()
+            return sorted(session.scalars(query))
+
+        return self._run(work, write=False)
+
     def get(self, result_id: int) -> dict[str, Any]:
         """One result row by id (its columns plus the candidate's identity columns)."""
 

@@ -23,7 +23,7 @@ from workflows.web.documents import (
     read_profile,
     result_file,
 )
-from workflows.web.params import CandidateId, HopIndex, JobId, ResultId
+from workflows.web.params import CandidateId, HopIndex, JobId, ModelSha256, ResultId
 from workflows.web.sessions import SESSION_COOKIE
 from workflows.web.structures import safe_stem, viewer_cif
 from workflows.web.views import QueryError, browse_query, mlflow_run_url, query_string
@@ -186,6 +186,45 @@ def job_page(request: Request, job_id: JobId):
     return _render(request, "job.html", {"job": job, "counts": store.tasks.counts(job.id), "tasks": tasks[:500],
                                          "n_tasks": len(tasks), "names": names,
                                          "table_href": "/?" + urlencode({"job": job.id})})
+
+
+# ---------------------------------------------------------------------------------------------- models
+def _model_validation(request: Request, sha256: str) -> dict | None:
+    from workflows.validate import read_model_summary
+
+    return read_model_summary(request.app.state.settings.home / "validation", sha256)
+
+
+@pages.get("/models/{sha256}", response_class=HTMLResponse)
+def model_page(request: Request, sha256: ModelSha256):
+    """A model's track record: the figures of every validation set run on this server (``ionscreen validate``
+    writes them under ``$IONSCREEN_HOME/validation``), with their plots; linked from every result it computed."""
+    validation = _model_validation(request, sha256)
+    refs = request.app.state.store.results.model_refs(sha256)
+    if validation is None and not refs:
+        raise HTTPException(404, f"no results and no validation on record for model {sha256[:16]}…")
+    from workflows.validate import format_figure
+
+    sets = []
+    for name, entry in sorted((validation or {}).get("sets", {}).items()):
+        figures = [(k, format_figure(v)) for k, v in entry.get("figures", {}).items()
+                   if not isinstance(v, (dict, list))]
+        plots_ = [p for p in entry.get("plots", []) if isinstance(p, str) and p.endswith(".png")]
+        sets.append({"name": name, "figures": figures, "plots": plots_, "entry": entry})
+    return _render(request, "model.html", {"sha256": sha256, "validation": validation, "sets": sets, "refs": refs})
+
+
+@pages.get("/models/{sha256}/files/{relative:path}")
+def model_plot(request: Request, sha256: ModelSha256, relative: str):
+    """A validation plot of the model: only files its validation summary lists."""
+    validation = _model_validation(request, sha256)
+    listed = {p for entry in (validation or {}).get("sets", {}).values() for p in entry.get("plots", [])}
+    if relative not in listed:
+        raise HTTPException(404, f"no validation plot {relative!r} for model {sha256[:16]}…")
+    path = request.app.state.settings.home / "validation" / "models" / sha256[:16] / relative
+    if not path.is_file():
+        raise HTTPException(404, f"validation plot {relative!r} is listed but missing")
+    return FileResponse(path, media_type="image/png")
 
 
 # ---------------------------------------------------------------------------------------------- plots and files

@@ -25,6 +25,8 @@ CandidateId = Annotated[int, _id("candidate")]
 ResultId = Annotated[int, _id("result")]
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, min_length=4, max_length=32,
                             description="The job's id (32 hex digits) or a unique prefix of at least 4.")]
+ModelSha256 = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", min_length=64, max_length=64,
+                                  description="The model's SHA-256 (64 lowercase hex digits).")]
 HopIndex = Annotated[int, Path(ge=0, lt=ID_LIMIT, description="The hop's index in the NEB document (from 0).")]
 
-__all__ = ["ID_LIMIT", "JOB_ID_PATTERN", "CandidateId", "HopIndex", "JobId", "ResultId"]
+__all__ = ["ID_LIMIT", "JOB_ID_PATTERN", "CandidateId", "HopIndex", "JobId", "ModelSha256", "ResultId"]
