@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import socket
-import threading
 import time
 
 import numpy as np
@@ -19,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from workflows.db import Store
 from webfuzz import NoLaunch
+from webserve import served
 
 V1 = "/optimade/v1"
 SIGMA = "_ionscreen_conductivity_300k_ms_cm"
@@ -43,28 +42,15 @@ def client(web_home):
 
 @pytest.fixture(scope="module")
 def server(web_sample_template, tmp_path_factory):
-    """uvicorn on loopback in a thread, serving a copy of the sample database (as test_web_browser.py does)."""
-    import uvicorn
-
+    """uvicorn on loopback in a thread, serving a copy of the sample database."""
     from mlip.config import load_settings
 
     template, sample = web_sample_template
     home = tmp_path_factory.mktemp("optimade") / "home"
     shutil.copytree(template, home)
     settings = load_settings({"IONSCREEN_HOME": str(home)})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", settings, sample
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with served(_app(settings)) as url:
+        yield url, settings, sample
 
 
 def documents(client) -> dict[str, dict]:

@@ -11,15 +11,13 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from webfuzz import NoLaunch
+from webserve import served
 
 CHROMIUM = os.environ.get("IONSCREEN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -36,17 +34,9 @@ def _chromium_present():
         pytest.fail(f"{CHROMIUM} not found: apt-get install -y chromium (or set IONSCREEN_CHROMIUM)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(web_sample_template, tmp_path_factory):
     """uvicorn on loopback in a thread, serving a copy of the sample database."""
-    import uvicorn
-
     from mlip.config import load_settings
     from workflows.web import create_app
 
@@ -56,17 +46,8 @@ def server(web_sample_template, tmp_path_factory):
     settings = load_settings({"IONSCREEN_HOME": str(home)})
 
     app = create_app(settings, launcher=NoLaunch(), refresh_interval_s=0)  # the browser tests submit nothing
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", sample, settings
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with served(app) as url:
+        yield url, sample, settings
 
 
 @pytest.fixture(scope="module")

@@ -131,26 +131,28 @@ def _rank_rows(keys: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(keys).any(axis=-1, keepdims=True), 1.0, ranks)
 
 
-def spearman(x, y, x_bounds=None, y_bounds=None) -> float | None:
-    """Spearman ρ of the censored ranks (scipy's ``spearmanr`` of them); None when it is undefined."""
+def _rank_pair(x, y, x_bounds, y_bounds) -> tuple[np.ndarray, np.ndarray] | None:
+    """The censored ranks of both samples, or None when a rank correlation is undefined (too few pairs, or one
+    sample without any order)."""
     x, y = _checked_pairs(x, y)
     if len(x) < MIN_N_RANK:
         return None
     rx, ry = censored_ranks(x, x_bounds), censored_ranks(y, y_bounds)
     if np.ptp(rx) == 0 or np.ptp(ry) == 0:
         return None
-    return float(sstats.spearmanr(rx, ry).statistic)
+    return rx, ry
+
+
+def spearman(x, y, x_bounds=None, y_bounds=None) -> float | None:
+    """Spearman ρ of the censored ranks (scipy's ``spearmanr`` of them); None when it is undefined."""
+    ranks = _rank_pair(x, y, x_bounds, y_bounds)
+    return None if ranks is None else float(sstats.spearmanr(*ranks).statistic)
 
 
 def kendall_tau_b(x, y, x_bounds=None, y_bounds=None) -> float | None:
     """Kendall τ-b (ties corrected) of the censored ranks (scipy's ``kendalltau``); None when undefined."""
-    x, y = _checked_pairs(x, y)
-    if len(x) < MIN_N_RANK:
-        return None
-    rx, ry = censored_ranks(x, x_bounds), censored_ranks(y, y_bounds)
-    if np.ptp(rx) == 0 or np.ptp(ry) == 0:
-        return None
-    return float(sstats.kendalltau(rx, ry, variant="b").statistic)
+    ranks = _rank_pair(x, y, x_bounds, y_bounds)
+    return None if ranks is None else float(sstats.kendalltau(*ranks, variant="b").statistic)
 
 
 def _tau_b_rows(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
