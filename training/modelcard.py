@@ -20,6 +20,8 @@ class DatasetSummary(BaseModel):
     split_counts: dict[str, int]
     element_atom_counts: dict[str, int]
     config_type_counts: dict[str, int]
+    split_group_by: str | None = Field(None, description="The info key whose value keeps frames in one split "
+                                       "(e.g. host); None: split by each frame's structure hash.")
     sources: list[str] = Field(default_factory=list, description="Source files as imported (name, format, frames).")
 
 
@@ -156,7 +158,7 @@ def render_markdown(card: ModelCard) -> str:
         "## Data",
         "",
         f"Dataset `{ds.path}`, hash `{ds.dataset_hash}`: {ds.n_frames} frames, {ds.n_atoms} atoms. "
-        f"Splits (by structure hash): train {ds.split_counts.get('train', 0)}, valid {ds.split_counts.get('valid', 0)}, "
+        f"Splits ({'grouped by ' + ds.split_group_by if ds.split_group_by else 'by structure hash'}): train {ds.split_counts.get('train', 0)}, valid {ds.split_counts.get('valid', 0)}, "
         f"test {ds.split_counts.get('test', 0)}.",
         "",
         "Atoms per element: " + ", ".join(f"{k} {v}" for k, v in ds.element_atom_counts.items()) + ".",

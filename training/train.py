@@ -1033,7 +1033,7 @@ def _model_card(run: _Run, fit: _Fit, trained: _Trained, evaluation: _Evaluation
         dataset=DatasetSummary(
             path=str(inputs.dataset_dir), dataset_hash=inputs.ds.hash, n_frames=m.n_frames, n_atoms=m.n_atoms,
             split_counts=m.split_counts, element_atom_counts=m.element_atom_counts,
-            config_type_counts=m.config_type_counts,
+            config_type_counts=m.config_type_counts, split_group_by=m.split.group_by,
             sources=[f"{Path(s.file).name} ({s.format}, {s.n_accepted} frames accepted)" for s in m.sources],
         ),
         epochs_run=fit.epochs_run, best_valid=fit.best_valid, test=evaluation.test_report,
