@@ -7,6 +7,10 @@ per hop (wall and CPU seconds: on a shared machine the CPU time is the cost) and
 0.5 eV) and a parity plot ``OUT/barriers_parity.png``. Usage (a shared machine: one thread, in the background):
 
     OMP_NUM_THREADS=1 nohup python benchmarks/validate_barriers.py --model chgnet:0.3.0 --out bench-barriers &
+
+Measured (CHGNet 0.3.0, one thread, the 2-core machine shared with a training run and other tests, load 3-7):
+the 42-hop subset took 95 min of wall time and 65 min of CPU (15 s to 7.5 min per hop); 39 hops gave a barrier,
+MAE 0.294 eV, RMSE 0.440 eV, mean signed error +0.019 eV, good/poor at 0.5 eV right for 74 %.
 """
 
 from __future__ import annotations
