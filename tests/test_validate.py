@@ -224,7 +224,8 @@ def test_model_card_renders_the_validation_section():
         n_params=1, dtype="float64", r_max_A=5.0, heads=["Default"], mode="scratch", architecture={},
         hyperparameters={}, e0s_eV={}, e0s_method="given", epochs_run=1, mace_version="x", ionscreen_version="y",
         dataset=type("D", (), {"path": "d", "dataset_hash": "h", "n_frames": 1, "n_atoms": 1, "split_counts": {},
-                               "element_atom_counts": {}, "config_type_counts": {}, "sources": []})())
+                               "element_atom_counts": {}, "config_type_counts": {}, "split_group_by": None,
+                               "sources": []})())
     assert "## Validation" not in render_markdown(card)
     card.validation = [ValidationFigures(set="conductivity", fingerprint="f" * 64, created_utc="now",
                                          figures={"spearman_rho": "0.7 [0.2, 0.9] (n=12)"}, mlflow_run_id="abc")]
