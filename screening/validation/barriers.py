@@ -69,7 +69,9 @@ def host_name(sys_name: str) -> str:
 
 
 @functools.cache
-def _read_frames(path: Path) -> tuple:
+def read_endpoint_frames(path: Path) -> tuple:
+    """Every frame of a gzipped endpoint file (initial, final, initial, ...), read once per process; shared, so
+    callers copy before they change a frame."""
     import io
 
     import ase.io
@@ -87,7 +89,7 @@ def _read_frames(path: Path) -> tuple:
 @functools.cache
 def _hop_table(path: Path) -> tuple[ValidationEntry, ...]:
     """Every hop of the data file in file order."""
-    frames = _read_frames(path)
+    frames = read_endpoint_frames(path)
     entries = []
     for index in range(len(frames) // 2):
         initial, final = frames[2 * index], frames[2 * index + 1]
@@ -114,7 +116,7 @@ def _check_hop(path: Path, index: int, convention: PathConvention):
     the data's ion); an ``EndpointError`` names what is wrong."""
     from screening.neb.endpoints import check_endpoint_pair
 
-    initial, final = _read_frames(path)[2 * index: 2 * index + 2]
+    initial, final = read_endpoint_frames(path)[2 * index: 2 * index + 2]
     key = _hop_table(path)[index].key
     return check_endpoint_pair(initial, final, names=(f"{key} initial", f"{key} final"), moving_index=0,
                                ion=str(initial.info["ion"]), path=convention)

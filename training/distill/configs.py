@@ -16,7 +16,6 @@ list every frame's origin and the dataset can be split by structure (``data impo
 from __future__ import annotations
 
 import argparse
-import gzip
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -81,10 +80,9 @@ def library_hosts(skipped: list[Skipped]) -> Iterator[Host]:
 
 def barrier_hosts(path: Path, skipped: list[Skipped]) -> Iterator[Host]:
     """Both endpoints of every hop and the midpoint between them (the moving ion is atom 0 in both)."""
-    from ase.io import read
+    from screening.validation.barriers import read_endpoint_frames
 
-    with gzip.open(path, "rt") as fh:
-        frames = read(fh, index=":", format="extxyz")
+    frames = read_endpoint_frames(path)
     for k in range(0, len(frames) - 1, 2):
         initial, final = frames[k], frames[k + 1]
         name = f"{initial.info.get('sys_name')}#{initial.info.get('jid')}"
