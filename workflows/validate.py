@@ -141,6 +141,11 @@ class SetRun:
         """Wall time of the finished entries as the journal recorded it (this run and earlier ones)."""
         return float(sum(r.get("entry_wall_s") or 0.0 for r in self.records))
 
+    def document(self, root: Path) -> dict:
+        """What the report and the model's validation.json both say of this set (plots relative to ``root``)."""
+        return {"fingerprint": self.fingerprint, "describe": self.describe, "figures": self.summary,
+                "n_entries": len(self.records), "plots": [_rel(p, root) for p in self.plots]}
+
 
 @dataclass
 class ModelRun:
@@ -456,10 +461,8 @@ def write_model_summary(model: ModelRun, model_dir: Path, *, params: Mapping[str
         data = {}
     sets = data.get("sets") if isinstance(data.get("sets"), dict) else {}
     for name, run in model.sets.items():
-        sets[name] = {"fingerprint": run.fingerprint, "describe": run.describe, "figures": run.summary,
-                      "n_entries": len(run.records), "plots": [_rel(p, model_dir) for p in run.plots],
-                      "mlflow_run_id": model.mlflow_run_id, "command": command, "params": dict(params),
-                      "updated_utc": _now()}
+        sets[name] = {**run.document(model_dir), "mlflow_run_id": model.mlflow_run_id, "command": command,
+                      "params": dict(params), "updated_utc": _now()}
     data = {"ref": model.ref, "sha256": model.sha256, "family": model.family, "elements": model.elements,
             "registered": model.registered, "sets": sets}
     atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")
@@ -638,12 +641,10 @@ def run_validation(
             "models": [{"ref": m.ref, "sha256": m.sha256, "family": m.family, "registered": m.registered,
                         "mlflow_run_id": m.mlflow_run_id,
                         "card": _rel(m.card_path, out_dir) if m.card_path else None,
-                        "sets": {name: {"fingerprint": r.fingerprint, "describe": r.describe, "figures": r.summary,
-                                        "n_entries": len(r.records), "n_run_now": r.n_run_now,
+                        "sets": {name: {**r.document(out_dir), "n_run_now": r.n_run_now,
                                         "n_from_journal": r.n_skipped, "wall_s_this_run": r.wall_s,
                                         "entry_wall_s_total": r.entry_wall_s,
-                                        "journal": _rel(r.directory / "journal.jsonl", out_dir),
-                                        "plots": [_rel(p, out_dir) for p in r.plots]}
+                                        "journal": _rel(r.directory / "journal.jsonl", out_dir)}
                                  for name, r in m.sets.items()}} for m in runs],
             "agreement": agreement,
         }
