@@ -119,6 +119,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
     driver_pid: Mapped[int | None]
     driver_host: Mapped[str | None] = mapped_column(sa.Text)
+    submitted_by: Mapped[str | None] = mapped_column(sa.Text, doc="API token name, or user@host for the CLI")
 
 
 class Candidate(Base):
@@ -171,6 +172,9 @@ class Task(Base):
     finished_utc: Mapped[datetime | None]
     worker: Mapped[str | None] = mapped_column(sa.Text)
     reused_result: Mapped[bool] = mapped_column(default=False)
+    node: Mapped[str | None] = mapped_column(sa.Text, doc="the Ray node (host, address) of the latest attempt")
+    attempts_json: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        sa.JSON(none_as_null=True), doc="every attempt: node, worker, started_utc, ended_utc, outcome, error")
 
 
 class Result(Base):

@@ -170,6 +170,7 @@ class JobRecord(_Snapshot):
     error: str | None
     driver_pid: int | None
     driver_host: str | None
+    submitted_by: str | None = Field(None, description="API token name, or user@host for the command line")
 
 
 class TaskRecord(_Snapshot):
@@ -189,6 +190,8 @@ class TaskRecord(_Snapshot):
     finished_utc: datetime | None
     worker: str | None
     reused_result: bool = Field(description="done by reusing a result computed earlier for the same task_key")
+    node: str | None = Field(None, description="the Ray node of the latest attempt")
+    attempts_json: list[dict[str, Any]] | None = Field(None, description="every attempt: node, worker, times, outcome")
 
 
 class CandidateRecord(_Snapshot):
