@@ -1,13 +1,17 @@
 # Shared by .ci/test and .ci/demo (sourced, not run): the system programs the real components need, and the
 # project's virtual environment. Run from the repository root.
 
-# CP2K with its basis/potential data (DFT labelling) and Chromium (the browser tests), from Debian's packages:
+# CP2K with its basis/potential data (DFT labelling), Chromium (the browser tests) and SLURM with munge (the SLURM
+# recipe's test), from Debian's packages:
 # through apt when this user can (root, or sudo without a password), otherwise a message naming what to install.
 ensure_system_packages() {
     local missing=""
     command -v cp2k_shell >/dev/null 2>&1 || missing="$missing cp2k"
     [ -f /usr/share/cp2k/GTH_POTENTIALS ] || missing="$missing cp2k-data"
     command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+    # the one-host SLURM of tests/test_cluster_slurm.py (daemons live in /usr/sbin, often off a user's PATH)
+    command -v slurmctld >/dev/null 2>&1 || [ -x /usr/sbin/slurmctld ] || missing="$missing slurm-wlm"
+    command -v munged >/dev/null 2>&1 || [ -x /usr/sbin/munged ] || missing="$missing munge"
     [ -z "$missing" ] && return 0
     local apt=""
     if [ "$(id -u)" -eq 0 ]; then
