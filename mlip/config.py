@@ -2,7 +2,10 @@
 
 Settings come from, in increasing priority: built-in defaults, a TOML config file
 (``$IONSCREEN_CONFIG``, else ``$IONSCREEN_HOME/config.toml``), and environment variables.
-Defaults are the embedded, one-machine setup: everything under one data directory.
+Defaults are the embedded, one-machine setup: everything under one data directory. A team points every host at
+shared services instead: the job store on PostgreSQL (``db_url``), an MLflow tracking server
+(``mlflow_tracking_uri = "http://host:5000"``, which then also stores and serves the artifacts) and a Ray
+cluster (``ray_address``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Settings:
     api_reads_require_token: bool = False
     mlflow_ui_url: str | None = None
     registry_signing_key_file: Path | None = None
+    ray_address: str | None = None
     config_file: Path | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -44,6 +48,18 @@ class Settings:
     def model_cache_dir(self) -> Path:
         """mace-torch's download cache for foundation models (``$XDG_CACHE_HOME/mace``)."""
         return _default_mace_cache_dir().resolve()
+
+    @property
+    def mlflow_is_server(self) -> bool:
+        """Whether MLflow is a tracking server (http/https) rather than a database this process opens itself."""
+        return is_tracking_server(self.mlflow_tracking_uri)
+
+    def experiment_artifact_location(self, experiment: str) -> str | None:
+        """Where a new MLflow experiment keeps its artifacts: under ``mlflow_artifact_location``, or None (the
+        tracking server's own root: ``mlflow-artifacts:/`` when it serves artifacts) when that is empty."""
+        if not self.mlflow_artifact_location:
+            return None
+        return self.mlflow_artifact_location.rstrip("/") + "/" + experiment
 
     @property
     def trust_store_path(self) -> Path:
@@ -94,7 +110,15 @@ _KEYS = {
     "mlflow_ui_url": str,
     # the team's shared secret for signing registered models (see mlip.signing); a file readable only by its owner
     "registry_signing_key_file": str,
+    # a Ray cluster for `ionscreen screen` and `jobs resume` ("auto", "ray://head:10001", "head:6379"): used when
+    # neither --address nor RAY_ADDRESS is given; unset: an in-process Ray instance
+    "ray_address": str,
 }
+
+
+def is_tracking_server(uri: str) -> bool:
+    """An MLflow tracking URI that names a server (``http(s)://host:port``), as opposed to a local store."""
+    return uri.split(":", 1)[0].strip().lower() in {"http", "https"}
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -131,12 +155,17 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     defaults = {
         "db_url": f"sqlite:///{home / 'ionscreen.db'}",
         "mlflow_tracking_uri": f"sqlite:///{home / 'mlflow.db'}",
-        "mlflow_artifact_location": (home / "mlartifacts").as_uri(),
     }
     for key, value in defaults.items():
         if key not in values:
             values[key] = value
             sources[key] = "default"
+    # Artifacts: a tracking server keeps them (an empty location lets it choose: its served mlflow-artifacts:/ root,
+    # which every host reaches); a local store keeps them under the data directory. Empty counts as unset.
+    if not values.get("mlflow_artifact_location"):
+        server = is_tracking_server(str(values["mlflow_tracking_uri"]))
+        values["mlflow_artifact_location"] = "" if server else (home / "mlartifacts").as_uri()
+        sources["mlflow_artifact_location"] = "default"
 
     return Settings(
         home=home,
@@ -149,20 +178,23 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         mlflow_ui_url=str(values["mlflow_ui_url"]).rstrip("/") if values.get("mlflow_ui_url") else None,
         registry_signing_key_file=(Path(str(values["registry_signing_key_file"])).expanduser().resolve()
                                    if values.get("registry_signing_key_file") else None),
+        ray_address=str(values.get("ray_address") or "").strip() or None,
         config_file=config_file if config_file.is_file() else None,
         sources=sources,
     )
 
 
 def mask_password(url: str) -> str:
-    """``url`` with the password of its ``user:password@`` part replaced by ``***`` (for printing and logs).
+    """``url`` with the password of its ``user:password@`` part (and a ``password=`` query parameter, which libpq
+    reads too) replaced by ``***`` (for printing and logs).
 
     Follows SQLAlchemy's reading, in which a password may hold ``/`` (``postgresql://u:pa/ss@h/db``), and masks
     up to the last ``@``: masking too much is harmless, showing part of a password is not."""
-    return _USER_PASSWORD.sub(r"\1***@", url, count=1)
+    return _QUERY_PASSWORD.sub(r"\1***", _USER_PASSWORD.sub(r"\1***@", url, count=1))
 
 
 _USER_PASSWORD = re.compile(r"^([A-Za-z][\w+.-]*://[^:/@]*:).*@", re.DOTALL)
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 def settings_as_dict(settings: Settings) -> dict[str, str]:
@@ -172,9 +204,11 @@ def settings_as_dict(settings: Settings) -> dict[str, str]:
         if f.name == "sources":
             continue
         out[f.name] = mask_password(str(getattr(settings, f.name)))
+    if not settings.mlflow_artifact_location:
+        out["mlflow_artifact_location"] = "(the MLflow tracking server's)"
     out["model_cache_dir"] = str(settings.model_cache_dir)
     out["trust_store"] = str(settings.trust_store_path)
     return out
 
 
-__all__ = ["Settings", "load_settings", "mask_password", "settings_as_dict", "replace"]
+__all__ = ["Settings", "is_tracking_server", "load_settings", "mask_password", "settings_as_dict", "replace"]

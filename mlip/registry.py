@@ -8,6 +8,7 @@ a summary (elements, parameter count, dtype). The artifact is downloaded once in
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,34 +107,43 @@ def list_versions(settings: Settings) -> list[RegistryVersion]:
 
 
 def fetch_model_file(version: RegistryVersion, settings: Settings) -> Path:
-    """Download the version's ``.model`` artifact (once) and return its local path."""
+    """Download the version's ``.model`` artifact (once) and return its local path.
+
+    Safe when several processes or threads of one data directory ask at once (jobs submitted together, workers
+    starting): one downloads, under a lock, into a staging directory that is renamed into place complete."""
     import mlflow.artifacts
 
+    from mlip.util import file_lock
+
     dest = settings.registry_cache_dir / version.name / str(version.version)
-    cached = sorted(dest.glob("**/*.model")) if dest.exists() else []
-    if len(cached) == 1 and (version.sha256 is None or sha256_file(cached[0]) == version.sha256):
-        return cached[0]
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    try:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=version.source,
-                dst_path=str(dest),
-                tracking_uri=settings.mlflow_tracking_uri,
-            )
-        )
-    except Exception as err:  # mlflow raises many types for missing artifacts
-        shutil.rmtree(dest, ignore_errors=True)
-        raise ModelNotFoundError(
-            f"models:/{version.name}/{version.version}: its artifact {version.source} "
-            f"could not be downloaded ({err})"
-        ) from err
-    files = [local] if local.is_file() else sorted(local.glob("**/*.model"))
-    if len(files) != 1:
-        raise ModelNotFoundError(
-            f"models:/{version.name}/{version.version}: expected exactly one .model file in "
-            f"{version.source}, found {len(files)}"
-        )
-    return files[0]
+    with file_lock(dest.parent / f".{version.version}.lock"):
+        cached = sorted(dest.glob("**/*.model")) if dest.exists() else []
+        if len(cached) == 1 and (version.sha256 is None or sha256_file(cached[0]) == version.sha256):
+            return cached[0]
+        staging = Path(tempfile.mkdtemp(prefix=f".{version.version}-download-", dir=dest.parent))
+        try:
+            try:
+                local = Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=version.source,
+                        dst_path=str(staging),
+                        tracking_uri=settings.mlflow_tracking_uri,
+                    )
+                )
+            except Exception as err:  # mlflow raises many types for missing artifacts
+                raise ModelNotFoundError(
+                    f"models:/{version.name}/{version.version}: its artifact {version.source} "
+                    f"could not be downloaded ({err})"
+                ) from err
+            files = [local] if local.is_file() else sorted(local.glob("**/*.model"))
+            if len(files) != 1:
+                raise ModelNotFoundError(
+                    f"models:/{version.name}/{version.version}: expected exactly one .model file in "
+                    f"{version.source}, found {len(files)}"
+                )
+            if dest.exists():
+                shutil.rmtree(dest)
+            staging.rename(dest)
+            return dest / files[0].relative_to(staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -22,12 +22,22 @@ MODELS_EXPERIMENT = "ionscreen-models"
 
 
 def ensure_experiment(client, name: str, settings: Settings) -> str:
+    """The id of experiment ``name``, created if missing. Its artifacts go under ``mlflow_artifact_location``; with
+    a tracking server and no location set, where the server says (its served ``mlflow-artifacts:/`` root), never a
+    path on this host. Two processes creating it at once (jobs submitted together) both get the one experiment."""
+    from mlflow.exceptions import MlflowException
+
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     settings.ensure_home()
-    location = settings.mlflow_artifact_location.rstrip("/") + "/" + name
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=settings.experiment_artifact_location(name))
+    except MlflowException:
+        exp = client.get_experiment_by_name(name)  # created by another process since we looked
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def register_model(

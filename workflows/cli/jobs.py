@@ -27,6 +27,28 @@ def _store(settings):
     return Store.open(settings.db_url)
 
 
+def ray_address(given: str | None, settings) -> str | None:
+    """The Ray cluster to run on: ``--address``, else ``$RAY_ADDRESS``, else ``ray_address`` in the config; None
+    starts Ray in this process."""
+    import os
+
+    return given or os.environ.get("RAY_ADDRESS") or settings.ray_address
+
+
+def submitter() -> str:
+    """Who submits a job from the command line: ``user@host``."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (e.g. a bare container uid)
+        import os
+
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
 def _fmt(value, spec=".3g"):
     return "—" if value is None else format(value, spec)
 
@@ -87,12 +109,12 @@ def screen(
 
     settings = _settings()
     store = _store(settings)
-    plan = plan_job(load_job_spec(job_file), settings, store=store)
+    plan = plan_job(load_job_spec(job_file), settings, store=store, submitted_by=submitter())
     typer.echo(f"job {plan.job_id}: {plan.n_candidates} candidates, {plan.n_tasks} tasks"
                + (f", {len(plan.failures)} candidates failed to build" if plan.failures else ""), err=True)
     for failure in plan.failures:
         typer.echo(f"  failed: {failure}", err=True)
-    summary = run_job(plan.job_id, settings, address=address, workers=workers)
+    summary = run_job(plan.job_id, settings, address=ray_address(address, settings), workers=workers)
     typer.echo(f"done: {summary.done} computed, {summary.failed} failed, {summary.retried} retried, "
                f"{summary.wall_s:.0f} s", err=True)
     print_ranked(store, plan.job_id, settings, fmt)
@@ -141,12 +163,14 @@ def jobs_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     jobs = store.jobs.list()
     if as_json:
         typer.echo(json.dumps([{"id": j.id, "name": j.name, "status": str(j.status), "model_ref": j.model_ref,
-                                "created_utc": j.created_utc.isoformat(), "counts": store.tasks.counts(j.id)} for j in jobs], indent=2))
+                                "submitted_by": j.submitted_by, "created_utc": j.created_utc.isoformat(),
+                                "counts": store.tasks.counts(j.id)} for j in jobs], indent=2))
         return
     for j in jobs:
         counts = store.tasks.counts(j.id)
         summary = "; ".join(f"{stage}: " + ", ".join(f"{n} {state}" for state, n in c.items() if n) for stage, c in counts.items())
-        typer.echo(f"{j.id[:12]}  {j.created_utc:%Y-%m-%d %H:%M}  {str(j.status):<9}  {j.name:<20}  {summary}")
+        typer.echo(f"{j.id[:12]}  {j.created_utc:%Y-%m-%d %H:%M}  {str(j.status):<9}  {j.name:<20}  "
+                   f"{j.submitted_by or '—':<20}  {summary}")
 
 
 @jobs_app.command("status")
@@ -159,7 +183,7 @@ def jobs_status(job: Annotated[str, typer.Argument(help="Job id or prefix.")],
     tasks = store.tasks.list(j.id)
     if as_json:
         typer.echo(json.dumps({"id": j.id, "name": j.name, "status": str(j.status), "error": j.error,
-                               "mlflow_run_id": j.mlflow_run_id, "counts": store.tasks.counts(j.id),
+                               "submitted_by": j.submitted_by, "mlflow_run_id": j.mlflow_run_id, "counts": store.tasks.counts(j.id),
                                "tasks": [t.model_dump(mode="json") for t in tasks]}, indent=2, default=str))
         return
     from workflows.jobs.plan import load_plan, task_models
@@ -169,7 +193,7 @@ def jobs_status(job: Annotated[str, typer.Argument(help="Job id or prefix.")],
     models = task_models(store, j.id, plan, tasks) if second is not None else {}
     typer.echo(f"job {j.id} ({j.name}): {j.status}; model {j.model_ref}"
                + (f"; agreement model {second.ref}" if second is not None else "")
-               + f"; MLflow run {j.mlflow_run_id or '—'}")
+               + f"; submitted by {j.submitted_by or '—'}; MLflow run {j.mlflow_run_id or '—'}")
     for stage, c in store.tasks.counts(j.id).items():
         typer.echo(f"  {stage}: " + ", ".join(f"{n} {state}" for state, n in c.items()))
     for t in tasks:
@@ -203,7 +227,7 @@ def jobs_resume(
     settings = _settings()
     store = _store(settings)
     j = store.jobs.get(job)
-    summary = run_job(j.id, settings, address=address, workers=workers)
+    summary = run_job(j.id, settings, address=ray_address(address, settings), workers=workers)
     typer.echo(f"done: {summary.done} computed, {summary.failed} failed, {summary.retried} retried", err=True)
     print_ranked(store, j.id, settings)
 
@@ -228,11 +252,11 @@ def demo(
     spec = parse_job_spec(text, source="demo-job.yaml")
     settings = _settings()
     store = _store(settings)
-    plan = plan_job(spec, settings, store=store)
+    plan = plan_job(spec, settings, store=store, submitted_by=submitter())
     temperatures = plan.plan.transport.temperatures_K if plan.plan.transport else ()
     at = f" at {'/'.join(f'{t:g}' for t in temperatures)} K" if temperatures else ""
     typer.echo(f"demo job {plan.job_id}: {plan.n_candidates} candidates with {spec.model}, quick protocol{at} "
                f"(results in {settings.home})", err=True)
-    summary = run_job(plan.job_id, settings, address=address, workers=workers)
+    summary = run_job(plan.job_id, settings, address=ray_address(address, settings), workers=workers)
     typer.echo(f"done in {summary.wall_s / 60:.1f} min: {summary.done} computed, {summary.failed} failed", err=True)
     print_ranked(store, plan.job_id, settings)

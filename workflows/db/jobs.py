@@ -32,6 +32,8 @@ JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
+MAX_SUBMITTER_CHARS = 320  # a token name (64) or user@host (a login name and a DNS name)
+
 
 class PlannedTask(NamedTuple):
     """A task to store with its job: ``candidate`` indexes the job's candidates."""
@@ -86,12 +88,17 @@ class JobRepository(Repository):
         candidates: Sequence[Any] = (),
         tasks: Sequence[PlannedTask] = (),
         error: str | None = None,
+        submitted_by: str | None = None,
     ) -> str:
         """Store a new job (status pending) for ``spec`` (a JobSpec or mapping); returns its id (uuid4 hex).
 
         With ``plan``, ``candidates`` (Candidates or CandidateRows) and ``tasks`` the job is stored together with
-        everything it runs, in one transaction: all of it, or (on any error) nothing — no orphan job."""
+        everything it runs, in one transaction: all of it, or (on any error) nothing — no orphan job. ``submitted_by``
+        names who submitted it (an API token's name, or ``user@host``)."""
         spec_json, spec_hash, name, model_ref = _spec_fields(spec)
+        if submitted_by is not None and (not isinstance(submitted_by, str) or not submitted_by.strip()
+                                         or len(submitted_by) > MAX_SUBMITTER_CHARS or "\x00" in submitted_by):
+            raise InputError(f"submitted_by is a name of 1-{MAX_SUBMITTER_CHARS} characters, got {submitted_by!r}")
         if model_sha256 is not None:
             try:
                 check_sha256(model_sha256, "model_sha256")
@@ -122,6 +129,7 @@ class JobRepository(Repository):
                     model_sha256=model_sha256,
                     status=JobStatus.pending,
                     error=error,
+                    submitted_by=submitted_by,
                     created_utc=now,
                     updated_utc=now,
                 )

@@ -68,7 +68,7 @@ def init_ray(options: ExecutionOptions):
         ray.init(address=address, log_to_driver=False)
     else:
         cpus = max(os.cpu_count() or 1, options.workers * options.threads_per_worker)
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)  # not a `ray start` cluster here
     return ray
 
 

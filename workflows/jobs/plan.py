@@ -138,8 +138,9 @@ def workdir_for(home: Path, key: str) -> Path:
     return home / "work" / key[:2] / key
 
 
-def plan_job(spec: JobSpec, settings: Settings, *, store=None) -> PlannedJob:
-    """Validate the job and store it with its plan, candidates and tasks (status pending), atomically. No Ray work."""
+def plan_job(spec: JobSpec, settings: Settings, *, store=None, submitted_by: str | None = None) -> PlannedJob:
+    """Validate the job and store it with its plan, candidates and tasks (status pending), atomically. No Ray work.
+    ``submitted_by`` is recorded with the job: the API token's name, or ``user@host`` from the command line."""
     from mlip.loader import load_model
     from workflows.db import Store
     from workflows.db.jobs import PlannedTask
@@ -170,7 +171,7 @@ def plan_job(spec: JobSpec, settings: Settings, *, store=None) -> PlannedJob:
                 tasks.append(PlannedTask(i, stage, key, str(workdir_for(Path("."), key))))
     error = "candidates that could not be built:\n" + "\n".join(failures) if failures else None
     job_id = store.jobs.create(spec, model_sha256=loaded.sha256, plan=plan.model_dump(mode="json"),
-                               candidates=built.candidates, tasks=tasks, error=error)
+                               candidates=built.candidates, tasks=tasks, error=error, submitted_by=submitted_by)
     return PlannedJob(job_id, plan, len(built.candidates), len(tasks), failures)
 
 

@@ -44,6 +44,8 @@ class JobSummary(BaseModel):
     status: str
     model_ref: str
     model_sha256: str | None
+    submitted_by: str | None = Field(description="Who submitted the job: the API token's name, or user@host for "
+                                                 "the command line (None for jobs stored before submitters were).")
     created_utc: datetime
     updated_utc: datetime
     mlflow_run_id: str | None
@@ -99,7 +101,8 @@ def _job_summary(store, job: JobRecord) -> dict[str, Any]:
         progress[stage] = round(finished / total, 4) if total else 0.0
     return {
         "id": job.id, "name": job.name, "status": str(job.status), "model_ref": job.model_ref,
-        "model_sha256": job.model_sha256, "created_utc": job.created_utc, "updated_utc": job.updated_utc,
+        "model_sha256": job.model_sha256, "submitted_by": job.submitted_by, "created_utc": job.created_utc,
+        "updated_utc": job.updated_utc,
         "mlflow_run_id": job.mlflow_run_id, "error": job.error, "counts": counts, "progress": progress,
     }
 
@@ -192,7 +195,8 @@ def download(request: Request, candidate_id: CandidateId, filename: str):
              }}})
 async def submit_job(request: Request, token: TokenRecord = Depends(require_write)):
     """Validate the job (the schema of the YAML job file), store it with its candidates and tasks, and start its
-    driver in the background (``python -m workflows.cli jobs resume JOB``). Answers 202 with the job id at once;
+    driver in the background (``python -m workflows.cli jobs resume JOB``). The job records the token's name as
+    its submitter. Answers 202 with the job id at once;
     follow it with ``GET /api/jobs/{id}``. Structure and model files may only be named relative to the server's
     ``submissions/`` directory."""
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -203,7 +207,7 @@ async def submit_job(request: Request, token: TokenRecord = Depends(require_writ
     state = request.app.state
     try:
         done = await run_in_threadpool(submit, body, fmt, settings=state.settings, store=state.store,
-                                       launcher=state.launcher)
+                                       launcher=state.launcher, submitted_by=token.name)
     except SubmitError as err:
         return JSONResponse({"detail": err.errors}, status_code=err.status_code)
     return Submitted(job_id=done.job_id, name=done.name, n_candidates=done.n_candidates, n_tasks=done.n_tasks,

@@ -46,6 +46,8 @@ class SubprocessLauncher:
         env["IONSCREEN_DB_URL"] = self.settings.db_url
         env["IONSCREEN_MLFLOW_TRACKING_URI"] = self.settings.mlflow_tracking_uri
         env["IONSCREEN_MLFLOW_ARTIFACT_LOCATION"] = self.settings.mlflow_artifact_location
+        if self.settings.ray_address:  # run on the team's Ray cluster, as the server's config says
+            env["IONSCREEN_RAY_ADDRESS"] = self.settings.ray_address
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 

@@ -180,15 +180,17 @@ class Submitted:
     driver_pid: int | None
 
 
-def submit(body: bytes, fmt: BodyFormat, *, settings: Settings, store, launcher) -> Submitted:
-    """Validate, store (``plan_job``, atomic) and launch a job. Nothing is stored when it raises SubmitError."""
+def submit(body: bytes, fmt: BodyFormat, *, settings: Settings, store, launcher,
+           submitted_by: str | None = None) -> Submitted:
+    """Validate, store (``plan_job``, atomic) and launch a job, recorded as submitted by ``submitted_by`` (the API
+    token's name). Nothing is stored when it raises SubmitError."""
     from workflows.jobs.plan import plan_job
 
     directory = submissions_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
     text, spec = parse_body(body, fmt, directory)
     try:
-        plan = plan_job(spec, settings, store=store)
+        plan = plan_job(spec, settings, store=store, submitted_by=submitted_by)
     except IonscreenError as err:
         raise SubmitError(422, [_error([], str(err), type(err).__name__)]) from err
     final = directory / f"{plan.job_id}.{fmt.value}"  # the submission as sent, kept beside the job
