@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -259,9 +260,10 @@ def test_sbatch_recipe_runs_a_screen_on_one_host(slurm, tmp_path, soft_model_fil
     assert submitted.returncode == 0, f"sbatch exit {submitted.returncode}: {submitted.stderr}\n{text[-6000:]}"
 
     # the script's own steps, in order: one node, the shared-directory check passed, Ray up, the screen, Ray stopped
-    assert "ionscreen.sbatch: job " in text and "1 node(s)" in text
-    assert "ionscreen.sbatch: the Ray head answers at " in text
-    assert "ionscreen screen exited with 0; stopping Ray" in text
+    said = re.findall(r"^ionscreen\.sbatch \d\d:\d\d:\d\d: (.*)$", text, re.M)
+    assert said[0].startswith(f"job {slurm_id}, 1 node(s)"), said
+    assert [line.split(" at ")[0] for line in said[1:]] == [
+        "the Ray head answers", "ionscreen screen exited with 0; stopping Ray", "Ray stopped"], said
     assert not list(settings.home.glob(".shared-fs-check.*"))  # the marker is cleaned up
     state = slurm.run("scontrol", "show", "job", slurm_id).stdout
     assert "JobState=COMPLETED" in state and "ExitCode=0:0" in state
