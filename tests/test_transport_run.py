@@ -58,7 +58,7 @@ def test_run_transport_writes_a_complete_result_and_resumes(soft, tmp_path):
     assert prov.md_engine["md_engine"] == "lean" and prov.md_engine["md_batch_source"] == "measured"
     assert 1 <= prov.md_engine["md_batch_systems"] <= 2
     for t in result.temperatures:
-        assert t.md_status == "completed"
+        assert t.md_status == "completed" and t.md_resumed_from_step is None  # ran in one go
         assert t.diffusivity_cm2_s is not None and t.diffusivity_ci95_cm2_s[0] <= t.diffusivity_cm2_s <= t.diffusivity_ci95_cm2_s[1]
         assert t.conductivity_mS_cm > 0 and t.n_frames == 121 and t.production_ps == pytest.approx(1.2)
         assert abs(t.mean_temperature_K - t.temperature_K) < 0.15 * t.temperature_K
@@ -83,6 +83,7 @@ def test_adaptive_run_extends_until_budget_and_says_so(soft, tmp_path):
     result = run_transport(li2s_cell(), calculator_factory_for(soft, "cpu"), protocol, tmp_path / "a", "Li")
     t = result.temperatures[0]
     assert t.extensions == 2 and t.production_ps == pytest.approx(1.5) and "target_not_met" in t.flags
+    assert t.md_resumed_from_step is None  # planned extensions are not interruptions
     # the extended trajectory is the one an uninterrupted 1.5 ps run gives (same frames)
     plain = make_protocol(**{**SMALL, "temperatures_K": (600.0,), "production_ps": 1.5})
     run_transport(li2s_cell(), calculator_factory_for(soft, "cpu"), plain, tmp_path / "p", "Li")

@@ -76,6 +76,9 @@ class TemperatureResult(BaseModel):
     md_status: str = "completed"
     md_reason: str = ""
     extensions: int = Field(0, description="Adaptive runs: production extensions made.")
+    md_resumed_from_step: int | None = Field(
+        None, description="MD continued from its checkpoint at this step (the task ran again after its worker, node "
+                          "or driver died); None: it ran in one go.")
     frame_log: str | None = Field(None, description="Frame-log directory, relative to the result file.")
     msd_plot: str | None = Field(None, description="MSD plot (PNG), relative to the result file.")
 

@@ -146,6 +146,8 @@ class _Temperature:
     extensions: int = 0
     result: TemperatureResult | None = None
     analysis: object = None
+    resumed_from_step: int | None = None  # the first checkpoint MD continued from, if it was interrupted
+    extended_at_step: int | None = None  # where the last adaptive extension began (a planned continuation)
 
     @classmethod
     def start(cls, protocol: TransportProtocol, temperature_K: float, tdir: Path) -> "_Temperature":
@@ -161,6 +163,9 @@ class _Temperature:
     def judge(self, outcome, protocol: TransportProtocol, charge: int, volume_A3: float) -> None:
         """Analyse the finished segment: set ``result``, or extend production (adaptive runs) and leave it None."""
         tdir, temperature_K = self.tdir, self.temperature_K
+        resumed = getattr(outcome, "resumed_from_step", None)
+        if self.resumed_from_step is None and resumed and resumed != self.extended_at_step:
+            self.resumed_from_step = resumed
         frames = FrameLog(tdir / "frames").read() if FrameLog.exists(tdir / "frames") else None
         if outcome.status is not MDStatus.COMPLETED or frames is None:
             res, _ = analyze_frames(frames, temperature_K=temperature_K, ion_charge=charge,
@@ -179,6 +184,7 @@ class _Temperature:
             budget = protocol.steps(protocol.max_production_ps)
             if rel > protocol.target_rel_half_width:
                 if self.production_steps < budget:
+                    self.extended_at_step = protocol.equilibration_steps + self.production_steps
                     self.production_steps = min(self.production_steps + protocol.steps(protocol.extension_ps), budget)
                     self.extensions += 1
                     atomic_write_text(tdir / "adaptive.json", json.dumps(
@@ -188,7 +194,8 @@ class _Temperature:
         self.result, self.analysis = result, analysis
 
     def final(self, ion: str) -> TemperatureResult:
-        update = {"extensions": self.extensions, "frame_log": f"{self.tdir.name}/frames"}
+        update = {"extensions": self.extensions, "frame_log": f"{self.tdir.name}/frames",
+                  "md_resumed_from_step": self.resumed_from_step}
         if self.analysis is not None:
             plot_msd(self.analysis, self.result, self.tdir / "msd.png", ion)
             update["msd_plot"] = f"{self.tdir.name}/msd.png"

@@ -196,14 +196,36 @@ def jobs_status(job: Annotated[str, typer.Argument(help="Job id or prefix.")],
                + f"; submitted by {j.submitted_by or '—'}; MLflow run {j.mlflow_run_id or '—'}")
     for stage, c in store.tasks.counts(j.id).items():
         typer.echo(f"  {stage}: " + ", ".join(f"{n} {state}" for state, n in c.items()))
+    per_node = _tasks_per_node(tasks)
+    if len(per_node) > 1 or any(t.attempts > 1 for t in tasks):
+        for node, c in per_node.items():
+            typer.echo(f"  node {node}: " + ", ".join(f"{n} {what}" for what, n in c.items() if n))
     for t in tasks:
         cand = store.candidates.get(t.candidate_id)
         extra = f" — {t.error}" if t.error else (f" — {t.progress_json}" if t.state == "running" and t.progress_json else "")
         which = " [agreement model]" if models.get(t.id) == second and second is not None else ""
+        where = f" on {t.node}" if t.node else ""
         typer.echo(f"  task {t.id:>4} {str(t.stage):<9} {cand.name:<22} {str(t.state):<9} attempts {t.attempts}"
-                   + (" (reused)" if t.reused_result else "") + which + extra)
+                   + (" (reused)" if t.reused_result else "") + where + which + extra)
+        if t.attempts > 1:  # the story of a task that ran more than once
+            for a in t.attempts_json or []:
+                typer.echo(f"         attempt {a.get('attempt')}: {a.get('node') or '?'} {a.get('worker') or ''}, "
+                           f"{a.get('started_utc', '')[:19]} → {(a.get('ended_utc') or '')[:19] or 'running'}: "
+                           f"{a.get('outcome') or 'running'}" + (f" ({a['error'][:120]})" if a.get("error") else ""))
     if j.error:
         typer.echo(f"notes: {j.error}")
+
+
+def _tasks_per_node(tasks) -> dict[str, dict[str, int]]:
+    """Attempts per node: how many ended done, failed, requeued (the node or worker was lost) or are running."""
+    out: dict[str, dict[str, int]] = {}
+    for t in tasks:
+        for a in t.attempts_json or []:
+            c = out.setdefault(a.get("node") or "?", {"running": 0, "done": 0, "failed": 0, "requeued": 0,
+                                                       "driver lost": 0, "cancelled": 0})
+            outcome = a.get("outcome") or "running"
+            c[outcome] = c.get(outcome, 0) + 1
+    return dict(sorted(out.items()))
 
 
 @jobs_app.command("cancel")

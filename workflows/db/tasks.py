@@ -86,45 +86,65 @@ class TaskRepository(Repository):
 
     def _transition(self, task_id: int, target: TaskState, values: dict[str, Any]) -> TaskRecord:
         """Move one task to ``target`` atomically: the UPDATE only matches a task in an allowed source state."""
+        return self._run(lambda session: self._transition_in(session, task_id, target, values), write=True)
+
+    @staticmethod
+    def _transition_in(session: Session, task_id: int, target: TaskState, values: dict[str, Any]) -> TaskRecord:
         sources = [state for state, targets in TASK_TRANSITIONS.items() if target in targets]
+        changed = session.execute(
+            sa.update(Task)
+            .where(Task.id == task_id, Task.state.in_(sources))
+            .values(state=target, **values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        task = find_task(session, task_id)
+        if changed != 1:
+            allowed = ", ".join(sorted(s.value for s in TASK_TRANSITIONS[task.state])) or "none (final state)"
+            raise InvalidTransition(
+                f"task {task_id} is {task.state.value}; it cannot become {target.value} (allowed: {allowed})"
+            )
+        session.refresh(task)
+        return TaskRecord.model_validate(task)
+
+    def claim(self, task_id: int, worker: str, node: str | None = None) -> TaskRecord:
+        """pending → running for ``worker`` (on Ray node ``node``); attempts += 1 and a new entry in the task's
+        attempt history. Raises InvalidTransition if someone else claimed it."""
+        now = utc_now()
 
         def work(session: Session) -> TaskRecord:
-            changed = session.execute(
-                sa.update(Task)
-                .where(Task.id == task_id, Task.state.in_(sources))
-                .values(state=target, **values)
-                .execution_options(synchronize_session=False)
-            ).rowcount
             task = find_task(session, task_id)
-            if changed != 1:
-                allowed = ", ".join(sorted(s.value for s in TASK_TRANSITIONS[task.state])) or "none (final state)"
-                raise InvalidTransition(
-                    f"task {task_id} is {task.state.value}; it cannot become {target.value} (allowed: {allowed})"
-                )
-            session.refresh(task)
-            return TaskRecord.model_validate(task)
+            history = list(task.attempts_json or [])
+            history.append({"attempt": task.attempts + 1, "worker": worker, "node": node,
+                            "started_utc": now.isoformat(), "ended_utc": None, "outcome": None})
+            return self._transition_in(session, task_id, TaskState.running, {
+                "attempts": Task.attempts + 1, "worker": worker, "node": node, "started_utc": now,
+                "finished_utc": None, "attempts_json": history})
 
         return self._run(work, write=True)
 
-    def claim(self, task_id: int, worker: str) -> TaskRecord:
-        """pending → running for ``worker``; attempts += 1. Raises InvalidTransition if someone else claimed it."""
-        return self._transition(
-            task_id,
-            TaskState.running,
-            {"attempts": Task.attempts + 1, "worker": worker, "started_utc": utc_now(), "finished_utc": None},
-        )
-
     def finish(self, task_id: int, state: TaskState | str, error: str | None = None) -> TaskRecord:
         """End a running task: done, failed (with ``error``), cancelled, or pending (retry, see ``requeue``).
-        A pending task may also be cancelled, or failed (refused before it ran)."""
+        A pending task may also be cancelled, or failed (refused before it ran). The attempt that ran ends in the
+        history with its outcome ("requeued" for a retry)."""
         state = _parse_enum(TaskState, state, "task state")
         if state is TaskState.running:
             raise InvalidTransition("tasks.finish cannot set a task running; use tasks.claim")
-        values: dict[str, Any] = {"error": error}
-        values["finished_utc"] = None if state is TaskState.pending else utc_now()
-        if state is TaskState.pending:
-            values["worker"] = None
-        return self._transition(task_id, state, values)
+        now = utc_now()
+
+        def work(session: Session) -> TaskRecord:
+            task = find_task(session, task_id)
+            values: dict[str, Any] = {"error": error, "finished_utc": None if state is TaskState.pending else now}
+            if state is TaskState.pending:
+                values["worker"] = None
+            history = list(task.attempts_json or [])
+            if task.state is TaskState.running and history and history[-1].get("ended_utc") is None:
+                outcome = "requeued" if state is TaskState.pending else state.value
+                history[-1] = {**history[-1], "ended_utc": now.isoformat(), "outcome": outcome,
+                               **({"error": error[:500]} if error else {})}
+                values["attempts_json"] = history
+            return self._transition_in(session, task_id, state, values)
+
+        return self._run(work, write=True)
 
     def requeue(self, task_id: int, error: str | None = None) -> TaskRecord:
         """running → pending: retry a task whose worker died (``error`` says why); its attempt still counts."""
@@ -161,16 +181,22 @@ class TaskRepository(Repository):
         return self._run(work, write=True)
 
     def requeue_running(self, job_id: str) -> int:
-        """running → pending for every running task of a job (resume after the driver died); returns how many."""
+        """running → pending for every running task of a job (resume after the driver died); returns how many.
+        Their open attempts end in the history as "driver lost"."""
+        now = utc_now().isoformat()
 
         def work(session: Session) -> int:
             job = find_job(session, job_id)
-            return session.execute(
-                sa.update(Task)
-                .where(Task.job_id == job.id, Task.state == TaskState.running)
-                .values(state=TaskState.pending, worker=None)
-                .execution_options(synchronize_session=False)
-            ).rowcount
+            tasks = session.scalars(sa.select(Task).where(Task.job_id == job.id, Task.state == TaskState.running))
+            n = 0
+            for task in tasks:
+                history = list(task.attempts_json or [])
+                if history and history[-1].get("ended_utc") is None:
+                    history[-1] = {**history[-1], "ended_utc": now, "outcome": "driver lost"}
+                task.state, task.worker, task.attempts_json = TaskState.pending, None, history or None
+                n += 1
+            session.flush()
+            return n
 
         return self._run(work, write=True)
 

@@ -7,6 +7,12 @@ killed mid-task (its actor is restarted by Ray, which reloads the model) gets th
 task resumes from its MD checkpoints in its work directory. Errors raised by the science (bad input,
 model domain) are permanent: the task is marked failed with its error and the job goes on.
 
+On a cluster every node must see the driver's ``IONSCREEN_HOME`` (a shared file system, as HPC nodes share a
+parallel file system): the driver writes a check file there and each worker reads it back before it loads a model;
+a worker on a node that does not see it stops the job at start-up with an error naming the node. Each task records
+the node of each attempt (``tasks.node``, ``tasks.attempts_json``), so ``ionscreen jobs status`` says where it ran and
+why it ran again.
+
 A worker holds every model its tasks name: the first when it starts (a model that cannot load fails at once), any
 other — a job's ``agreement_model`` — on its first task. The queue holds the primary model's tasks first, so the
 second model is loaded once the first model's work is handed out, and no worker idles between the two.
@@ -16,11 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from mlip.errors import IonscreenError
+from mlip.errors import ConfigError, IonscreenError
 
 if TYPE_CHECKING:
     from workflows.jobs.plan import TaskSpec
@@ -28,6 +36,49 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROGRESS_ACTOR = "ionscreen-progress-{job}"
+WORKER_START_TIMEOUT_S = 600.0  # a worker (model load included) that has not answered by then is reported
+
+
+class SharedHomeError(ConfigError):
+    """A cluster node does not see the driver's IONSCREEN_HOME: the nodes need a shared file system."""
+
+
+def node_identity() -> dict:
+    """Where this process runs: the Ray node's address and id, the host name and the pid."""
+    import ray
+
+    return {"node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
+            "hostname": socket.gethostname(), "pid": os.getpid()}
+
+
+def node_label(where: dict) -> str:
+    """How a node is named in task records and progress: its address, and its host name when that says more."""
+    return where["node_ip"] if where["hostname"] in ("", where["node_ip"]) else f"{where['node_ip']} ({where['hostname']})"
+
+
+def write_home_check(home: str) -> tuple[str, str]:
+    """The file the driver leaves in IONSCREEN_HOME for every worker to read back: (path, its secret content)."""
+    from mlip.util import atomic_write_text
+
+    token = secrets.token_hex(16)
+    path = os.path.join(home, "cluster", f"home-check-{token[:12]}.txt")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write_text(path, token)
+    return path, token
+
+
+def check_shared_home(path: str, token: str, where: dict) -> None:
+    """Refuse to work on a node that does not see the driver's IONSCREEN_HOME (``write_home_check``)."""
+    home = os.path.dirname(os.path.dirname(path))
+    try:
+        seen = open(path).read().strip()
+    except OSError as err:
+        seen = f"<{type(err).__name__}: {err.strerror or err}>"
+    if seen != token:
+        raise SharedHomeError(
+            f"node {node_label(where)} does not see the driver's data directory IONSCREEN_HOME={home}: the check file "
+            f"{path} that the driver wrote there reads {seen[:80]!r} on this node. Every node of a Ray cluster needs "
+            "the same IONSCREEN_HOME on a shared file system (NFS, Lustre, GPFS, ...), mounted at the same path")
 
 
 @dataclass(frozen=True)
@@ -75,7 +126,7 @@ def init_ray(options: ExecutionOptions):
 def _actor_classes():
     import ray
 
-    @ray.remote(max_restarts=-1, max_task_retries=0)
+    @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
     class ProgressSink:
         """Collects progress events from workers; the driver drains them."""
 
@@ -93,17 +144,22 @@ def _actor_classes():
     class ModelWorker:
         """Holds its loaded models for its whole life (see the module docstring); runs tasks one at a time."""
 
-        def __init__(self, model_refs: list[str], threads: int, device: str, progress_name: str):
+        def __init__(self, model_refs: list[str], threads: int, device: str, progress_name: str,
+                     home_check: tuple[str, str] | None = None):
             import torch
 
             from mlip.config import load_settings
 
+            self.where = node_identity()
+            if home_check is not None:  # before anything reads the data directory
+                check_shared_home(*home_check, self.where)
             torch.set_num_threads(threads)
             self.settings = load_settings()
             self.models: dict = {}
             self.model(model_refs[0])
             self.device = device
             self.progress_name = progress_name
+            self.engines: dict = {}  # each model's MD engines, built on its first task
 
         def model(self, ref: str):
             from mlip.loader import load_model
@@ -115,6 +171,9 @@ def _actor_classes():
         def pid(self) -> int:
             return os.getpid()
 
+        def identity(self) -> dict:
+            return self.where
+
         def run(self, spec) -> dict:
             from workflows.jobs.tasks import run_task
 
@@ -124,9 +183,20 @@ def _actor_classes():
                 sink.push.remote({"task_id": spec.task_id, "stage": stage, **info})
 
             return run_task(spec, self.model(spec.model.ref), home=self.settings.home, device=self.device,
-                            progress=progress)
+                            progress=progress, engines=self.engines)
 
     return ProgressSink, ModelWorker
+
+
+def _worker_start_error(err: BaseException) -> ConfigError:
+    """The reason a worker's constructor failed (for example :class:`SharedHomeError`), as the job's error."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reason = next((line for line in reversed(lines) if ("Error: " in line or "Exception: " in line)
+                   and not line.startswith("ray.exceptions")), lines[-1] if lines else repr(err))
+    kind, _, message = reason.partition(": ")
+    if kind.rsplit(".", 1)[-1] == "SharedHomeError":
+        return SharedHomeError(message)
+    return ConfigError(f"a worker could not start: {reason}")
 
 
 def _is_permanent(err: BaseException) -> bool:
@@ -160,7 +230,11 @@ def execute(
         return summary
     ProgressSink, ModelWorker = _actor_classes()
     sink_name = PROGRESS_ACTOR.format(job=job_id)
-    sink = ProgressSink.options(name=sink_name, get_if_exists=True).remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # the progress sink lives on the driver's node: it shares the driver's fate, not a worker node's
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    sink = ProgressSink.options(name=sink_name, get_if_exists=True, scheduling_strategy=here).remote()
     n_workers = max(1, min(options.workers, len(payloads)))
     worker_opts = {"num_cpus": options.threads_per_worker, "runtime_env": {"env_vars": env}}
     if options.gpus_per_worker:
@@ -168,26 +242,33 @@ def execute(
     device = options.device
     if device == "auto":
         device = "cuda" if options.gpus_per_worker else "cpu"
+    home = env.get("IONSCREEN_HOME")
+    home_check = write_home_check(home) if home else None
     workers = [
-        ModelWorker.options(**worker_opts).remote(list(model_refs), options.threads_per_worker, device, sink_name)
+        ModelWorker.options(**worker_opts).remote(list(model_refs), options.threads_per_worker, device, sink_name,
+                                                  home_check)
         for _ in range(n_workers)
     ]
     queue = list(payloads)  # task ids, in order
     load = {i: 0 for i in range(n_workers)}
     in_flight: dict = {}  # ObjectRef -> (task_id, worker index)
-    probes: dict = {}  # ObjectRef -> worker index: a restarting actor is used again once it answers
+    # ObjectRef -> worker index: a worker is used once it says where it runs (at start, and after each restart)
+    probes: dict = {workers[w].identity.remote(): w for w in range(n_workers)}
+    nodes: dict[int, dict] = {}  # worker index -> where it runs now
     limit = max(options.max_in_flight, n_workers)
+    waiting_since = time.monotonic()
 
     def submit(task_id: int) -> bool:
         available = [w for w in load if w not in probes.values()]
         if not available:
             return False
         w = min(available, key=load.get)
-        store.tasks.claim(task_id, worker=f"actor{w}")
+        node = node_label(nodes[w])
+        store.tasks.claim(task_id, worker=f"actor{w}", node=node)
         ref = workers[w].run.remote(payloads[task_id])
         in_flight[ref] = (task_id, w)
         load[w] += 1
-        on_event("submitted", {"task_id": task_id})
+        on_event("submitted", {"task_id": task_id, "node": node})
         return True
 
     try:
@@ -209,10 +290,22 @@ def execute(
                 for ref in answered:
                     w = probes.pop(ref)
                     try:
-                        ray.get(ref)
-                    except RayActorError:  # still restarting (reloading the model): ask again
-                        time.sleep(0.5)
-                        probes[workers[w].pid.remote()] = w
+                        nodes[w] = ray.get(ref)
+                        on_event("worker", {"worker": w, "node": node_label(nodes[w])})
+                    except RayActorError as err:
+                        if getattr(err, "actor_init_failed", False):  # it will not start on this cluster: say why
+                            raise _worker_start_error(err) from None
+                        time.sleep(0.5)  # still restarting (reloading the model): ask again
+                        probes[workers[w].identity.remote()] = w
+                if len(probes) < n_workers:
+                    waiting_since = time.monotonic()
+                elif time.monotonic() - waiting_since > WORKER_START_TIMEOUT_S:
+                    raise ConfigError(
+                        f"no worker of this job has started (or come back) in {WORKER_START_TIMEOUT_S:.0f} s: the "
+                        f"cluster has {ray.available_resources().get('CPU', 0):g} CPUs and "
+                        f"{ray.available_resources().get('GPU', 0):g} GPUs free, and each worker asks for "
+                        f"{options.threads_per_worker} CPUs and {options.gpus_per_worker:g} GPUs; tasks still running "
+                        "are resumed by `ionscreen jobs resume`")
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
             try:
                 for event in ray.get(sink.drain.remote(), timeout=10):
@@ -225,8 +318,10 @@ def execute(
                 try:
                     row = ray.get(ref)
                 except RayActorError as err:
+                    if getattr(err, "actor_init_failed", False):
+                        raise _worker_start_error(err) from None
                     if w not in probes.values():
-                        probes[workers[w].pid.remote()] = w  # Ray restarts the actor; wait until it answers
+                        probes[workers[w].identity.remote()] = w  # Ray restarts the actor; wait until it answers
                     attempts = store.tasks.get(task_id).attempts
                     if attempts < options.max_attempts:
                         log.warning("worker died running task %s (attempt %s): retrying", task_id, attempts)
@@ -246,16 +341,22 @@ def execute(
                     store.tasks.finish(task_id, "failed", error=message)
                     summary.failed += 1
                     summary.errors[task_id] = message
-                    on_event("failed", {"task_id": task_id, "error": message, "permanent": _is_permanent(err)})
+                    on_event("failed", {"task_id": task_id, "error": message, "permanent": _is_permanent(err),
+                                        "node": node_label(nodes[w]) if w in nodes else None})
                     continue
                 store.results.record({**row, "candidate_id": payloads[task_id].candidate_id,
                                       "mlflow_run_id": payloads[task_id].mlflow_run_id})
                 store.tasks.finish(task_id, "done")
                 summary.done += 1
-                on_event("done", {"task_id": task_id, "row": row})
+                on_event("done", {"task_id": task_id, "row": row, "node": node_label(nodes[w]) if w in nodes else None})
     finally:
         for actor in workers:
             ray.kill(actor)
         ray.kill(sink)
+        if home_check is not None:
+            try:
+                os.unlink(home_check[0])
+            except OSError:
+                pass
     summary.wall_s = time.perf_counter() - started
     return summary

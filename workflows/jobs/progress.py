@@ -1,5 +1,6 @@
 """Live progress of a screening job: one bar per stage with done / running / failed counts and an ETA.
 
+On a cluster a second view counts tasks per node (running, done, failed), printed once the job has used more than one.
 Units are the work a stage is made of — temperatures for transport tasks, hops for NEB tasks — so the
 bar moves while a long task runs. Without a terminal, a one-line summary is printed every few seconds.
 """
@@ -46,9 +47,32 @@ class JobProgress:
         self._started = time.monotonic()
         self._rich = None
         self._bars: dict[str, int] = {}
+        self.node_of: dict[int, str] = {}  # task id -> node of its current attempt
+        self.nodes: dict[str, dict[str, int]] = {}  # node -> {"running": n, "done": n, "failed": n, "retried": n}
 
     # --------------------------------------------------------------- updates
+    def on_node(self, task_id: int, node: str | None) -> None:
+        """The task's attempt now runs on ``node`` (call before ``mark(task_id, "running")``)."""
+        if node:
+            self.node_of[task_id] = node
+            self._node_counts(node)["running"] += 1
+
+    def _node_counts(self, node: str) -> dict[str, int]:
+        return self.nodes.setdefault(node, {"running": 0, "done": 0, "failed": 0, "retried": 0})
+
+    def _node_end(self, task_id: int, state: str) -> None:
+        node = self.node_of.pop(task_id, None)
+        if node is None:
+            return
+        counts = self._node_counts(node)
+        counts["running"] = max(0, counts["running"] - 1)
+        key = {"done": "done", "failed": "failed", "retry": "retried", "cancelled": "failed"}.get(state)
+        if key:
+            counts[key] += 1
+
     def mark(self, task_id: int, state: str) -> None:
+        if state in ("done", "failed", "cancelled", "retry"):
+            self._node_end(task_id, state)
         c = self.stages[self.stage_of[task_id]]
         if state == "running":
             c.running += 1
@@ -96,6 +120,15 @@ class JobProgress:
         return (f"{stage:<9} {c.units_completed:>6.1f}/{c.units_total:<6.0f} units  tasks: {c.done} done"
                 f" ({c.reused} reused), {c.running} running, {c.failed} failed of {c.total_tasks}  {eta_text}")
 
+    def nodes_line(self) -> str | None:
+        """Tasks per node, once the job has used more than one node; else None."""
+        if len(self.nodes) < 2:
+            return None
+        parts = [f"{node}: {c['done']} done, {c['running']} running"
+                 + (f", {c['failed']} failed" if c["failed"] else "") + (f", {c['retried']} retried" if c["retried"] else "")
+                 for node, c in sorted(self.nodes.items())]
+        return "nodes    " + "; ".join(parts)
+
     def render(self, force: bool = False) -> None:
         if self.live:
             self._render_rich()
@@ -105,6 +138,8 @@ class JobProgress:
             self._last_print = now
             for stage in self.stages:
                 print(f"[progress] {self.line(stage)}", file=self.stream, flush=True)
+            if (nodes := self.nodes_line()) is not None:
+                print(f"[progress] {nodes}", file=self.stream, flush=True)
 
     def _render_rich(self) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -118,6 +153,10 @@ class JobProgress:
         for stage, c in self.stages.items():
             self._rich.update(self._bars[stage], total=c.units_total, completed=c.units_completed,
                               counts=f"{c.done} done, {c.running} running, {c.failed} failed / {c.total_tasks}")
+        if (nodes := self.nodes_line()) is not None:
+            if "nodes" not in self._bars:
+                self._bars["nodes"] = self._rich.add_task("nodes", total=None, counts="")
+            self._rich.update(self._bars["nodes"], counts=nodes.removeprefix("nodes    "))
 
     def close(self) -> None:
         if self._rich is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from mlip.config import Settings
 from mlip.errors import InputError, ModelMismatchError
 from screening.stages import Stage
+from workflows.db.database import InvalidTransition
 from workflows.jobs.execute import ExecutionOptions, RunSummary, execute, init_ray
 from workflows.jobs.layout import Layout, resolve_layout
 from workflows.jobs.plan import JobPlan, PinnedModel, TaskSpec, load_plan, task_models, task_specs
@@ -155,14 +156,18 @@ def run_job(
     def on_event(kind: str, info: dict) -> None:
         task_id = info.get("task_id")
         if kind == "submitted":
+            display.on_node(task_id, info.get("node"))
             display.mark(task_id, "running")
         elif kind in ("done", "failed"):
             display.mark(task_id, kind)
         elif kind == "retry":
             display.mark(task_id, "retry")
         elif kind == "progress":
+            try:
+                store.tasks.set_progress(task_id, {k: v for k, v in info.items() if k != "task_id"})
+            except InvalidTransition:  # a late event of a task that has finished (or was requeued) since
+                return
             display.progress(task_id, info)
-            store.tasks.set_progress(task_id, {k: v for k, v in info.items() if k != "task_id"})
 
     last_check = [0.0, False]
 

@@ -40,11 +40,14 @@ def run_task(
     home: Path,
     device: str = "auto",
     progress: Callable[[str, dict], None] | None = None,
+    engines: dict | None = None,
 ) -> dict:
     """Run one task with ``loaded``, which must be the model the task was planned with (``spec.model``).
 
     Returns the result row (numbers, flags, provenance, document path relative to ``home``). Exceptions
     propagate: the driver decides whether they are permanent (bad input, wrong model) or retryable.
+    ``engines``: a dict the caller keeps between tasks (a worker does), so the model's MD engines are built once
+    per worker instead of once per task.
     """
     spec.model.check(loaded.sha256)  # before any work: nothing may be computed, let alone stored, with another model
     progress = progress or (lambda stage, info: None)
@@ -57,8 +60,11 @@ def run_task(
     if spec.stage is Stage.TRANSPORT:
         from screening.transport.run import calculator_factory_for, run_transport
 
+        factory = calculator_factory_for(loaded, device)
+        if engines is not None:
+            factory = engines.setdefault((loaded.sha256, device), factory)
         result = run_transport(
-            candidate.structure, calculator_factory_for(loaded, device), spec.transport, workdir, candidate.working_ion,
+            candidate.structure, factory, spec.transport, workdir, candidate.working_ion,
             charge=candidate.working_ion_charge, model_ref=loaded.ref, model_sha256=loaded.sha256,
             progress=lambda s, info: progress(s, info), home=home,
         )
