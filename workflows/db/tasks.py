@@ -122,10 +122,12 @@ class TaskRepository(Repository):
 
         return self._run(work, write=True)
 
-    def finish(self, task_id: int, state: TaskState | str, error: str | None = None) -> TaskRecord:
+    def finish(self, task_id: int, state: TaskState | str, error: str | None = None,
+               compute_s: float | None = None) -> TaskRecord:
         """End a running task: done, failed (with ``error``), cancelled, or pending (retry, see ``requeue``).
         A pending task may also be cancelled, or failed (refused before it ran). The attempt that ran ends in the
-        history with its outcome ("requeued" for a retry)."""
+        history with its outcome ("requeued" for a retry) and, when given, ``compute_s``: the task's own compute on
+        its worker."""
         state = _parse_enum(TaskState, state, "task state")
         if state is TaskState.running:
             raise InvalidTransition("tasks.finish cannot set a task running; use tasks.claim")
@@ -140,7 +142,8 @@ class TaskRepository(Repository):
             if task.state is TaskState.running and history and history[-1].get("ended_utc") is None:
                 outcome = "requeued" if state is TaskState.pending else state.value
                 history[-1] = {**history[-1], "ended_utc": now.isoformat(), "outcome": outcome,
-                               **({"error": error[:500]} if error else {})}
+                               **({"error": error[:500]} if error else {}),
+                               **({"compute_s": round(compute_s, 4)} if compute_s is not None else {})}
                 values["attempts_json"] = history
             return self._transition_in(session, task_id, state, values)
 

@@ -102,6 +102,10 @@ class RunSummary:
     retried: int = 0
     wall_s: float = 0.0
     errors: dict[int, str] = field(default_factory=dict)
+    # per computed task, for the orchestration benchmark: (worker index, start and end of its compute on the worker,
+    # unix s) and the driver's database write (result + task state), s
+    task_times: list[tuple[int, float, float]] = field(default_factory=list)
+    db_write_s: list[float] = field(default_factory=list)
 
 
 def init_ray(options: ExecutionOptions):
@@ -175,6 +179,7 @@ def _actor_classes():
             return self.where
 
         def run(self, spec) -> dict:
+            """The task's result row, with when its compute started and ended here (unix s)."""
             from workflows.jobs.tasks import run_task
 
             sink = ray.get_actor(self.progress_name)
@@ -182,8 +187,10 @@ def _actor_classes():
             def progress(stage: str, info: dict) -> None:
                 sink.push.remote({"task_id": spec.task_id, "stage": stage, **info})
 
-            return run_task(spec, self.model(spec.model.ref), home=self.settings.home, device=self.device,
-                            progress=progress, engines=self.engines)
+            started = time.time()
+            row = run_task(spec, self.model(spec.model.ref), home=self.settings.home, device=self.device,
+                           progress=progress, engines=self.engines)
+            return {"row": row, "started_unix": started, "ended_unix": time.time()}
 
     return ProgressSink, ModelWorker
 
@@ -316,7 +323,7 @@ def execute(
                 task_id, w = in_flight.pop(ref)
                 load[w] -= 1
                 try:
-                    row = ray.get(ref)
+                    answer = ray.get(ref)
                 except RayActorError as err:
                     if getattr(err, "actor_init_failed", False):
                         raise _worker_start_error(err) from None
@@ -344,9 +351,14 @@ def execute(
                     on_event("failed", {"task_id": task_id, "error": message, "permanent": _is_permanent(err),
                                         "node": node_label(nodes[w]) if w in nodes else None})
                     continue
+                row = answer["row"]
+                compute_s = answer["ended_unix"] - answer["started_unix"]
+                written = time.perf_counter()
                 store.results.record({**row, "candidate_id": payloads[task_id].candidate_id,
                                       "mlflow_run_id": payloads[task_id].mlflow_run_id})
-                store.tasks.finish(task_id, "done")
+                store.tasks.finish(task_id, "done", compute_s=compute_s)
+                summary.db_write_s.append(time.perf_counter() - written)
+                summary.task_times.append((w, answer["started_unix"], answer["ended_unix"]))
                 summary.done += 1
                 on_event("done", {"task_id": task_id, "row": row, "node": node_label(nodes[w]) if w in nodes else None})
     finally:
