@@ -10,6 +10,7 @@ model is (its facts, its calculators) is the family's backend's business (:mod:`
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 from mlip import bundled, foundation, registry, signing
@@ -133,11 +134,17 @@ def _trust_if_pinned(ref: ModelRef, path: Path, store: TrustStore) -> None:
               note=f"downloaded by ionscreen from {foundation.foundation_urls()[ref.name]}; matches the pinned SHA-256")
 
 
+# Unpickling a MACE model runs e3nn's code generation, which traces with torch.fx, and torch.fx keeps its patcher in a
+# process-wide global: two threads unpickling at once (a web server planning two submitted jobs) break each other.
+_UNPICKLE_LOCK = threading.Lock()
+
+
 def _unpickle(data: bytes, device: str, *, weights_only: bool):
     import_mace()  # before e3nn; it also sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (an explicit True still holds)
     import torch
 
-    return torch.load(io.BytesIO(data), map_location=device, weights_only=weights_only)
+    with _UNPICKLE_LOCK:
+        return torch.load(io.BytesIO(data), map_location=device, weights_only=weights_only)
 
 
 def load_model(
