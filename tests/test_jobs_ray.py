@@ -147,7 +147,8 @@ def _frames(workdir: Path) -> int:
 
     total = 0
     for d in workdir.glob("T*K/frames"):
-        total += FrameLog(d).n_frames
+        if FrameLog.exists(d):  # the directory is made a moment before its meta.json
+            total += FrameLog(d).n_frames
     return total
 
 
