@@ -235,6 +235,10 @@ def test_job_survives_lost_nodes_driver_and_head(cluster, tmp_path, model, setti
         document = json.loads((workdir_for(settings.home, t.task_key) / "result.json").read_text())
         resumed_md += [x["md_resumed_from_step"] for x in document["temperatures"] if x.get("md_resumed_from_step")]
     assert resumed_md, "no retried task continued its MD from a checkpoint"
+    print(f"\nfailure test: {len(tasks)} tasks done, {len(rows)} results, {len(dupes)} duplicated; "
+          f"attempts {sum(t.attempts for t in tasks)} ({len(retried)} tasks retried); outcomes "
+          f"{ {o: outcomes.count(o) for o in sorted(set(outcomes))} }; raylets killed on {killed}; "
+          f"MD resumed from steps {sorted(resumed_md)}")
     # progress per host while it ran, and the status command's account afterwards
     progress = (tmp_path / "driver-1.log").read_text()
     nodes_lines = [line for line in progress.splitlines() if line.startswith("[progress] nodes")]
