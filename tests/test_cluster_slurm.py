@@ -236,8 +236,8 @@ def test_sbatch_recipe_runs_a_screen_on_one_host(slurm, tmp_path, soft_model_fil
         "model": "soft.model",
         "working_ion": "Li",
         "candidates": [{"library": "Li2S"}],
-        "transport": {"overrides": short_protocol(equilibration_ps=0.1, production_ps=0.6,
-                                                  supercell_min_length_A=5.0, relax_max_steps=10)},
+        "transport": {"overrides": short_protocol(equilibration_ps=0.02, production_ps=0.1,
+                                                  supercell_min_length_A=5.0, relax_max_steps=5)},
         "resources": {"workers": 1, "threads_per_worker": 1},
     }, sort_keys=False))
 

@@ -95,7 +95,8 @@ def _alive(pid: int) -> bool:
 
 
 def _job(name: str, model: str, temperature_K: float) -> dict:
-    protocol = short_protocol(supercell_min_length_A=5.0, relax_max_steps=10, temperatures_K=[temperature_K])
+    protocol = short_protocol(equilibration_ps=0.02, production_ps=0.1, supercell_min_length_A=5.0, relax_max_steps=5,
+                              temperatures_K=[temperature_K])
     return {"name": name, "model": model, "candidates": [{"library": "Li2S"}], "transport": {"overrides": protocol},
             "resources": {"workers": 1, "threads_per_worker": 1}}
 
