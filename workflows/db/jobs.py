@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -15,11 +16,11 @@ from sqlalchemy.orm import Session
 from mlip.errors import InputError
 from mlip.util import canonical_json
 from screening.stages import Stage
-from workflows.db.candidates import candidate_row, link_in, upsert_in
+from workflows.db.candidates import candidate_row, link_many_in, upsert_many_in
 from workflows.db.database import _JOB_ID, InvalidTransition, Repository, _parse_enum, find_job
 from workflows.db.models import Job, JobStatus, Task, TaskState, utc_now
 from workflows.db.records import JobRecord, check_sha256
-from workflows.db.tasks import add_in
+from workflows.db.tasks import add_many_in
 
 # Allowed job status changes (setting the current status again only updates the other fields).
 # A finished, failed or cancelled job may run again: resume continues it without recomputing what is done.
@@ -33,6 +34,11 @@ JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 
 
 MAX_SUBMITTER_CHARS = 320  # a token name (64) or user@host (a login name and a DNS name)
+
+# Rows a job's creation stores per statement: a chunk of candidates holds their CIF texts (up to ~150 kB each at the
+# 2,000-site limit), so memory stays bounded whatever the number of candidates; tasks are a few fields each.
+CANDIDATE_CHUNK = 100
+TASK_CHUNK = 1000
 
 
 class PlannedTask(NamedTuple):
@@ -49,6 +55,12 @@ def _plain_json(data: Mapping[str, Any], what: str) -> dict[str, Any]:
         return json.loads(json.dumps(dict(data), sort_keys=True, allow_nan=False))
     except (TypeError, ValueError) as err:
         raise InputError(f"{what} is not plain JSON data: {err}") from err
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def _spec_fields(spec: Any) -> tuple[dict[str, Any], str, str, str]:
@@ -85,8 +97,8 @@ class JobRepository(Repository):
         model_sha256: str | None = None,
         job_id: str | None = None,
         plan: Mapping[str, Any] | None = None,
-        candidates: Sequence[Any] = (),
-        tasks: Sequence[PlannedTask] = (),
+        candidates: Iterable[Any] = (),
+        tasks: Iterable[PlannedTask] = (),
         error: str | None = None,
         submitted_by: str | None = None,
     ) -> str:
@@ -94,7 +106,17 @@ class JobRepository(Repository):
 
         With ``plan``, ``candidates`` (Candidates or CandidateRows) and ``tasks`` the job is stored together with
         everything it runs, in one transaction: all of it, or (on any error) nothing — no orphan job. ``submitted_by``
-        names who submitted it (an API token's name, or ``user@host``)."""
+        names who submitted it (an API token's name, or ``user@host``).
+
+        ``candidates`` and ``tasks`` are read in chunks (``CANDIDATE_CHUNK``, ``TASK_CHUNK``) as they are stored, so
+        they may be streams that never hold all their items (``plan_job`` of 10,000 candidates); they must be
+        iterable again (a list, or an object whose ``__iter__`` starts over, not a generator): a transaction retried
+        after a lock conflict reads them again."""
+        for what, given in (("candidates", candidates), ("tasks", tasks)):
+            if isinstance(given, Iterator):
+                raise TypeError(f"store.jobs.create: {what} must be iterable more than once (a list, or an object "
+                                f"whose __iter__ starts over), not a {type(given).__name__}: a transaction retried "
+                                "after a lock conflict reads them again")
         spec_json, spec_hash, name, model_ref = _spec_fields(spec)
         if submitted_by is not None and (not isinstance(submitted_by, str) or not submitted_by.strip()
                                          or len(submitted_by) > MAX_SUBMITTER_CHARS or "\x00" in submitted_by):
@@ -109,10 +131,6 @@ class JobRepository(Repository):
         elif not isinstance(job_id, str) or not _JOB_ID.match(job_id):
             raise InputError(f"a job id is 32 lower-case hex digits (uuid4().hex), got {job_id!r}")
         plan_json = None if plan is None else _plain_json(plan, "the job plan")
-        rows = [candidate_row(c) for c in candidates]
-        for t in tasks:
-            if not 0 <= t.candidate < len(rows):
-                raise InputError(f"a planned task names candidate {t.candidate}, but {len(rows)} candidates are given")
 
         def work(session: Session) -> str:
             if session.get(Job, job_id) is not None:
@@ -138,11 +156,20 @@ class JobRepository(Repository):
                 session.flush()
             except exc.IntegrityError as err:  # another process created it between our check and insert
                 raise InputError(f"job {job_id} already exists") from err
-            ids = [upsert_in(session, self._insert, row) for row in rows]
-            for candidate_id in dict.fromkeys(ids):
-                link_in(session, self._insert, job_id, candidate_id)
-            for t in tasks:
-                add_in(session, self._insert, job_id, ids[t.candidate], t.stage, t.task_key, t.workdir)
+            ids: list[int] = []  # candidate id by position in ``candidates``
+            linked: set[int] = set()
+            for chunk in _chunks(candidates, CANDIDATE_CHUNK):
+                chunk_ids = upsert_many_in(session, self._insert, [candidate_row(c) for c in chunk])
+                link_many_in(session, self._insert, job_id, [i for i in chunk_ids if i not in linked])
+                linked.update(chunk_ids)
+                ids.extend(chunk_ids)
+            for chunk in _chunks(tasks, TASK_CHUNK):
+                for t in chunk:
+                    if not 0 <= t.candidate < len(ids):
+                        raise InputError(f"a planned task names candidate {t.candidate}, but {len(ids)} candidates "
+                                         "are given")
+                add_many_in(session, self._insert, job_id,
+                            [(ids[t.candidate], t.stage, t.task_key, t.workdir) for t in chunk])
             return job_id
 
         return self._run(work, write=True)

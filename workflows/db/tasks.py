@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,6 +47,34 @@ def add_in(session: Session, insert, job_id: str, candidate_id: int, stage: Stag
             f"stage {task.stage.value}, not candidate {candidate_id} stage {stage.value}"
         )
     return task.id
+
+
+def add_many_in(session: Session, insert, job_id: str,
+                tasks: Sequence[tuple[int, Stage | str, str, str | None]]) -> None:
+    """:func:`add_in` for many (candidate id, stage, task key, workdir), with one INSERT and one SELECT, and the same
+    checks: a malformed key, or a key the job already has for another (candidate, stage), is an InputError."""
+    values = []
+    for candidate_id, stage, task_key, workdir in tasks:
+        stage = _parse_enum(Stage, stage, "stage")
+        try:
+            check_sha256(task_key, "task_key")
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        values.append({"job_id": job_id, "candidate_id": candidate_id, "stage": stage, "task_key": task_key,
+                       "state": TaskState.pending, "attempts": 0, "workdir": workdir, "reused_result": False})
+    if not values:
+        return
+    session.execute(insert(Task.__table__).on_conflict_do_nothing(index_elements=["job_id", "task_key"]), values)
+    query = (sa.select(Task.task_key, Task.candidate_id, Task.stage)
+             .where(Task.job_id == job_id, Task.task_key.in_({v["task_key"] for v in values})))
+    stored = {key: (candidate_id, stage) for key, candidate_id, stage in session.execute(query)}
+    for v in values:
+        candidate_id, stage = stored[v["task_key"]]
+        if (candidate_id, stage) != (v["candidate_id"], v["stage"]):
+            raise InputError(
+                f"job {job_id} already has task_key {v['task_key'][:12]}… for candidate {candidate_id} "
+                f"stage {stage.value}, not candidate {v['candidate_id']} stage {v['stage'].value}"
+            )
 
 
 class TaskRepository(Repository):

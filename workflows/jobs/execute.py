@@ -25,6 +25,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -215,14 +216,15 @@ def execute(
     store,
     job_id: str,
     model_refs: Sequence[str],
-    payloads: dict[int, "TaskSpec"],
+    payloads: Mapping[int, "TaskSpec"],
     options: ExecutionOptions,
     *,
     env: dict[str, str],
     on_event: Callable[[str, dict], None] = lambda kind, info: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> RunSummary:
-    """Run the pending tasks ``payloads`` (task id → TaskSpec, in the order to run them) with workers that hold
+    """Run the pending tasks ``payloads`` (task id → TaskSpec, in the order to run them; a lazy mapping such as
+    :class:`~workflows.jobs.plan.TaskPayloads` builds each when it is submitted) with workers that hold
     ``model_refs`` (the first loaded at start, the others on first use), and record their results.
 
     ``on_event(kind, info)`` receives ``submitted``/``progress``/``done``/``failed``/``retry`` events for
@@ -353,9 +355,10 @@ def execute(
                     continue
                 row = answer["row"]
                 compute_s = answer["ended_unix"] - answer["started_unix"]
+                payload = payloads[task_id]
                 written = time.perf_counter()
-                store.results.record({**row, "candidate_id": payloads[task_id].candidate_id,
-                                      "mlflow_run_id": payloads[task_id].mlflow_run_id})
+                store.results.record({**row, "candidate_id": payload.candidate_id,
+                                      "mlflow_run_id": payload.mlflow_run_id})
                 store.tasks.finish(task_id, "done", compute_s=compute_s)
                 summary.db_write_s.append(time.perf_counter() - written)
                 summary.task_times.append((w, answer["started_unix"], answer["ended_unix"]))

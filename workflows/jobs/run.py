@@ -28,7 +28,7 @@ from screening.stages import Stage
 from workflows.db.database import InvalidTransition
 from workflows.jobs.execute import ExecutionOptions, RunSummary, execute, init_ray
 from workflows.jobs.layout import Layout, resolve_layout
-from workflows.jobs.plan import JobPlan, PinnedModel, TaskSpec, load_plan, task_models, task_specs
+from workflows.jobs.plan import JobPlan, PinnedModel, TaskPayloads, load_plan, task_models, task_specs
 
 SCREENING_EXPERIMENT = "ionscreen-screening"
 
@@ -36,7 +36,7 @@ SCREENING_EXPERIMENT = "ionscreen-screening"
 _NO_WORK = Layout(1, 1, "nothing left to run")
 
 
-def _layout(plan: JobPlan, payloads: dict[int, TaskSpec], address: str | None, overrides: dict, settings: Settings):
+def _layout(plan: JobPlan, payloads: TaskPayloads, address: str | None, overrides: dict, settings: Settings):
     """Workers × threads: as configured, else filled in or measured (:mod:`workflows.jobs.layout`).
 
     A measurement that fails (it spawns processes) must not strand the job: one worker per core, said so."""
@@ -55,15 +55,16 @@ def _layout(plan: JobPlan, payloads: dict[int, TaskSpec], address: str | None, o
         return Layout(workers or cores, threads or 1, f"measurement failed ({type(err).__name__}: {err}); default")
 
 
-def _layout_structures(payloads: dict[int, TaskSpec]):
-    """One system like the tasks' (the first transport candidate's MD supercell, else the first candidate)."""
+def _layout_structures(payloads: TaskPayloads):
+    """One system like the tasks' (the first transport candidate's MD supercell, else the first candidate): the one
+    payload built for it."""
     from screening.cells import make_supercell
     from screening.transport.run import to_atoms
 
-    transport = [p for p in payloads.values() if p.stage is Stage.TRANSPORT]
-    spec = (transport or list(payloads.values()))[0]
+    first = next((i for i in payloads if payloads.stage(i) is Stage.TRANSPORT), next(iter(payloads)))
+    spec = payloads[first]
     atoms = to_atoms(spec.candidate.structure)
-    if transport:
+    if spec.stage is Stage.TRANSPORT:
         atoms = make_supercell(atoms, spec.transport.supercell_min_length_A)[0]
     return [atoms]
 
@@ -141,11 +142,13 @@ def run_job(
             store.tasks.finish(t.id, "failed", error=f"{type(mismatch).__name__}: {mismatch}")
             display.mark(t.id, "failed")
             refused[t.id] = str(mismatch)
-    pending = [t for t in pending if t.id not in refused]
-    payloads = task_specs(store, job_id, plan, pending, mlflow_run_id=mlflow_run_id)
+    order = {m: i for i, m in enumerate(plan.models)}  # the primary model's tasks first (stable within a model)
+    pending = sorted((t for t in pending if t.id not in refused), key=lambda t: order[models[t.id]])
+    payloads = task_specs(store, job_id, plan, pending, mlflow_run_id=mlflow_run_id)  # built when submitted
 
     layout = _layout(plan, payloads, address, overrides, settings) if payloads else None
     options = _options(plan, address, overrides, layout or _NO_WORK)
+    payloads.keep = 2 * max(options.max_in_flight, options.workers)  # still there when its task ends
     if layout is not None:
         print(f"workers: {layout.describe()}", file=progress_stream or sys.stderr, flush=True)
         if mlflow_run_id:
@@ -178,9 +181,7 @@ def run_job(
             last_check[1] = store.jobs.get(job_id).status == "cancelled"
         return last_check[1]
 
-    order = {m: i for i, m in enumerate(plan.models)}  # the primary model's tasks first (stable within a model)
-    payloads = dict(sorted(payloads.items(), key=lambda item: order[item[1].model]))
-    model_refs = list(dict.fromkeys(p.model.ref for p in payloads.values()))
+    model_refs = list(dict.fromkeys(payloads.model(i).ref for i in payloads))
     try:
         summary = execute(store, job_id, model_refs, payloads, options,
                           env=_worker_env(settings, options), on_event=on_event, should_stop=should_stop)

@@ -6,6 +6,7 @@ from workflows.jobs.spec.build import (
     BuiltCandidates,
     CandidateFailure,
     build_candidates,
+    iter_candidates,
 )
 from workflows.jobs.spec.parse import (
     JobSpecError,
@@ -26,5 +27,5 @@ from workflows.jobs.spec.schema import (
 )
 
 __all__ = ["Stage", "JobSpec", "JobSpecError", "SpecProblem", "load_job_spec", "parse_job_spec", "build_candidates",
-           "BuiltCandidates", "CandidateFailure", "CandidateSpec", "SubstituteSpec", "DopeSpec", "TransportSpec",
-           "NebSpec", "ResourcesSpec", "Device", "NAME_PATTERN"]
+           "iter_candidates", "BuiltCandidates", "CandidateFailure", "CandidateSpec", "SubstituteSpec", "DopeSpec",
+           "TransportSpec", "NebSpec", "ResourcesSpec", "Device", "NAME_PATTERN"]

@@ -7,6 +7,7 @@ A candidate whose transport or NEB supercell would hold more than ``MAX_SIMULATI
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -93,19 +94,19 @@ def check_simulation_size(cand, spec: JobSpec) -> None:
                               what=f"candidate {cand.name}: its NEB supercell (min_length_A = {length:g} Å)")
 
 
-def build_candidates(spec: JobSpec, allowed_elements: set[str] | None = None, *,
-                     agreement_elements: set[str] | None = None) -> BuiltCandidates:
-    """Materialise every candidate of ``spec``; a candidate that fails is reported and the others are built.
+def iter_candidates(spec: JobSpec, allowed_elements: set[str] | None = None, *,
+                    agreement_elements: set[str] | None = None) -> Iterator[Any]:
+    """Build the candidates of ``spec`` one at a time, in job-file order: yields each built
+    ``screening.candidates.Candidate`` or the ``CandidateFailure`` of an item that could not be built, so a caller
+    that stores each one as it comes keeps no more than one structure in memory (``plan_job`` of 10,000 candidates).
 
     ``allowed_elements`` (e.g. a model's element symbols): candidates with other elements fail with a
     ModelDomainError message; ``agreement_elements`` the same for the job's ``agreement_model`` (a candidate is
     screened by both models or not at all); candidates whose supercells exceed ``MAX_SIMULATION_ATOMS`` fail with an
-    InputError. Candidates with the same structure hash are kept once (first one wins).
+    InputError. Candidates with the same structure hash are yielded once (first one wins).
     """
     from mlip.errors import ModelDomainError
 
-    built = []
-    failures: list[CandidateFailure] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(spec.candidates):
         try:
@@ -121,12 +122,22 @@ def build_candidates(spec: JobSpec, allowed_elements: set[str] | None = None, *,
             check_simulation_size(cand, spec)
         except Exception as err:  # noqa: BLE001 - one bad candidate must not stop the others; the error is reported
             log.warning("candidates[%d] (%s) failed: %s", i, item.label, err)
-            failures.append(CandidateFailure(index=i, item=f"candidates[{i}]", label=item.label,
-                                             error_type=type(err).__name__, error=str(err)))
+            yield CandidateFailure(index=i, item=f"candidates[{i}]", label=item.label,
+                                   error_type=type(err).__name__, error=str(err))
             continue
         if cand.structure_hash in seen:
             log.info("candidates[%d] is the same structure as candidates[%d]; kept once", i, seen[cand.structure_hash])
             continue
         seen[cand.structure_hash] = i
-        built.append(cand)
+        yield cand
+
+
+def build_candidates(spec: JobSpec, allowed_elements: set[str] | None = None, *,
+                     agreement_elements: set[str] | None = None) -> BuiltCandidates:
+    """Materialise every candidate of ``spec`` (all in memory: :func:`iter_candidates` builds them one at a time);
+    a candidate that fails is reported and the others are built. The arguments are :func:`iter_candidates`'s."""
+    built = []
+    failures: list[CandidateFailure] = []
+    for out in iter_candidates(spec, allowed_elements, agreement_elements=agreement_elements):
+        (failures if isinstance(out, CandidateFailure) else built).append(out)
     return BuiltCandidates(built, failures)

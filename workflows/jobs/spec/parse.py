@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from mlip.errors import InputError
 from workflows.jobs.spec.schema import JobSpec, clean_message
 
-MAX_JOB_FILE_BYTES = 512 * 1024  # a job of MAX_CANDIDATES candidates is ~100 kB
+MAX_JOB_FILE_BYTES = 4 * 1024 * 1024  # MAX_CANDIDATES entries of up to ~400 bytes (a file: with an oxidation: block)
 MAX_YAML_DEPTH = 32  # a job file nests 5 levels; JSON or YAML deeper than this is not a job file
 
 

@@ -39,7 +39,7 @@ NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
 # Bounds of the job file's own fields (the protocol's are in screening.transport.protocol and
 # screening.neb.band, the ranking's in screening.ranking, the seed's in screening.transport.protocol;
 # structure sizes in screening.candidates.limits). Floats are finite everywhere.
-MAX_CANDIDATES = 1000  # candidates per job (each is built before planning)
+MAX_CANDIDATES = 10_000  # candidates per job (each is built before planning; plan_job streams them)
 MAX_NAME_LENGTH = 128
 MAX_REFERENCE_LENGTH = 4096  # model reference, file path
 MAX_INSERTED_IONS = 256  # n_ions of a cathode host
