@@ -161,7 +161,7 @@ def test_worker_killed_mid_task_is_retried_from_its_checkpoint(job_dir, ray_sess
     from workflows.jobs.spec import load_job_spec
 
     transport = json.loads(json.dumps(JOB_TRANSPORT))
-    transport["overrides"]["production_ps"] = 1.5
+    transport["overrides"]["production_ps"] = 1.0
     plan = plan_job(load_job_spec(write_job(job_dir, candidates=[{"library": "Li2S"}], transport=transport, workers=1)), settings)
     store = Store.open(settings.db_url)
     task = store.tasks.list(plan.job_id)[0]
@@ -169,7 +169,7 @@ def test_worker_killed_mid_task_is_retried_from_its_checkpoint(job_dir, ray_sess
     result = {}
     runner = threading.Thread(target=lambda: result.update(summary=run_job(plan.job_id, settings, live=False)))
     runner.start()
-    _wait_for(lambda: _frames(workdir) > 30)
+    _wait_for(lambda: _frames(workdir) > 20)
     victims = [p for p in psutil.process_iter(["cmdline"]) if "ray::ModelWorker" in " ".join(p.info["cmdline"] or [])]
     assert len(victims) == 1
     frames_at_kill = _frames(workdir)
@@ -181,7 +181,7 @@ def test_worker_killed_mid_task_is_retried_from_its_checkpoint(job_dir, ray_sess
     assert task.state == "done" and task.attempts == 2
     assert len(store.results.for_job(plan.job_id)) == 1
     # resumed, not restarted: exactly the production frames, none duplicated
-    assert _frames(workdir) == 150 + 1 and frames_at_kill < 151
+    assert _frames(workdir) == 100 + 1 and frames_at_kill < 101
 
 
 def test_driver_killed_then_resumed_completes_without_duplicates(job_dir, ray_session, settings):
