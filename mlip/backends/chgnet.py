@@ -99,14 +99,16 @@ def _coverage_checked_class():
     from chgnet.model.dynamics import CHGNetCalculator
 
     class CoverageCheckedCHGNetCalculator(CHGNetCalculator):
-        """CHGNetCalculator that names uncovered elements, reports float32, and computes energy, forces and
-        stress only (no magnetic moments)."""
+        """CHGNetCalculator that names uncovered elements, reports float32, and computes energy and forces, and
+        the stress only when it is asked for (never magnetic moments)."""
 
         default_dtype = "float32"  # what NEB provenance records: CHGNet computes in float32
         implemented_properties = (*CHGNetCalculator.implemented_properties, "free_energy")
 
-        def calculate(self, atoms=None, properties=None, system_changes=all_changes, task="efs"):
+        def calculate(self, atoms=None, properties=None, system_changes=all_changes, task=None):
             refuse_uncovered(self, atoms)
+            if task is None:  # the stress costs a second backward pass: only when it is asked for
+                task = "efs" if "stress" in (properties or ()) else "ef"
             return super().calculate(atoms, properties, system_changes, task=task)
 
     return CoverageCheckedCHGNetCalculator
