@@ -1,0 +1,145 @@
+"""Student against teacher (and any other models), side by side: errors on held-out frames and NEB barriers.
+
+1. Energy and force errors of every model against the labels of a dataset's test split (the teacher's own
+   labels when the dataset is a distillation set: the teacher's row is then its float32 reproducibility), and
+   of the frames grouped by their ``host`` (a teacher MD trajectory is ``<cell>@<T>K``).
+2. Climbing-image NEB barriers of the first ``--hops`` symmetry-distinct Li hops (shortest first, vacancy
+   mechanism) of each library structure, every model on the same hop network, the same NEB settings, and the
+   difference of each model from the first (the teacher).
+
+    OMP_NUM_THREADS=2 python benchmarks/student_vs_teacher.py chgnet:0.3.0 bundled:lipscl-student \\
+        bundled:lipscl-demo --dataset training/datasets/lipscl-student --structures Li2S beta-Li3PS4 Li6PS5Cl \\
+        --hops 4 --out bench-student
+
+Writes ``OUT/student_vs_teacher.json`` with every figure; prints two tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def frame_errors(loaded, frames) -> dict:
+    from training.evaluate import predict
+
+    pred = predict(loaded.module, frames, dtype="float64") if loaded.family == "mace" else None
+    e_err, f_err, by_host = [], [], defaultdict(lambda: ([], []))
+    for k, atoms in enumerate(frames):
+        if pred is not None:
+            energy, forces = pred.energies_eV[k], pred.forces_eV_A[k]
+        else:
+            a = atoms.copy()
+            a.calc = loaded.calculator(task="single_point", dtype="float32")
+            energy, forces = a.get_potential_energy(), a.get_forces()
+        e = abs(energy - atoms.info["REF_energy"]) / len(atoms)
+        f = np.abs(forces - atoms.arrays["REF_forces"]).ravel()
+        e_err.append(e)
+        f_err.append(f)
+        host = by_host[str(atoms.info.get("host", "?"))]
+        host[0].append(e)
+        host[1].append(f)
+    return {
+        "energy_mae_meV_per_atom": 1000 * float(np.mean(e_err)),
+        "force_mae_meV_per_A": 1000 * float(np.mean(np.concatenate(f_err))),
+        "n_frames": len(frames),
+        "by_host": {h: {"energy_mae_meV_per_atom": 1000 * float(np.mean(v[0])),
+                        "force_mae_meV_per_A": 1000 * float(np.mean(np.concatenate(v[1]))), "n_frames": len(v[0])}
+                    for h, v in sorted(by_host.items())},
+    }
+
+
+def barriers(loaded, name: str, hops: int, out: Path, fmax: float, images: int) -> list[dict]:
+    from mlip.config import load_settings
+    from screening.candidates import build_candidate
+    from screening.neb import NebParameters, neb_for_structure
+    from screening.neb.driver import neb_engine_for
+
+    engine = neb_engine_for(loaded, device="cpu")
+    params = NebParameters(n_images=images, fmax_eV_A=fmax)
+    began = time.perf_counter()
+    doc = neb_for_structure(build_candidate(name).structure, "Li", engine, params, max_hops=hops, mechanism="vacancy",
+                            out_dir=out, home=load_settings().home)
+    wall = time.perf_counter() - began
+    rows = []
+    for hop in doc.hops:
+        if "not_computed" in hop.flags:
+            continue
+        rows.append({"structure": name, "hop_label": hop.hop_label, "hop_length_A": hop.hop_length_A,
+                     "barrier_eV": hop.barrier_forward_eV, "converged": hop.converged, "flags": list(hop.flags),
+                     "n_atoms": hop.n_atoms})
+    print(f"  {loaded.ref} {name}: {len(rows)} hop(s) in {wall:.0f} s", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="model references; differences are to the first (the teacher)")
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--structures", nargs="*", default=["Li2S", "beta-Li3PS4", "Li6PS5Cl"])
+    parser.add_argument("--hops", type=int, default=4, help="hops per structure (shortest first)")
+    parser.add_argument("--fmax", type=float, default=0.05)
+    parser.add_argument("--images", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("bench-student"))
+    args = parser.parse_args()
+
+    from mlip.config import load_settings
+    from mlip.loader import load_model
+    from training.data import load_dataset
+    from training.evaluate import is_isolated_atom
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = load_settings()
+    frames = [a for a in load_dataset(args.dataset).split(args.split) if not is_isolated_atom(a)]
+    report: dict = {"dataset": str(args.dataset), "split": args.split, "models": {}}
+    for ref in args.models:
+        loaded = load_model(ref, settings)
+        entry = {"sha256": loaded.sha256, "family": loaded.family, "frames": frame_errors(loaded, frames), "hops": []}
+        for name in args.structures:
+            entry["hops"] += barriers(loaded, name, args.hops, args.out / f"{loaded.sha256[:12]}-{name}",
+                                      args.fmax, args.images)
+        report["models"][ref] = entry
+        (args.out / "student_vs_teacher.json").write_text(json.dumps(report, indent=1) + "\n")
+
+    print(f"\nErrors on {args.dataset} ({args.split}, {len(frames)} frames):")
+    print(f"{'model':32s} {'E MAE meV/atom':>15s} {'F MAE meV/Å':>12s}")
+    for ref, entry in report["models"].items():
+        fr = entry["frames"]
+        print(f"{ref:32s} {fr['energy_mae_meV_per_atom']:15.1f} {fr['force_mae_meV_per_A']:12.1f}")
+    teacher = args.models[0]
+    keyed = {ref: {(h["structure"], h["hop_label"]): h for h in e["hops"]} for ref, e in report["models"].items()}
+    print(f"\nNEB barriers (eV; in brackets: minus {teacher}'s):")
+    print(f"{'hop':28s} " + " ".join(f"{ref[:24]:>26s}" for ref in args.models))
+    diffs = defaultdict(list)
+    for key, hop in keyed[teacher].items():
+        cells = []
+        for ref in args.models:
+            other = keyed[ref].get(key)
+            b = other and other["barrier_eV"]
+            if b is None:
+                cells.append(f"{'-':>26s}")
+                continue
+            if ref != teacher and hop["barrier_eV"] is not None:
+                diffs[ref].append(b - hop["barrier_eV"])
+                cells.append(f"{b:12.3f} ({b - hop['barrier_eV']:+.3f})".rjust(26))
+            else:
+                cells.append(f"{b:26.3f}")
+        print(f"{key[0]} hop {key[1]} ({hop['hop_length_A']:.2f} Å)".ljust(28) + " " + " ".join(cells))
+    for ref, d in diffs.items():
+        d = np.array(d)
+        report["models"][ref]["barrier_vs_teacher"] = {"n": len(d), "mae_eV": float(np.mean(np.abs(d))),
+                                                       "max_abs_eV": float(np.max(np.abs(d))),
+                                                       "within_0.05_eV": int(np.sum(np.abs(d) <= 0.05))}
+        print(f"{ref}: barrier MAE vs {teacher} {np.mean(np.abs(d)):.3f} eV, max {np.max(np.abs(d)):.3f} eV, "
+              f"{int(np.sum(np.abs(d) <= 0.05))}/{len(d)} within 0.05 eV")
+    (args.out / "student_vs_teacher.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
