@@ -58,6 +58,50 @@ def _worker(model: Path, workdir: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+class _Killed(BaseException):
+    """Stands for SIGKILL inside the process: nothing after it runs, no handler catches it."""
+
+
+def test_a_kill_between_one_events_checkpoints_still_resumes_exactly(soft_model_file, tmp_path, monkeypatch):
+    """The race a SIGKILL can hit: an event's checkpoints are written one system after another. Stop the run
+    right after the first system's checkpoint of a mid-production event: the re-run takes that system back to
+    its previous checkpoint, and every system ends bit for bit as the uninterrupted run."""
+    from engine_batch_worker import jobs
+
+    from mlip.loader import load_model
+    from screening.transport import batch_md
+    from screening.transport.md import SegmentRun
+
+    model = LeanMACE.from_loaded(load_model(str(soft_model_file)), device="cpu")
+    reference = tmp_path / "uninterrupted"
+    run_md_batch(jobs(reference), model)
+
+    killed = tmp_path / "killed"
+    original = SegmentRun.checkpoint
+    written = []
+
+    def checkpoint(self, positions, momenta, batch=None):
+        original(self, positions, momenta, batch=batch)
+        written.append((batch["seq"], self.workdir.name, self.step))
+        if batch["seq"] == 4 and len(batch["members"]) == 3:
+            raise _Killed()
+
+    monkeypatch.setattr(SegmentRun, "checkpoint", checkpoint)
+    with pytest.raises(_Killed):
+        run_md_batch(jobs(killed), model)
+    monkeypatch.setattr(SegmentRun, "checkpoint", original)
+    first = written[-1]
+    assert first[0] == 4 and first[2] > 0
+    stamps = {k: batch_md._batch_stamp(killed / f"system{k}")["seq"] for k in range(3)}
+    assert sorted(stamps.values()) == [3, 3, 4]  # the half-written event
+
+    resumed = run_md_batch(jobs(killed), model)
+    assert all(o.status is MDStatus.COMPLETED for o in resumed)
+    for k in range(3):
+        assert _frames(killed / f"system{k}") == _frames(reference / f"system{k}"), f"system{k}"
+    assert batch_md.align_checkpoints([killed / f"system{k}" for k in range(3)]) == []  # nothing left to undo
+
+
 def test_killed_batch_resumes_every_system_exactly(soft_model_file, tmp_path):
     from engine_batch_worker import SEGMENTS, jobs
 
@@ -202,6 +246,9 @@ def test_engine_writes_what_the_ase_path_writes(soft_module, tmp_path):
         np.testing.assert_allclose(getattr(de, field), getattr(da, field), rtol=1e-8, atol=1e-10, err_msg=field)
     with np.load(tmp_path / "ase" / "checkpoint.npz") as ca, np.load(tmp_path / "engine" / "checkpoint.npz") as ce:
         sa, se = json.loads(str(ca["state"])), json.loads(str(ce["state"]))
+        # the engine also stamps its batch event (number and members: how a half-written event is undone)
+        stamp = se.pop("batch")
+        assert stamp["members"] == [str((tmp_path / "engine").resolve())] and stamp["seq"] >= 1
         assert sa == se  # step, frames, target, settings and the random generator's state
         np.testing.assert_allclose(ce["positions"], ca["positions"], rtol=0, atol=1e-9)
     assert json.loads((tmp_path / "ase" / "status.json").read_text()) == \

@@ -8,7 +8,10 @@ finish or go unstable leave the batch; the others go on.
 Exact resumption: a system's last bits depend on the shape of the batch it ran in (BLAS), so the
 batch's composition changes only at checkpoints of all its systems — whenever one system
 checkpoints, leaves or joins, all do. A killed batch re-run on the same jobs then continues every
-system bit for bit (on CPUs; GPU atomics make the last bits vary anyway).
+system bit for bit (on CPUs; GPU atomics make the last bits vary anyway). The checkpoints of one event are
+written one system after another, so a kill can land between them; each records the event's number and its
+members, keeps the previous one, and a re-run first takes every member of an event that not all its members
+reached back to the event before (:func:`align_checkpoints`).
 
 Batches are capped at ``batch_systems`` systems and ``max_batch_atoms`` atoms (:mod:`mlip.engine.tuning`
 measures good values);
@@ -19,6 +22,7 @@ halves continue from their checkpoints.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,7 +32,15 @@ from ase import Atoms
 
 from mlip.engine import DEFAULT_SKIN_A, BatchTooLarge, Integrator, LeanMACE, MDBatch, SystemSpec
 from mlip.errors import InputError
-from screening.transport.md import MDOutcome, MDSegment, MDStatus, SegmentRun, min_distance
+from screening.transport.md import (
+    PREVIOUS_CHECKPOINT,
+    MDOutcome,
+    MDSegment,
+    MDStatus,
+    SegmentRun,
+    _load_checkpoint,
+    min_distance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +95,7 @@ def run_md_batch(jobs: Sequence[MDJob], model: LeanMACE, *, skin_A: float = DEFA
     for job in jobs:
         job.segment.validate()
         model.species_index(job.atoms.numbers)  # uncovered elements: a clear error now, not mid-batch
+    align_checkpoints([Path(j.workdir) for j in jobs])
     # start every job now, so that a bad structure or a mismatched checkpoint stops all before MD
     for job in jobs:
         SegmentRun(job.atoms.copy(), job.segment, job.workdir)
@@ -113,6 +126,42 @@ def run_md_batch(jobs: Sequence[MDJob], model: LeanMACE, *, skin_A: float = DEFA
     return [outcomes[i] for i in range(len(jobs))]
 
 
+def _batch_stamp(workdir: Path) -> dict | None:
+    ckpt = workdir / "checkpoint.npz"
+    return _load_checkpoint(ckpt)[1].get("batch") if ckpt.exists() else None
+
+
+def align_checkpoints(workdirs: Sequence[Path]) -> list[Path]:
+    """Undo the checkpoints of a batch event that a kill interrupted; returns the directories taken back.
+
+    An event's members checkpoint one after another; if some of them (among ``workdirs``) still hold an
+    older checkpoint, the ones that got the new one go back to their previous checkpoint (or, at the first
+    event, to none), so that the batch resumes with the composition it had, bit for bit."""
+    keys = {str(Path(w).resolve()): Path(w) for w in workdirs}
+    stamps: dict[str, dict | None] = {}
+    for key, wd in keys.items():
+        (wd / "checkpoint.next.npz").unlink(missing_ok=True)  # staged, never promoted
+        if not (wd / "checkpoint.npz").exists() and (wd / PREVIOUS_CHECKPOINT).exists():
+            os.replace(wd / PREVIOUS_CHECKPOINT, wd / "checkpoint.npz")  # killed between the two renames
+        stamps[key] = _batch_stamp(wd)
+    taken_back = []
+    for key, stamp in stamps.items():
+        if not stamp:
+            continue
+        behind = [m for m in stamp["members"] if m in stamps and (stamps[m] or {}).get("seq", -1) < stamp["seq"]]
+        if not behind:
+            continue
+        wd = keys[key]
+        if (wd / PREVIOUS_CHECKPOINT).exists():
+            os.replace(wd / PREVIOUS_CHECKPOINT, wd / "checkpoint.npz")
+        else:
+            (wd / "checkpoint.npz").unlink()
+        log.info("%s: back to the checkpoint before batch event %d, which %d other system(s) of its batch did not "
+                 "reach before the run stopped", wd, stamp["seq"], len(behind))
+        taken_back.append(wd)
+    return taken_back
+
+
 def _run_group(jobs: Sequence[MDJob], group: list[int], model: LeanMACE, skin_A: float,
                progress: Callable | None) -> dict[int, MDOutcome]:
     outcomes: dict[int, MDOutcome] = {}
@@ -127,6 +176,7 @@ def _run_group(jobs: Sequence[MDJob], group: list[int], model: LeanMACE, skin_A:
                                            time_constant_fs=seg.thermostat_time_constant_fs, rng=run.rng))
     batch = MDBatch(model, specs, skin_A=skin_A)
     checkpoint_all = True  # a (re)started batch begins with every system checkpointed where it stands
+    seq = 1 + max((stamp["seq"] for i in group if (stamp := _batch_stamp(Path(jobs[i].workdir)))), default=0)
     steps = 0
     while runs:
         positions = batch.all_positions()
@@ -146,9 +196,12 @@ def _run_group(jobs: Sequence[MDJob], group: list[int], model: LeanMACE, skin_A:
                 run.ensure_reference(positions[k])
         staying = [k for k, (_, run) in enumerate(runs) if k not in leaving and not run.done]
         if checkpoint_all or len(staying) < len(runs) or any(run.wants_checkpoint() for _, run in runs):
+            event = {"seq": seq, "members": [str(Path(jobs[i].workdir).resolve())
+                                             for k, (i, _) in enumerate(runs) if k not in leaving]}
             for k, (_, run) in enumerate(runs):
                 if k not in leaving:
-                    run.checkpoint(positions[k], momenta[k])
+                    run.checkpoint(positions[k], momenta[k], batch=event)
+            seq += 1
         checkpoint_all = False
         for k, (_, run) in enumerate(runs):
             if k not in leaving and run.done:

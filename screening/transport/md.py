@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import io
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -136,6 +137,9 @@ def _save_checkpoint(path: Path, positions: np.ndarray, momenta: np.ndarray, cel
         cell=cell,
         state=np.array(json.dumps({"step": step, "frames": frames, "rng": rng.bit_generator.state, **extra})),
     ))
+
+
+PREVIOUS_CHECKPOINT = "checkpoint.prev.npz"
 
 
 def _load_checkpoint(path: Path) -> tuple[dict, dict]:
@@ -281,9 +285,20 @@ class SegmentRun:
         seg = self.seg
         return self.step % seg.checkpoint_every_steps == 0 or self.step == self.end or self.step == seg.equilibration_steps
 
-    def checkpoint(self, positions: np.ndarray, momenta: np.ndarray) -> None:
-        _save_checkpoint(self.ckpt, positions, momenta, self.cell, self.step, self.frames, self.rng,
-                         {"target_steps": self.end, "segment_key": _segment_key(self.seg)})
+    def checkpoint(self, positions: np.ndarray, momenta: np.ndarray, batch: dict | None = None) -> None:
+        """Save the state. ``batch`` (from the batch driver: the event's sequence number and its members)
+        also keeps the previous checkpoint as ``checkpoint.prev.npz``, so that a batch killed halfway
+        through writing one event's checkpoints can go back to the event before (see batch_md)."""
+        extra = {"target_steps": self.end, "segment_key": _segment_key(self.seg)}
+        if batch is None:
+            _save_checkpoint(self.ckpt, positions, momenta, self.cell, self.step, self.frames, self.rng, extra)
+            return
+        staged = self.ckpt.with_name("checkpoint.next.npz")
+        _save_checkpoint(staged, positions, momenta, self.cell, self.step, self.frames, self.rng,
+                         {**extra, "batch": batch})
+        if self.ckpt.exists():
+            os.replace(self.ckpt, self.ckpt.with_name(PREVIOUS_CHECKPOINT))
+        os.replace(staged, self.ckpt)
 
     def advance(self) -> bool:
         """Count a step taken; True when production starts now (the driver then removes the
