@@ -70,7 +70,7 @@ def test_a_kill_between_one_events_checkpoints_still_resumes_exactly(soft_model_
 
     from mlip.loader import load_model
     from screening.transport import batch_md
-    from screening.transport.md import SegmentRun
+    from screening.transport.md import SegmentRun, batch_stamp
 
     model = LeanMACE.from_loaded(load_model(str(soft_model_file)), device="cpu")
     reference = tmp_path / "uninterrupted"
@@ -92,7 +92,7 @@ def test_a_kill_between_one_events_checkpoints_still_resumes_exactly(soft_model_
     monkeypatch.setattr(SegmentRun, "checkpoint", original)
     first = written[-1]
     assert first[0] == 4 and first[2] > 0
-    stamps = {k: batch_md._batch_stamp(killed / f"system{k}")["seq"] for k in range(3)}
+    stamps = {k: batch_stamp(killed / f"system{k}")["seq"] for k in range(3)}
     assert sorted(stamps.values()) == [3, 3, 4]  # the half-written event
 
     resumed = run_md_batch(jobs(killed), model)

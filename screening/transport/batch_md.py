@@ -33,12 +33,14 @@ from ase import Atoms
 from mlip.engine import DEFAULT_SKIN_A, BatchTooLarge, Integrator, LeanMACE, MDBatch, SystemSpec
 from mlip.errors import InputError
 from screening.transport.md import (
+    CHECKPOINT,
     PREVIOUS_CHECKPOINT,
+    STAGED_CHECKPOINT,
     MDOutcome,
     MDSegment,
     MDStatus,
     SegmentRun,
-    _load_checkpoint,
+    batch_stamp,
     min_distance,
 )
 
@@ -126,11 +128,6 @@ def run_md_batch(jobs: Sequence[MDJob], model: LeanMACE, *, skin_A: float = DEFA
     return [outcomes[i] for i in range(len(jobs))]
 
 
-def _batch_stamp(workdir: Path) -> dict | None:
-    ckpt = workdir / "checkpoint.npz"
-    return _load_checkpoint(ckpt)[1].get("batch") if ckpt.exists() else None
-
-
 def align_checkpoints(workdirs: Sequence[Path]) -> list[Path]:
     """Undo the checkpoints of a batch event that a kill interrupted; returns the directories taken back.
 
@@ -140,10 +137,10 @@ def align_checkpoints(workdirs: Sequence[Path]) -> list[Path]:
     keys = {str(Path(w).resolve()): Path(w) for w in workdirs}
     stamps: dict[str, dict | None] = {}
     for key, wd in keys.items():
-        (wd / "checkpoint.next.npz").unlink(missing_ok=True)  # staged, never promoted
-        if not (wd / "checkpoint.npz").exists() and (wd / PREVIOUS_CHECKPOINT).exists():
-            os.replace(wd / PREVIOUS_CHECKPOINT, wd / "checkpoint.npz")  # killed between the two renames
-        stamps[key] = _batch_stamp(wd)
+        (wd / STAGED_CHECKPOINT).unlink(missing_ok=True)  # staged, never promoted
+        if not (wd / CHECKPOINT).exists() and (wd / PREVIOUS_CHECKPOINT).exists():
+            os.replace(wd / PREVIOUS_CHECKPOINT, wd / CHECKPOINT)  # killed between the two renames
+        stamps[key] = batch_stamp(wd)
     taken_back = []
     for key, stamp in stamps.items():
         if not stamp:
@@ -153,9 +150,9 @@ def align_checkpoints(workdirs: Sequence[Path]) -> list[Path]:
             continue
         wd = keys[key]
         if (wd / PREVIOUS_CHECKPOINT).exists():
-            os.replace(wd / PREVIOUS_CHECKPOINT, wd / "checkpoint.npz")
+            os.replace(wd / PREVIOUS_CHECKPOINT, wd / CHECKPOINT)
         else:
-            (wd / "checkpoint.npz").unlink()
+            (wd / CHECKPOINT).unlink()
         log.info("%s: back to the checkpoint before batch event %d, which %d other system(s) of its batch did not "
                  "reach before the run stopped", wd, stamp["seq"], len(behind))
         taken_back.append(wd)
@@ -176,7 +173,7 @@ def _run_group(jobs: Sequence[MDJob], group: list[int], model: LeanMACE, skin_A:
                                            time_constant_fs=seg.thermostat_time_constant_fs, rng=run.rng))
     batch = MDBatch(model, specs, skin_A=skin_A)
     checkpoint_all = True  # a (re)started batch begins with every system checkpointed where it stands
-    seq = 1 + max((stamp["seq"] for i in group if (stamp := _batch_stamp(Path(jobs[i].workdir)))), default=0)
+    seq = 1 + max((run.batch_stamp["seq"] for _, run in runs if run.batch_stamp), default=0)
     steps = 0
     while runs:
         positions = batch.all_positions()

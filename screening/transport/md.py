@@ -139,7 +139,9 @@ def _save_checkpoint(path: Path, positions: np.ndarray, momenta: np.ndarray, cel
     ))
 
 
-PREVIOUS_CHECKPOINT = "checkpoint.prev.npz"
+CHECKPOINT = "checkpoint.npz"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.npz"  # kept by batch checkpoints (see SegmentRun.checkpoint)
+STAGED_CHECKPOINT = "checkpoint.next.npz"
 
 
 def _load_checkpoint(path: Path) -> tuple[dict, dict]:
@@ -147,6 +149,15 @@ def _load_checkpoint(path: Path) -> tuple[dict, dict]:
         arrays = {k: data[k] for k in ("positions", "momenta", "cell")}
         state = json.loads(str(data["state"]))
     return arrays, state
+
+
+def batch_stamp(workdir: Path) -> dict | None:
+    """The batch event (number, members) of the checkpoint in ``workdir``; None without one or outside a batch."""
+    ckpt = Path(workdir) / CHECKPOINT
+    if not ckpt.exists():
+        return None
+    with np.load(ckpt) as data:
+        return json.loads(str(data["state"])).get("batch")
 
 
 class SegmentRun:
@@ -164,7 +175,7 @@ class SegmentRun:
         self.seg = seg
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.ckpt = self.workdir / "checkpoint.npz"
+        self.ckpt = self.workdir / CHECKPOINT
         self.t0 = time.perf_counter()
         self.symbols = np.array(atoms.get_chemical_symbols())
         self.mobile = np.flatnonzero(self.symbols == seg.mobile_symbol)
@@ -176,6 +187,7 @@ class SegmentRun:
         self.rng = np.random.default_rng(np.random.SeedSequence([seg.seed, int(round(seg.temperature_K * 1000))]))
         self.end = seg.equilibration_steps + seg.production_steps
         self.resumed_from = None
+        self.batch_stamp: dict | None = None  # the batch event of the checkpoint this run starts from
         if self.ckpt.exists():
             arrays, state = _load_checkpoint(self.ckpt)
             atoms.set_cell(arrays["cell"])
@@ -189,6 +201,7 @@ class SegmentRun:
             self.rng.bit_generator.state = state["rng"]
             self.step, self.frames = int(state["step"]), int(state["frames"])
             self.resumed_from = self.step
+            self.batch_stamp = state.get("batch")
             if FrameLog.exists(self.workdir / "frames"):
                 self.log = FrameLog(self.workdir / "frames")
                 self.log.truncate(self.frames)
@@ -293,7 +306,7 @@ class SegmentRun:
         if batch is None:
             _save_checkpoint(self.ckpt, positions, momenta, self.cell, self.step, self.frames, self.rng, extra)
             return
-        staged = self.ckpt.with_name("checkpoint.next.npz")
+        staged = self.ckpt.with_name(STAGED_CHECKPOINT)
         _save_checkpoint(staged, positions, momenta, self.cell, self.step, self.frames, self.rng,
                          {**extra, "batch": batch})
         if self.ckpt.exists():
