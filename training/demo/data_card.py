@@ -49,10 +49,7 @@ def render(dataset_dir: Path, labels_dir: Path | None, errors: dict | None, stat
 
     ds = load_dataset(dataset_dir)
     m = ds.manifest
-    lines = [f"# Data card: {dataset_dir.name}", "",
-             f"- dataset hash: `{m.dataset_hash}`",
-             f"- frames: {m.n_frames} ({m.n_atoms} atoms); updated {m.updated_at}; code {m.code_version}",
-             "- labels: `REF_energy` (eV), `REF_forces` (eV/Å), `REF_stress` (eV/Å³, ASE sign, Voigt)", ""]
+    lines = [*header_lines(dataset_dir, m), ""]
     if status:
         lines += ["## Status", "", status, ""]
     lines += ["## How the frames were made", "",
@@ -83,10 +80,27 @@ def render(dataset_dir: Path, labels_dir: Path | None, errors: dict | None, stat
     else:
         versions = Counter(a.info.get("dft_version") for a in ds.frames)
         lines.append(f"- codes: {dict(versions)}")
-    lines += ["", "## Splits", "",
-              f"By structure hash with seed {m.split.seed} (fractions {m.split.train}/{m.split.valid}/{m.split.test}); "
-              "appending frames never moves a frame.", "",
-              "| split | frames |", "|---|---|"]
+    lines += splits_elements_errors_lines(m, errors)
+    lines += ["", "## Known limitations (measured while making round 1)", "", *LIMITATIONS]
+    lines += source_lines(m)
+    return "\n".join(lines) + "\n"
+
+
+def header_lines(dataset_dir: Path, m) -> list[str]:
+    """Title, hash, size and label units of a dataset's card (``m``: its manifest)."""
+    return [f"# Data card: {dataset_dir.name}", "",
+            f"- dataset hash: `{m.dataset_hash}`",
+            f"- frames: {m.n_frames} ({m.n_atoms} atoms); updated {m.updated_at}; code {m.code_version}",
+            "- labels: `REF_energy` (eV), `REF_forces` (eV/Å), `REF_stress` (eV/Å³, ASE sign, Voigt)"]
+
+
+def splits_elements_errors_lines(m, errors: dict | None) -> list[str]:
+    """The Splits, Elements and Test errors sections of a dataset's card."""
+    by = f"Grouped by `{m.split.group_by}`" if m.split.group_by else "By structure hash"
+    lines = ["", "## Splits", "",
+             f"{by} with seed {m.split.seed} (fractions {m.split.train}/{m.split.valid}/{m.split.test}); "
+             "appending frames never moves a frame.", "",
+             "| split | frames |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in m.split_counts.items()]
     lines += ["", "## Elements", "", "| element | atoms | frames |", "|---|---|---|"]
     lines += [f"| {el} | {n} | {m.element_frame_counts[el]} |" for el, n in m.element_atom_counts.items()]
@@ -95,11 +109,13 @@ def render(dataset_dir: Path, labels_dir: Path | None, errors: dict | None, stat
         lines += [f"- {k}: {v}" for k, v in errors.items()]
     else:
         lines.append("(filled in when a model is trained on this dataset)")
-    lines += ["", "## Known limitations (measured while making round 1)", "", *LIMITATIONS]
-    lines += ["", "## Sources", ""]
-    lines += [f"- `{s.file}` ({s.format}): {s.n_accepted} accepted, {s.n_duplicates} duplicates, "
-              f"{s.n_rejected} rejected, imported {s.imported_at}" for s in m.sources]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def source_lines(m) -> list[str]:
+    """The Sources section of a dataset's card: every import into it."""
+    return ["", "## Sources", ""] + [f"- `{s.file}` ({s.format}): {s.n_accepted} accepted, {s.n_duplicates} duplicates, "
+                                     f"{s.n_rejected} rejected, imported {s.imported_at}" for s in m.sources]
 
 
 def main(argv: list[str] | None = None) -> int:

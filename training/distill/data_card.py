@@ -27,6 +27,7 @@ def _origin(atoms) -> tuple[str, str, str]:
 
 def render(dataset_dir: Path, errors: dict | None = None, status: str | None = None) -> str:
     from training.data import load_dataset
+    from training.demo.data_card import header_lines, source_lines, splits_elements_errors_lines
 
     ds = load_dataset(dataset_dir)
     m = ds.manifest
@@ -34,10 +35,7 @@ def render(dataset_dir: Path, errors: dict | None = None, status: str | None = N
     for split in ("train", "valid", "test"):
         for atoms in ds.split(split):
             split_of[id(atoms)] = split
-    lines = [f"# Data card: {dataset_dir.name}", "",
-             f"- dataset hash: `{m.dataset_hash}`",
-             f"- frames: {m.n_frames} ({m.n_atoms} atoms); updated {m.updated_at}; code {m.code_version}",
-             "- labels: `REF_energy` (eV), `REF_forces` (eV/Å), `REF_stress` (eV/Å³, ASE sign, Voigt)"]
+    lines = header_lines(dataset_dir, m)
     labellers = Counter((a.info.get("teacher_model_ref") or a.info.get("level_of_theory") or "?",
                          str(a.info.get("teacher_model_sha256", ""))[:12]) for a in ds.frames)
     lines += [f"- labelled by: {ref}" + (f" (sha256 {sha}…)" if sha else "") + f": {n} frames"
@@ -61,19 +59,8 @@ def render(dataset_dir: Path, errors: dict | None = None, status: str | None = N
         temps = ", ".join(map(str, sorted(row["T"]))) or "-"
         lines.append(f"| {source} | {host} | {kind} | {row['n']} | {', '.join(map(str, sorted(row['sizes'])))} "
                      f"| {temps} | {', '.join(sorted(row['splits']))} |")
-    split = m.split
-    lines += ["", "## Splits", "",
-              f"Grouped by `{split.group_by}`" if split.group_by else "By structure hash",
-              f" with seed {split.seed} (fractions {split.train}/{split.valid}/{split.test}); appending frames never "
-              "moves a frame.", "", "| split | frames |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in m.split_counts.items()]
-    lines += ["", "## Elements", "", "| element | atoms | frames |", "|---|---|---|"]
-    lines += [f"| {el} | {n} | {m.element_frame_counts[el]} |" for el, n in m.element_atom_counts.items()]
-    lines += ["", "## Test errors", ""]
-    lines += [f"- {k}: {v}" for k, v in errors.items()] if errors else ["(filled in when a model is trained on it)"]
-    lines += ["", "## Sources", ""]
-    lines += [f"- `{s.file}` ({s.format}): {s.n_accepted} accepted, {s.n_duplicates} duplicates, "
-              f"{s.n_rejected} rejected, imported {s.imported_at}" for s in m.sources]
+    lines += splits_elements_errors_lines(m, errors)
+    lines += source_lines(m)
     return "\n".join(lines) + "\n"
 
 
