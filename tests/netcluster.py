@@ -318,7 +318,7 @@ class NetCluster:
         """Wait until ``n`` nodes are alive (asked from the head's host); returns them."""
         deadline = time.monotonic() + timeout
         script = ("import json, ray; ray.init(address=%r, log_to_driver=False, logging_level='ERROR');"
-                  "print(json.dumps([{'ip': x['NodeManagerAddress'], 'cpus': x['Resources'].get('CPU', 0)}"
+                  "print('NODES ' + json.dumps([{'ip': x['NodeManagerAddress'], 'cpus': x['Resources'].get('CPU', 0)}"
                   " for x in ray.nodes() if x['Alive']]))") % self.address
         last = ""
         while time.monotonic() < deadline:
@@ -326,7 +326,13 @@ class NetCluster:
             if done.returncode == 0:
                 import json
 
-                nodes = json.loads(done.stdout.strip().splitlines()[-1])
+                # Ray may print log lines to stdout around ours: take the marked line
+                answers = [line[len("NODES "):] for line in done.stdout.splitlines() if line.startswith("NODES ")]
+                if not answers:
+                    last = f"no node list in the output: {done.stdout[-500:]!r}"
+                    time.sleep(1)
+                    continue
+                nodes = json.loads(answers[-1])
                 if len(nodes) >= n:
                     return nodes
                 last = f"{len(nodes)} alive"
