@@ -299,6 +299,45 @@ def _shell_command(command: str, workdir: Path) -> str:
     return prefix + command
 
 
+def cp2k_calculator(atoms: Atoms, settings: CP2KSettings, workdir: Path, *, command: str = DEFAULT_COMMAND):
+    """ASE's CP2K calculator for ``atoms`` with ``settings`` (spin state and k-point mesh from ``atoms``),
+    running in ``workdir``. One CP2K shell serves every later call, each SCF starting from the previous
+    wavefunction: what a relaxation wants, and what labelling avoids by making one per structure.
+    Returns ``(calculator, (charge, multiplicity), mesh)``; the caller closes the calculator."""
+    from ase.calculators.cp2k import CP2K
+
+    if not atoms.pbc.all():
+        raise InputError("only fully periodic structures are labelled (pbc=True in all directions)")
+    charge, multiplicity, uks = spin_state(atoms, settings)
+    mesh = settings.kpoint_mesh(atoms)
+    workdir.mkdir(parents=True, exist_ok=True)
+    calc = CP2K(
+        command=_shell_command(command, workdir.resolve()),
+        label="cp2k",
+        xc=settings.xc,
+        basis_set=settings.basis.value,
+        basis_set_file=settings.basis_file,
+        potential_file=settings.potential_file,
+        pseudo_potential=settings.pseudopotential,
+        cutoff=settings.cutoff_Ry * Rydberg,
+        max_scf=settings.max_scf,
+        charge=charge,
+        multiplicity=multiplicity,
+        uks=uks,
+        stress_tensor=True,
+        print_level="LOW",
+        inp=_input_template(settings, mesh),
+    )
+    return calc, (charge, multiplicity), mesh
+
+
+def check_converged(out_path: Path) -> None:
+    """SimulationFailed when CP2K's output says the last SCF did not converge."""
+    output = out_path.read_text(errors="replace") if out_path.exists() else ""
+    if _NOT_CONVERGED.search(output):
+        raise SimulationFailed("SCF did not converge (CP2K printed 'NOT converged')\n" + _tail(out_path))
+
+
 def label_structure(
     atoms: Atoms, settings: CP2KSettings, workdir: Path, *, command: str = DEFAULT_COMMAND
 ) -> LabelResult:
@@ -308,39 +347,18 @@ def label_structure(
     wavefunction carried over), and a crash cannot poison the next structure.
     Raises SimulationFailed when CP2K aborts or the SCF does not converge.
     """
-    from ase.calculators.cp2k import CP2K
-
-    if not atoms.pbc.all():
-        raise InputError("only fully periodic structures are labelled (pbc=True in all directions)")
-    charge, multiplicity, uks = spin_state(atoms, settings)
-    mesh = settings.kpoint_mesh(atoms)
-    workdir.mkdir(parents=True, exist_ok=True)
     out_path = workdir / "cp2k.out"
     t0 = time.perf_counter()
     calc = None
     try:
-        calc = CP2K(
-            command=_shell_command(command, workdir.resolve()),
-            label="cp2k",
-            xc=settings.xc,
-            basis_set=settings.basis.value,
-            basis_set_file=settings.basis_file,
-            potential_file=settings.potential_file,
-            pseudo_potential=settings.pseudopotential,
-            cutoff=settings.cutoff_Ry * Rydberg,
-            max_scf=settings.max_scf,
-            charge=charge,
-            multiplicity=multiplicity,
-            uks=uks,
-            stress_tensor=True,
-            print_level="LOW",
-            inp=_input_template(settings, mesh),
-        )
+        calc, (charge, multiplicity), mesh = cp2k_calculator(atoms, settings, workdir, command=command)
         work = atoms.copy()
         work.calc = calc
         energy = float(work.get_potential_energy())
         forces = np.array(work.get_forces(), dtype=float)
         stress = np.array(work.get_stress(voigt=True), dtype=float)
+    except (InputError, SimulationFailed):
+        raise
     except Exception as err:  # CP2K aborts surface as assorted errors from the shell pipe
         tail = _tail(out_path)
         raise SimulationFailed(f"CP2K failed: {type(err).__name__}: {err}\n--- end of CP2K output ---\n{tail}") from err
@@ -348,9 +366,8 @@ def label_structure(
         if calc is not None:
             calc.close()
     wall = time.perf_counter() - t0
+    check_converged(out_path)
     output = out_path.read_text(errors="replace") if out_path.exists() else ""
-    if _NOT_CONVERGED.search(output):
-        raise SimulationFailed("SCF did not converge (CP2K printed 'NOT converged')\n" + _tail(out_path))
     if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
         raise SimulationFailed("CP2K returned non-finite energy, forces or stress")
     return LabelResult(
