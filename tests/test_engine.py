@@ -284,3 +284,18 @@ def test_a_coarse_radial_table_is_refused(rough_model, monkeypatch):
     assert kernels.tabulate_radial(module) == []
     assert not isinstance(module.radial_embedding, kernels.LengthsAsRadialFeatures)
     assert not any(isinstance(b.conv_tp_weights, kernels.TabulatedRadial) for b in module.interactions)
+
+
+def test_a_table_too_coarse_for_a_steep_radial_function_is_refined(rough_model, monkeypatch):
+    """Knots are doubled (at most RADIAL_REFINEMENTS times) until the table meets the tolerance; the refined table
+    is what runs, and it agrees with the exact function as any accepted table must."""
+    from mlip.engine import kernels
+
+    monkeypatch.setattr(kernels, "RADIAL_REFINEMENTS", 0)
+    monkeypatch.setattr(kernels, "RADIAL_KNOTS", 256)
+    assert kernels.tabulate_radial(copy.deepcopy(rough_model)) == []  # 256 knots alone are too coarse
+    monkeypatch.setattr(kernels, "RADIAL_REFINEMENTS", 3)
+    module = copy.deepcopy(rough_model)
+    assert kernels.tabulate_radial(module) == ["interactions.0.radial_table", "interactions.1.radial_table"]
+    knots = {b.conv_tp_weights.table.shape[0] for b in module.interactions}
+    assert knots <= {512, 1024, 2048} and knots

@@ -185,10 +185,12 @@ def accelerate(module) -> list[str]:
 # polynomial cutoff. Evaluating that MLP and its backward on every edge is about a fifth of a CPU step of
 # a small model. The function is smooth in one variable on [0, r_max], so it can be tabulated: a piecewise
 # cubic Hermite interpolant from the exact values and derivatives at evenly spaced knots (error ~ h⁴ f⁗/384,
-# its derivative's ~ h³: 7e-8 of the largest with 2,048 knots on r_max = 5 Å), evaluated with one gather and a
+# its derivative's ~ h³: 7e-8 of the largest with 2,048 knots on r_max = 5 Å; a model with steeper radial
+# functions gets 4,096 or 8,192, each doubling cutting the derivative's error eightfold), evaluated with one gather and a
 # Horner step per edge, its derivative alongside for the forces.
 
 RADIAL_KNOTS = 2048
+RADIAL_REFINEMENTS = 2  # a table off by more than the tolerance is rebuilt with twice the knots, this many times
 RADIAL_TOLERANCE = 1e-7  # relative to the largest weight (and derivative) over the range; float32 resolves ~1e-7
 RADIAL_HEAD_RATIO = 2.0  # tabulate the last hidden layer instead when the weights are this many times wider
 _RADIAL_BLOCKS = ("RealAgnosticInteractionBlock", "RealAgnosticResidualInteractionBlock")  # edge_feats → conv_tp_weights only
@@ -275,10 +277,24 @@ def _split_last_layer(mlp):
     return torch.nn.Sequential(*layers[:-1]), layers[-1]
 
 
+def _table_error(exact, table, probe, gen) -> float:
+    """Largest error of ``table`` against ``exact`` at the ``probe`` lengths, of the values and of their
+    derivative (random projection), each relative to the largest exact one."""
+    r1, r2 = probe.clone().requires_grad_(True), probe.clone().requires_grad_(True)
+    want, got = exact(r1), table(r2)
+    weights = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    g_want = torch.autograd.grad((want * weights).sum(), r1)[0]
+    g_got = torch.autograd.grad((got * weights).sum(), r2)[0]
+    want, got = want.detach(), got.detach()
+    return max(float((want - got).abs().max() / want.abs().max().clamp_min(1e-300)),
+               float((g_want - g_got).abs().max() / g_want.abs().max().clamp_min(1e-300)))
+
+
 def tabulate_radial(module, n_knots: int | None = None) -> list[str]:
     """Swap tabulated radial functions into ``module`` (in place) when every interaction block qualifies and
-    each table reproduces its exact function and derivative to ``RADIAL_TOLERANCE``; names of the swapped
-    blocks (empty: nothing changed). For float32 evaluation; float64 keeps the exact functions."""
+    each table reproduces its exact function and derivative to ``RADIAL_TOLERANCE`` (with ``n_knots``, or up to
+    ``RADIAL_REFINEMENTS`` doublings of it); names of the swapped blocks (empty: nothing changed). For float32
+    evaluation; float64 keeps the exact functions."""
     import copy
 
     n_knots = n_knots or RADIAL_KNOTS
@@ -301,20 +317,15 @@ def tabulate_radial(module, n_knots: int | None = None) -> list[str]:
         mlp64 = copy.deepcopy(block.conv_tp_weights).to(torch.float64)
         exact = _exact_radial(embedding64, mlp64)
         split = _split_last_layer(mlp64)
-        if split is not None:
-            table = TabulatedRadial(_exact_radial(embedding64, split[0]), r_max, n_knots, head=split[1])
+        for knots in (n_knots << k for k in range(RADIAL_REFINEMENTS + 1)):
+            table = (TabulatedRadial(_exact_radial(embedding64, split[0]), r_max, knots, head=split[1])
+                     if split is not None else TabulatedRadial(exact, r_max, knots))
+            err = _table_error(exact, table, probe, gen)
+            if err <= RADIAL_TOLERANCE:
+                break
         else:
-            table = TabulatedRadial(exact, r_max, n_knots)
-        r1, r2 = probe.clone().requires_grad_(True), probe.clone().requires_grad_(True)
-        want, got = exact(r1), table(r2)
-        weights = torch.randn(want.shape, generator=gen, dtype=torch.float64)
-        g_want = torch.autograd.grad((want * weights).sum(), r1)[0]
-        g_got = torch.autograd.grad((got * weights).sum(), r2)[0]
-        want, got = want.detach(), got.detach()
-        err = max(float((want - got).abs().max() / want.abs().max().clamp_min(1e-300)),
-                  float((g_want - g_got).abs().max() / g_want.abs().max().clamp_min(1e-300)))
-        if err > RADIAL_TOLERANCE:
-            log.warning("interaction %d: tabulated radial function differs by %.1e; keeping the exact ones", index, err)
+            log.warning("interaction %d: tabulated radial function differs by %.1e even with %d knots; keeping the "
+                        "exact ones", index, err, knots)
             return []
         tables.append(table)
     for block, table in zip(blocks, tables):  # float64 here; the caller moves the module to its dtype
