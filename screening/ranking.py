@@ -81,6 +81,7 @@ FLAG_PENALTIES: dict[str, float] = {
     # transport (screening.transport.results.Flag)
     "unstable_md": 3.0,  # atoms too close / exploding / NaN: the numbers may be artefacts
     "framework_melted": 3.0,  # the framework diffuses: σ describes a melt, not the solid
+    "framework_disordered": 0.25,  # rotating polyanions or site disorder: a solid still, perhaps not the one intended
     "not_diffusive": 1.0,  # the run never reached the diffusive regime at some temperature: D is a bound there
     "upper_bound": 0.0,  # the number is a bound; its interval starts at zero, which already ranks it pessimistically
     "partly_diffusive": 0.25,  # diffusive along some axes only (a 1D/2D conductor, or caged axes within the run)

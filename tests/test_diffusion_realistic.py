@@ -234,3 +234,40 @@ def test_analyze_frames_carries_window_flags_and_bounds_and_the_ranking_reads_a_
     assert [r.structure_hash[0] for r in ranked] == ["b", "a"]
     assert ranked[1].components["conductivity"].raw == 0.0 and "floor" in ranked[1].components["conductivity"].detail
     assert "unknown flag" not in " ".join(ranked[1].notes)
+
+
+def test_a_rotating_polyanion_is_disorder_and_a_diffusing_framework_a_melt(lgps_frames):
+    """The framework criterion looks at whether its MSD still grows, not at its size alone: S of a PS4 rotating
+    about a fixed P reaches 2r² ≈ 8 Å² and stays (framework_disordered, the fit keeps the temperature), while a
+    framework species whose MSD grows linearly diffuses (framework_melted, the temperature is left out). One
+    noisy last frame no longer decides either."""
+    import dataclasses
+
+    from screening.transport.analysis import EXCLUDE_FROM_FIT, analyze_frames, framework_motion
+
+    n = lgps_frames.n_frames
+    t = np.linspace(0.0, 1.0, n)
+    rng = np.random.default_rng(5)
+    vibrating = 0.3 + 0.05 * rng.standard_normal(n)
+    rotating = 8.4 * (1.0 - np.exp(-t / 0.04)) + 0.6 * rng.standard_normal(n)
+    diffusing = 0.2 + 6.0 * t + 0.3 * rng.standard_normal(n)
+    spike = vibrating.copy()
+    spike[-1] = 5.0  # one frame's swing past the limit
+
+    def run(*columns):
+        data = dataclasses.replace(lgps_frames, framework_msd_A2=np.stack(columns, axis=1))
+        return analyze_frames(data, temperature_K=600.0, ion_charge=1)[0]
+
+    rotor = run(vibrating, rotating)
+    assert "framework_disordered" in rotor.flags and "framework_melted" not in rotor.flags
+    assert rotor.framework_max_msd_A2 == pytest.approx(8.4, abs=0.3) and rotor.framework_msd_growth < 0.05
+    assert rotor.diffusivity_cm2_s is not None and not set(rotor.flags) & {str(f) for f in EXCLUDE_FROM_FIT}
+
+    melt = run(vibrating, diffusing)
+    assert "framework_melted" in melt.flags and "framework_disordered" not in melt.flags
+    assert melt.framework_msd_growth == pytest.approx(4 / 7, abs=0.05)
+
+    calm = run(vibrating, spike)
+    assert not {"framework_melted", "framework_disordered"} & set(calm.flags)
+    assert calm.framework_max_msd_A2 < 0.5 and calm.framework_msd_growth is None
+    assert framework_motion(np.zeros((0, 2)), 2.0) == (None, None)

@@ -19,6 +19,28 @@ EXCLUDE_FROM_FIT = {Flag.UNSTABLE_MD, Flag.FRAMEWORK_MELTED, Flag.NOT_DIFFUSIVE}
 UNUSABLE = {Flag.UNSTABLE_MD, Flag.FRAMEWORK_MELTED}
 
 
+def framework_motion(msd_A2: np.ndarray, limit_A2: float) -> tuple[float | None, float | None]:
+    """``(largest late MSD, its growth)`` of the framework species from their MSD per frame (frames, species).
+
+    The late MSD of a species is its mean over the last quarter of production, not the last frame's (one frame
+    of a few dozen atoms swings by an Å² or more); its growth is the share of it gained since the second
+    quarter. A diffusing species (MSD = 6Dt) gains 4/7 ≈ 0.57; bounded motion, such as a polyanion rotating
+    about a fixed centre (S of PS4 reaches 2r² ≈ 8 Å² and stays), gains about nothing. The growth is that of
+    the species past ``limit_A2`` that grows most (None when none is past it)."""
+    msd = np.asarray(msd_A2, dtype=float)
+    if msd.ndim != 2 or msd.shape[1] == 0 or msd.shape[0] == 0:
+        return None, None
+    n = msd.shape[0]
+    q = max(1, n // 4)
+    late = msd[n - q:].mean(axis=0)
+    early = msd[q:max(q + 1, n // 2)].mean(axis=0) if n >= 4 else msd[:1].mean(axis=0)
+    past = late > limit_A2
+    growth = None
+    if past.any():
+        growth = float(np.max((late[past] - early[past]) / late[past]))
+    return float(late.max()), growth
+
+
 def _scaled(interval, factor):
     return None if interval is None else (interval[0] * factor, interval[1] * factor)
 
@@ -56,6 +78,7 @@ def analyze_frames(
     if md_status != "completed":
         flags.append(Flag.UNSTABLE_MD)
         return TemperatureResult(**base, n_hops=0, flags=flags), None
+    late, growth = framework_motion(data.framework_msd_A2, settings.framework_msd_limit_A2)
     try:
         da = analyze_diffusion(
             data.mobile_A,
@@ -63,7 +86,7 @@ def analyze_frames(
             framework_centroid_A=data.framework_centroid_A if len(data.meta.get("framework_indices", [])) else None,
             window=settings.fit_window(),
             hop_distance_A=settings.hop_distance_A,
-            framework_msd_A2=data.framework_msd_A2[-1] if data.framework_msd_A2.size else None,
+            framework_msd_A2=late,
         )
     except InputError as err:
         flags += [Flag.SHORT_RUN, Flag.NOT_DIFFUSIVE]
@@ -79,8 +102,8 @@ def analyze_frames(
         flags.append(Flag.PARTLY_DIFFUSIVE)
     if da.diffusive_axes and da.tracer.rel_half_width > settings.max_rel_half_width:
         flags.append(Flag.SHORT_RUN)
-    if da.framework_max_msd_A2 is not None and da.framework_max_msd_A2 > settings.framework_msd_limit_A2:
-        flags.append(Flag.FRAMEWORK_MELTED)
+    if growth is not None:
+        flags.append(Flag.FRAMEWORK_MELTED if growth > settings.framework_growth_limit else Flag.FRAMEWORK_DISORDERED)
     if base["mean_temperature_K"] is not None and data.n_frames >= settings.n_blocks:
         temps = np.array_split(data.temperature_K, settings.n_blocks)
         block_means = np.array([b.mean() for b in temps])
@@ -112,7 +135,8 @@ def analyze_frames(
         msd_plateau_A2=da.plateau_A2,
         msd_linearity=da.linearity_ratio,
         analysis_note=da.note,
-        framework_max_msd_A2=da.framework_max_msd_A2,
+        framework_max_msd_A2=late,
+        framework_msd_growth=growth,
         flags=[str(f) for f in flags],
     )
     return result, da

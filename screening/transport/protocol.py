@@ -73,8 +73,12 @@ class AnalysisSettings(BaseModel):
     min_hops: int = Field(20, ge=0, le=1_000_000, description="Fewer hops than this at a temperature → few_hops.")
     max_rel_half_width: float = Field(0.5, gt=0, le=100.0,
                                       description="95% interval half-width / D above this → short_run.")
-    framework_msd_limit_A2: float = Field(2.0, gt=0, le=100.0,
-                                          description="Framework MSD above this (Å²) → framework_melted.")
+    framework_msd_limit_A2: float = Field(
+        2.0, gt=0, le=100.0, description="Framework MSD (late-quarter mean) above this (Å²), still growing → "
+        "framework_melted; not growing → framework_disordered.")
+    framework_growth_limit: float = Field(
+        0.25, gt=0, lt=1, description="Share of a framework species' late MSD gained since the second quarter of "
+        "production above which it counts as growing (diffusion gives about 0.57, bounded motion about 0).")
     thermostat_tolerance: float = Field(0.05, gt=0, lt=1, description="Mean T off target by more (fraction) → thermostat_off.")
 
     def fit_window(self) -> FitWindow:

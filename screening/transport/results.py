@@ -17,6 +17,7 @@ class Flag(enum.StrEnum):
     FEW_HOPS = "few_hops"  # fewer distinct hops than the protocol's minimum
     UNSTABLE_MD = "unstable_md"  # atoms too close, exploding energy or temperature, NaN
     FRAMEWORK_MELTED = "framework_melted"  # framework atoms diffuse
+    FRAMEWORK_DISORDERED = "framework_disordered"  # framework atoms far from their sites but not diffusing (rotors)
     THERMOSTAT_OFF = "thermostat_off"  # mean temperature off target
     SHORT_RUN = "short_run"  # interval too wide for ranking
     TARGET_NOT_MET = "target_not_met"  # adaptive run spent its budget before reaching the target
@@ -70,7 +71,12 @@ class TemperatureResult(BaseModel):
     msd_plateau_A2: float | None = Field(None, description="Intercept of the MSD fit: the cage's bounded displacement, Å².")
     msd_linearity: float | None = Field(None, description="Late/early MSD slope ratio in the window (1 = linear).")
     analysis_note: str = Field("", description="Why the diffusivities are bounds only, when they are.")
-    framework_max_msd_A2: float | None = Field(None, description="Largest framework-species MSD at the end, Å².")
+    framework_max_msd_A2: float | None = Field(
+        None, description="Largest framework-species MSD (from the start of production), averaged over the last "
+        "quarter of production, Å².")
+    framework_msd_growth: float | None = Field(
+        None, description="For the framework species past the MSD limit: the largest share of its late MSD gained "
+        "since the second quarter of production (about 0.57 for diffusion, about 0 for bounded motion).")
     volume_A3: float
     flags: list[str] = Field(default_factory=list)
     md_status: str = "completed"

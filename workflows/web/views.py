@@ -44,6 +44,8 @@ FLAG_HELP: dict[str, str] = {
     "few_hops": "fewer distinct ion hops than the protocol's minimum: poor statistics",
     "unstable_md": "atoms too close, exploding energy or temperature: the numbers may be artefacts",
     "framework_melted": "framework atoms diffuse: σ describes a melt, not the solid",
+    "framework_disordered": "framework atoms move far from their sites without diffusing (rotating polyanions, "
+                            "disorder): σ is of the disordered solid",
     "thermostat_off": "mean temperature off its target",
     "short_run": "interval wider than the protocol accepts",
     "target_not_met": "adaptive run spent its budget before reaching its precision target",
