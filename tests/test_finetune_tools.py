@@ -60,3 +60,15 @@ def test_midpoint_barrier_of_the_student_matches_its_teachers(tmp_path):
     assert doc["n_atoms"] == 23 and doc["family"] == "mace"
     assert doc["barrier_eV"] == pytest.approx(0.302, abs=0.05)
     assert (tmp_path / "barrier.json").exists() and (tmp_path / "midpoint.extxyz").exists()
+
+
+def test_a_relaxation_started_where_another_ended_needs_no_steps_and_gives_the_same_barrier(tmp_path):
+    """--prerelax starts each relaxation from another model's relaxed structures (how the CP2K relaxations save
+    their expensive steps); started from its own, a model is already relaxed."""
+    alone = measure("bundled:lipscl-student", tmp_path / "alone", fmax=0.02, steps=200)
+    again = measure("bundled:lipscl-student", tmp_path / "again", fmax=0.02, steps=200,
+                    prerelax="bundled:lipscl-student")
+    assert again["prerelax"] == "bundled:lipscl-student"
+    assert again["prerelax_barrier_eV"] == pytest.approx(alone["barrier_eV"], abs=1e-6)
+    assert again["steps_endpoint"] == 0 and again["steps_midpoint"] == 0
+    assert again["barrier_eV"] == pytest.approx(alone["barrier_eV"], abs=1e-4)

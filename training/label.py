@@ -299,11 +299,13 @@ def _shell_command(command: str, workdir: Path) -> str:
     return prefix + command
 
 
-def cp2k_calculator(atoms: Atoms, settings: CP2KSettings, workdir: Path, *, command: str = DEFAULT_COMMAND):
+def cp2k_calculator(atoms: Atoms, settings: CP2KSettings, workdir: Path, *, command: str = DEFAULT_COMMAND,
+                    stress: bool = True):
     """ASE's CP2K calculator for ``atoms`` with ``settings`` (spin state and k-point mesh from ``atoms``),
     running in ``workdir``. One CP2K shell serves every later call, each SCF starting from the previous
     wavefunction: what a relaxation wants, and what labelling avoids by making one per structure.
-    Returns ``(calculator, (charge, multiplicity), mesh)``; the caller closes the calculator."""
+    ``stress=False`` leaves out the analytical stress (relaxations at fixed cell). Returns
+    ``(calculator, (charge, multiplicity), mesh)``; the caller closes the calculator."""
     from ase.calculators.cp2k import CP2K
 
     if not atoms.pbc.all():
@@ -324,7 +326,7 @@ def cp2k_calculator(atoms: Atoms, settings: CP2KSettings, workdir: Path, *, comm
         charge=charge,
         multiplicity=multiplicity,
         uks=uks,
-        stress_tensor=True,
+        stress_tensor=stress,
         print_level="LOW",
         inp=_input_template(settings, mesh),
     )
