@@ -86,18 +86,18 @@ def relax(atoms: Atoms, calc, fmax: float, steps: int, trajectory: Path, fixed: 
     return atoms, opt.nsteps
 
 
-def make_calc(method: str, workdir: Path):
+def make_calc(method: str, workdir: Path, charge: int = CP2K_CHARGE):
     """``(calculator, description)`` for ``cp2k`` or a model reference."""
     if method == "cp2k":
         from training.label import Basis, CP2KSettings, cp2k_calculator, cp2k_level_of_theory, cp2k_version
 
         settings = CP2KSettings(basis=Basis.DZVP, cutoff_Ry=400.0, rel_cutoff_Ry=50.0, kpoint_min_length_A=9.0)
         cell, _, _ = vacancy_cell()
-        cell.info["charge"] = CP2K_CHARGE
-        calc, _, mesh = cp2k_calculator(cell, settings, workdir, stress=False)
+        cell.info["charge"] = charge
+        calc, (_, multiplicity), mesh = cp2k_calculator(cell, settings, workdir, stress=False)
         theory = cp2k_level_of_theory(settings.xc, settings.pseudopotential, settings.basis.value,
                                       settings.cutoff_Ry, settings.rel_cutoff_Ry)
-        return calc, {"method": "cp2k", "charge": CP2K_CHARGE, "version": cp2k_version(),
+        return calc, {"method": "cp2k", "charge": charge, "multiplicity": multiplicity, "version": cp2k_version(),
                       "settings": settings.model_dump(mode="json"), "level_of_theory": theory, "kpoint_mesh": list(mesh)}
     from mlip.calculators import Task, make_calculator
     from mlip.config import load_settings
@@ -108,7 +108,8 @@ def make_calc(method: str, workdir: Path):
         "method": method, "model_sha256": loaded.sha256, "family": loaded.family}
 
 
-def measure(method: str, out: Path, fmax: float = 0.02, steps: int = 200, prerelax: str | None = None) -> dict:
+def measure(method: str, out: Path, fmax: float = 0.02, steps: int = 200, prerelax: str | None = None,
+            charge: int = CP2K_CHARGE) -> dict:
     from ase.io import write
 
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,7 @@ def measure(method: str, out: Path, fmax: float = 0.02, steps: int = 200, prerel
     if prerelax is not None:
         first = measure(prerelax, out / "prerelax", fmax=min(fmax, 0.02), steps=steps)
         start_end, start_mid = (first["positions_endpoint_A"], first["positions_midpoint_A"])
-    calc, about = make_calc(method, out / "work")
+    calc, about = make_calc(method, out / "work", charge)
     if prerelax is not None:
         about.update(prerelax=prerelax, prerelax_barrier_eV=first["barrier_eV"])
     began = time.perf_counter()
@@ -154,8 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fmax", type=float, default=0.02, help="eV/Å")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--prerelax", help="start each relaxation where this model's ends (for CP2K)")
+    parser.add_argument("--charge", type=int, default=CP2K_CHARGE,
+                        help="CP2K cell charge: -1 a Li+ vacancy (default), 0 a neutral Li vacancy (a hole, open shell)")
     args = parser.parse_args(argv)
-    doc = measure(args.method, args.out, args.fmax, args.steps, args.prerelax)
+    doc = measure(args.method, args.out, args.fmax, args.steps, args.prerelax, args.charge)
     print(f"{args.method}: Li2S vacancy-hop barrier (hopping Li fixed at the midpoint) {doc['barrier_eV']:.3f} eV "
           f"({doc['steps_endpoint']} + {doc['steps_midpoint']} BFGS steps, {doc['wall_s']:.0f} s)")
 
