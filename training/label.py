@@ -333,13 +333,6 @@ def cp2k_calculator(atoms: Atoms, settings: CP2KSettings, workdir: Path, *, comm
     return calc, (charge, multiplicity), mesh
 
 
-def check_converged(out_path: Path) -> None:
-    """SimulationFailed when CP2K's output says the last SCF did not converge."""
-    output = out_path.read_text(errors="replace") if out_path.exists() else ""
-    if _NOT_CONVERGED.search(output):
-        raise SimulationFailed("SCF did not converge (CP2K printed 'NOT converged')\n" + _tail(out_path))
-
-
 def label_structure(
     atoms: Atoms, settings: CP2KSettings, workdir: Path, *, command: str = DEFAULT_COMMAND
 ) -> LabelResult:
@@ -368,8 +361,9 @@ def label_structure(
         if calc is not None:
             calc.close()
     wall = time.perf_counter() - t0
-    check_converged(out_path)
     output = out_path.read_text(errors="replace") if out_path.exists() else ""
+    if _NOT_CONVERGED.search(output):
+        raise SimulationFailed("SCF did not converge (CP2K printed 'NOT converged')\n" + _tail(out_path))
     if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
         raise SimulationFailed("CP2K returned non-finite energy, forces or stress")
     return LabelResult(

@@ -86,19 +86,19 @@ def relax(atoms: Atoms, calc, fmax: float, steps: int, trajectory: Path, fixed: 
     return atoms, opt.nsteps
 
 
-def make_calc(method: str, workdir: Path, charge: int = CP2K_CHARGE):
-    """``(calculator, description)`` for ``cp2k`` or a model reference."""
+def make_calc(method: str, cell: Atoms, workdir: Path, charge: int = CP2K_CHARGE):
+    """``(calculator, description)`` for ``cp2k`` or a model reference; ``cell`` gives CP2K its spin state
+    and k-mesh."""
     if method == "cp2k":
-        from training.label import Basis, CP2KSettings, cp2k_calculator, cp2k_level_of_theory, cp2k_version
+        from training.label import Basis, CP2KSettings, Cp2kLabeller, cp2k_calculator, cp2k_version
 
         settings = CP2KSettings(basis=Basis.DZVP, cutoff_Ry=400.0, rel_cutoff_Ry=50.0, kpoint_min_length_A=9.0)
-        cell, _, _ = vacancy_cell()
-        cell.info["charge"] = charge
-        calc, (_, multiplicity), mesh = cp2k_calculator(cell, settings, workdir, stress=False)
-        theory = cp2k_level_of_theory(settings.xc, settings.pseudopotential, settings.basis.value,
-                                      settings.cutoff_Ry, settings.rel_cutoff_Ry)
+        charged = cell.copy()
+        charged.info["charge"] = charge
+        calc, (_, multiplicity), mesh = cp2k_calculator(charged, settings, workdir, stress=False)
         return calc, {"method": "cp2k", "charge": charge, "multiplicity": multiplicity, "version": cp2k_version(),
-                      "settings": settings.model_dump(mode="json"), "level_of_theory": theory, "kpoint_mesh": list(mesh)}
+                      "settings": settings.model_dump(mode="json"),
+                      "level_of_theory": Cp2kLabeller(settings).level_of_theory, "kpoint_mesh": list(mesh)}
     from mlip.calculators import Task, make_calculator
     from mlip.config import load_settings
     from mlip.loader import load_model
@@ -118,7 +118,7 @@ def measure(method: str, out: Path, fmax: float = 0.02, steps: int = 200, prerel
     if prerelax is not None:
         first = measure(prerelax, out / "prerelax", fmax=min(fmax, 0.02), steps=steps)
         start_end, start_mid = (first["positions_endpoint_A"], first["positions_midpoint_A"])
-    calc, about = make_calc(method, out / "work", charge)
+    calc, about = make_calc(method, cell, out / "work", charge)
     if prerelax is not None:
         about.update(prerelax=prerelax, prerelax_barrier_eV=first["barrier_eV"])
     began = time.perf_counter()
