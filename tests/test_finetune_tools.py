@@ -12,7 +12,8 @@ import pytest
 
 from training.data import load_dataset, structure_hash
 from training.finetune.select import TURN, ordered_configurations
-from training.finetune.vacancy_barrier import measure, vacancy_cell
+from mlip.errors import SimulationFailed
+from training.finetune.vacancy_barrier import check_scf, measure, vacancy_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,21 +55,42 @@ def test_the_vacancy_cell_is_the_neb_commands_23_atom_cell_with_the_midpoint_on_
     assert np.linalg.norm(midpoint - cell.positions[moving]) == pytest.approx(5.70 / 4, abs=1e-6)  # a/2 hop, halved
 
 
-def test_midpoint_barrier_of_the_student_matches_its_teachers(tmp_path):
+@pytest.fixture(scope="module")
+def student_barrier(tmp_path_factory):
+    out = tmp_path_factory.mktemp("student-barrier")
+    return out, measure("bundled:lipscl-student", out, fmax=0.02, steps=200)
+
+
+def test_midpoint_barrier_of_the_student_matches_its_teachers(student_barrier):
     """The student was distilled from CHGNet 0.3.0, whose barrier by this protocol is 0.302 eV (issue 16)."""
-    doc = measure("bundled:lipscl-student", tmp_path, fmax=0.02, steps=200)
+    out, doc = student_barrier
     assert doc["n_atoms"] == 23 and doc["family"] == "mace"
     assert doc["barrier_eV"] == pytest.approx(0.302, abs=0.05)
-    assert (tmp_path / "barrier.json").exists() and (tmp_path / "midpoint.extxyz").exists()
+    assert (out / "barrier.json").exists() and (out / "midpoint.extxyz").exists()
 
 
-def test_a_relaxation_started_where_another_ended_needs_no_steps_and_gives_the_same_barrier(tmp_path):
+def test_a_relaxation_started_where_another_ended_needs_no_steps_and_gives_the_same_barrier(tmp_path,
+                                                                                         student_barrier):
     """--prerelax starts each relaxation from another model's relaxed structures (how the CP2K relaxations save
     their expensive steps); started from its own, a model is already relaxed."""
-    alone = measure("bundled:lipscl-student", tmp_path / "alone", fmax=0.02, steps=200)
+    _, alone = student_barrier
     again = measure("bundled:lipscl-student", tmp_path / "again", fmax=0.02, steps=200,
                     prerelax="bundled:lipscl-student")
     assert again["prerelax"] == "bundled:lipscl-student"
     assert again["prerelax_barrier_eV"] == pytest.approx(alone["barrier_eV"], abs=1e-6)
     assert again["steps_endpoint"] == 0 and again["steps_midpoint"] == 0
     assert again["barrier_eV"] == pytest.approx(alone["barrier_eV"], abs=1e-4)
+
+
+def test_a_cp2k_barrier_with_an_unconverged_scf_is_refused(tmp_path):
+    """Relaxations keep one CP2K shell, so every SCF of both relaxations is in one output; one that did not
+    converge steered BFGS with wrong forces, and the barrier is not reported."""
+    out = tmp_path / "cp2k.out"
+    clean = "  *** SCF run converged in    14 steps ***\n" * 3
+    out.write_text(clean)
+    check_scf(out)  # converged throughout: accepted
+    out.write_text(clean + "  *** SCF run NOT converged ***\n" + clean)
+    with pytest.raises(SimulationFailed, match="1 SCF run"):
+        check_scf(out)
+    with pytest.raises(SimulationFailed, match="no CP2K output"):
+        check_scf(tmp_path / "missing.out")

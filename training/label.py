@@ -281,6 +281,11 @@ _OUTER_STEPS = re.compile(r"outer SCF loop converged in\s+\d+\s+iterations or\s+
 _NOT_CONVERGED = re.compile(r"SCF run NOT converged|outer SCF loop FAILED to converge", re.IGNORECASE)
 
 
+def scf_failures(output: str) -> int:
+    """How many SCF runs in a CP2K output did not converge (0 for a clean run)."""
+    return len(_NOT_CONVERGED.findall(output))
+
+
 def _scf_steps(output: str) -> int | None:
     outer = _OUTER_STEPS.findall(output)
     if outer:
@@ -362,7 +367,7 @@ def label_structure(
             calc.close()
     wall = time.perf_counter() - t0
     output = out_path.read_text(errors="replace") if out_path.exists() else ""
-    if _NOT_CONVERGED.search(output):
+    if scf_failures(output):
         raise SimulationFailed("SCF did not converge (CP2K printed 'NOT converged')\n" + _tail(out_path))
     if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
         raise SimulationFailed("CP2K returned non-finite energy, forces or stress")

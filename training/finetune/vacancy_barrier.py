@@ -108,6 +108,21 @@ def make_calc(method: str, cell: Atoms, workdir: Path, charge: int = CP2K_CHARGE
         "method": method, "model_sha256": loaded.sha256, "family": loaded.family}
 
 
+def check_scf(output: Path) -> None:
+    """Refuse a CP2K barrier if any SCF along either relaxation failed to converge: its forces steered BFGS
+    and its energy may be the one reported."""
+    from mlip.errors import SimulationFailed
+    from training.label import scf_failures
+
+    text = output.read_text(errors="replace") if output.exists() else ""
+    if not text:
+        raise SimulationFailed(f"{output}: no CP2K output to check the SCF convergence of")
+    failed = scf_failures(text)
+    if failed:
+        raise SimulationFailed(f"{output}: {failed} SCF run(s) did not converge during the relaxations; "
+                               "the barrier is not reported (raise max_scf or change the smearing, then rerun)")
+
+
 def measure(method: str, out: Path, fmax: float = 0.02, steps: int = 200, prerelax: str | None = None,
             charge: int = CP2K_CHARGE) -> dict:
     from ase.io import write
@@ -139,6 +154,8 @@ def measure(method: str, out: Path, fmax: float = 0.02, steps: int = 200, prerel
     finally:
         if hasattr(calc, "close"):
             calc.close()
+    if method == "cp2k":
+        check_scf(out / "work" / "cp2k.out")
     doc = {**about, "n_atoms": len(cell), "lattice_A": LATTICE_A, "moving_index": moving,
            "fmax_eV_A": fmax, "endpoint_energy_eV": e_end, "midpoint_energy_eV": e_mid,
            "barrier_eV": e_mid - e_end, "steps_endpoint": n_end, "steps_midpoint": n_mid,
