@@ -26,32 +26,30 @@ import numpy as np
 
 
 def frame_errors(loaded, frames) -> dict:
-    from training.evaluate import predict
+    """Errors through each model's own ASE calculator (float64 where the family has it), the path the
+    ``frames`` validation set takes, with training.evaluate's conventions, overall and per ``host``."""
+    from mlip.calculators import Task
+    from training.evaluate import Predictions, error_tables
 
-    pred = predict(loaded.module, frames, dtype="float64") if loaded.family == "mace" else None
-    e_err, f_err, by_host = [], [], defaultdict(lambda: ([], []))
-    for k, atoms in enumerate(frames):
-        if pred is not None:
-            energy, forces = pred.energies_eV[k], pred.forces_eV_A[k]
-        else:
-            a = atoms.copy()
-            a.calc = loaded.calculator(task="single_point", dtype="float32")
-            energy, forces = a.get_potential_energy(), a.get_forces()
-        e = abs(energy - atoms.info["REF_energy"]) / len(atoms)
-        f = np.abs(forces - atoms.arrays["REF_forces"]).ravel()
-        e_err.append(e)
-        f_err.append(f)
-        host = by_host[str(atoms.info.get("host", "?"))]
-        host[0].append(e)
-        host[1].append(f)
-    return {
-        "energy_mae_meV_per_atom": 1000 * float(np.mean(e_err)),
-        "force_mae_meV_per_A": 1000 * float(np.mean(np.concatenate(f_err))),
-        "n_frames": len(frames),
-        "by_host": {h: {"energy_mae_meV_per_atom": 1000 * float(np.mean(v[0])),
-                        "force_mae_meV_per_A": 1000 * float(np.mean(np.concatenate(v[1]))), "n_frames": len(v[0])}
-                    for h, v in sorted(by_host.items())},
-    }
+    calc = loaded.calculator(task=Task.SINGLE_POINT, dtype="float64")
+    energies, forces = [], []
+    for atoms in frames:
+        a = atoms.copy()
+        a.calc = calc
+        energies.append(float(a.get_potential_energy()))
+        forces.append(np.asarray(a.get_forces(), dtype=float))
+
+    def errors(idx: list[int]) -> dict:
+        pred = Predictions(np.array([energies[i] for i in idx]), [forces[i] for i in idx],
+                           np.full((len(idx), 6), np.nan))
+        overall, _, _ = error_tables([frames[i] for i in idx], pred)
+        return {"energy_mae_meV_per_atom": overall.energy_mae_meV_atom.value,
+                "force_mae_meV_per_A": overall.force_mae_meV_A.value, "n_frames": len(idx)}
+
+    hosts = defaultdict(list)
+    for i, atoms in enumerate(frames):
+        hosts[str(atoms.info.get("host", "?"))].append(i)
+    return {**errors(list(range(len(frames)))), "by_host": {h: errors(idx) for h, idx in sorted(hosts.items())}}
 
 
 def barriers(loaded, name: str, hops: int, out: Path, fmax: float, images: int) -> list[dict]:
