@@ -178,3 +178,23 @@ def test_bad_segment_values_are_refused_before_md(soft_model, tmp_path):
         with pytest.raises(InputError):
             run_md(atoms, bad, tmp_path / "bad")
         assert not (tmp_path / "bad" / "checkpoint.npz").exists()
+
+
+def test_a_frame_log_is_readable_from_the_moment_its_meta_json_exists(tmp_path, monkeypatch):
+    """Progress readers (the job monitor, the tests' waits) take meta.json as the sign that a frame log exists and
+    count its frames at once; the data files must already be there when it appears (a CI run once read the log
+    between the two and failed on a missing frames.f64)."""
+    import screening.transport.framelog as framelog
+
+    seen = []
+    real = framelog.atomic_write_text
+
+    def watching(path, text):
+        if Path(path).name == "meta.json":
+            seen.append(sorted(p.name for p in Path(path).parent.iterdir()))
+        return real(path, text)
+
+    monkeypatch.setattr(framelog, "atomic_write_text", watching)
+    log = FrameLog.create(tmp_path / "frames", {"mobile_indices": [0, 1], "framework_species": ["S"]})
+    assert seen and {"frames.f64", "mobile.f32"} <= set(seen[0])
+    assert FrameLog(tmp_path / "frames").n_frames == 0 == log.n_frames

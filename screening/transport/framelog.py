@@ -59,9 +59,9 @@ class FrameLog:
         d.mkdir(parents=True, exist_ok=True)
         meta = dict(meta, format=FORMAT)
         meta["fields"] = _BASE_FIELDS + [f"framework_msd_{s}_A2" for s in meta["framework_species"]]
-        atomic_write_text(d / "meta.json", json.dumps(meta, indent=1))
-        for name in ("frames.f64", "mobile.f32"):
+        for name in ("frames.f64", "mobile.f32"):  # the data files first: meta.json says the log exists
             (d / name).write_bytes(b"")
+        atomic_write_text(d / "meta.json", json.dumps(meta, indent=1))
         return cls(d)
 
     @staticmethod
