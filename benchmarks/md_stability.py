@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 
 
-def covered_structures(elements: set[str]) -> list[str]:
+def library_cells(names: list[str] | None, elements: set[str]) -> dict[str, object]:
+    """The named library structures, or every buildable one whose elements ``elements`` cover, each built once."""
     from screening.candidates import build_candidate, entry_names
 
-    names = []
-    for name in entry_names(buildable_only=True):
-        symbols = {el.symbol for el in build_candidate(name).structure.composition.element_composition.elements}
-        if symbols <= elements:
-            names.append(name)
-    return names
+    built = {name: build_candidate(name).structure for name in (names or entry_names(buildable_only=True))}
+    if names:
+        return built
+    return {name: s for name, s in built.items()
+            if {el.symbol for el in s.composition.element_composition.elements} <= elements}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.units import kB
 
     from mlip.engine import LeanMACE, MDBatch, SystemSpec
     from mlip.loader import load_model
-    from screening.candidates import build_candidate
     from screening.cells import make_supercell
     from screening.transport.protocol import preset
     from screening.transport.run import to_atoms
@@ -61,14 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(args.model, device=args.device)
     if loaded.family != "mace":
         raise SystemExit(f"{args.model}: the lean engine runs MACE models only (this one is {loaded.family})")
-    names = args.structures or covered_structures(set(loaded.elements))
+    structures = library_cells(args.structures, set(loaded.elements))
+    names = list(structures)
     if not names:
         raise SystemExit(f"no built-in structure is covered by {args.model}'s elements {sorted(loaded.elements)}")
     min_length = preset(args.preset).supercell_min_length_A
     model = LeanMACE.from_loaded(loaded, device=args.device, dtype="float32")
     specs = []
-    for k, name in enumerate(names):
-        atoms, _ = make_supercell(to_atoms(build_candidate(name).structure), min_length, name=name)
+    for k, (name, structure) in enumerate(structures.items()):
+        atoms, _ = make_supercell(to_atoms(structure), min_length, name=name)
         rng = np.random.default_rng(args.seed + k)
         MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature_K, rng=rng)
         Stationary(atoms)
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 row["steps_completed"] = step
                 if step > steps // 2:
-                    row["temperatures_K"].append(float(2 * kinetic[b] / (3 * (n_atoms[k] - 1) * 8.617333262e-5)))
+                    row["temperatures_K"].append(float(2 * kinetic[b] / (3 * (n_atoms[k] - 1) * kB)))
                 keep.append(b)
         if len(keep) < len(alive):
             if not keep:
