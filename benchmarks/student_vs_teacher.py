@@ -11,7 +11,9 @@
         bundled:lipscl-demo --dataset training/datasets/lipscl-student --structures Li2S beta-Li3PS4 Li6PS5Cl \\
         --hops 4 --out bench-student
 
-Writes ``OUT/student_vs_teacher.json`` with every figure; prints two tables.
+Writes ``OUT/student_vs_teacher.json`` with every figure (after each structure); prints two tables. A model
+that file already holds, measured with the same settings (dataset hash, split, hops, fmax, images) and the same
+file (SHA-256), is not measured again: a new student is compared with the teacher without rerunning the teacher.
 """
 
 from __future__ import annotations
@@ -75,6 +77,17 @@ def barriers(loaded, name: str, hops: int, out: Path, fmax: float, images: int) 
     return rows
 
 
+def _earlier_entries(report_file: Path, settings_key: dict) -> dict:
+    """Models already measured in ``report_file`` under the same settings (dataset hash, split, NEB settings)."""
+    if not report_file.exists():
+        return {}
+    earlier = json.loads(report_file.read_text())
+    if any(earlier.get(k) != v for k, v in settings_key.items()):
+        print(f"  {report_file} was made with other settings: every model is measured again", flush=True)
+        return {}
+    return earlier.get("models", {})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="model references; differences are to the first (the teacher)")
@@ -94,16 +107,36 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     settings = load_settings()
-    frames = [a for a in load_dataset(args.dataset).split(args.split) if not is_isolated_atom(a)]
-    report: dict = {"dataset": str(args.dataset), "split": args.split, "models": {}}
+    dataset = load_dataset(args.dataset)
+    frames = [a for a in dataset.split(args.split) if not is_isolated_atom(a)]
+    # a model measured before in OUT with the same settings (and the same file) is not measured again
+    settings_key = {"dataset_hash": dataset.manifest.dataset_hash, "split": args.split, "hops": args.hops,
+                    "fmax": args.fmax, "images": args.images}
+    report_file = args.out / "student_vs_teacher.json"
+    done = _earlier_entries(report_file, settings_key)
+    report: dict = {"dataset": str(args.dataset), **settings_key, "models": {}}
     for ref in args.models:
         loaded = load_model(ref, settings)
-        entry = {"sha256": loaded.sha256, "family": loaded.family, "frames": frame_errors(loaded, frames), "hops": []}
+        entry = done.get(ref)
+        if entry is None or entry["sha256"] != loaded.sha256:
+            entry = {"sha256": loaded.sha256, "family": loaded.family, "frames": frame_errors(loaded, frames),
+                     "hops": []}
+        else:
+            print(f"  {ref}: frame errors from {report_file}", flush=True)
+        measured = {h["structure"] for h in entry["hops"]} | set(entry.get("structures_done", []))
+        entry["hops"] = [h for h in entry["hops"] if h["structure"] in args.structures]
+        entry["structures_done"] = [n for n in entry.get("structures_done", []) if n in args.structures]
         for name in args.structures:
+            if name in measured:
+                print(f"  {ref} {name}: barriers from {report_file}", flush=True)
+                continue
             entry["hops"] += barriers(loaded, name, args.hops, args.out / f"{loaded.sha256[:12]}-{name}",
                                       args.fmax, args.images)
+            entry["structures_done"].append(name)
+            report["models"][ref] = entry
+            report_file.write_text(json.dumps({**report, "models": {**done, **report["models"]}}, indent=1) + "\n")
         report["models"][ref] = entry
-        (args.out / "student_vs_teacher.json").write_text(json.dumps(report, indent=1) + "\n")
+        report_file.write_text(json.dumps({**report, "models": {**done, **report["models"]}}, indent=1) + "\n")
 
     print(f"\nErrors on {args.dataset} ({args.split}, {len(frames)} frames):")
     print(f"{'model':32s} {'E MAE meV/atom':>15s} {'F MAE meV/Å':>12s}")
@@ -136,7 +169,7 @@ def main() -> None:
                                                        "within_0.05_eV": int(np.sum(np.abs(d) <= 0.05))}
         print(f"{ref}: barrier MAE vs {teacher} {np.mean(np.abs(d)):.3f} eV, max {np.max(np.abs(d)):.3f} eV, "
               f"{int(np.sum(np.abs(d) <= 0.05))}/{len(d)} within 0.05 eV")
-    (args.out / "student_vs_teacher.json").write_text(json.dumps(report, indent=1) + "\n")
+    report_file.write_text(json.dumps({**report, "models": {**done, **report["models"]}}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
