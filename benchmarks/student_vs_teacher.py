@@ -115,6 +115,10 @@ def main() -> None:
     report_file = args.out / "student_vs_teacher.json"
     done = _earlier_entries(report_file, settings_key)
     report: dict = {"dataset": str(args.dataset), **settings_key, "models": {}}
+
+    def save() -> None:  # the earlier entries stay in the file beside this run's
+        report_file.write_text(json.dumps({**report, "models": {**done, **report["models"]}}, indent=1) + "\n")
+
     for ref in args.models:
         loaded = load_model(ref, settings)
         entry = done.get(ref)
@@ -123,8 +127,8 @@ def main() -> None:
                      "hops": []}
         else:
             print(f"  {ref}: frame errors from {report_file}", flush=True)
-        measured = {h["structure"] for h in entry["hops"]} | set(entry.get("structures_done", []))
-        entry.setdefault("structures_done", [])  # the file keeps every structure measured; the tables show these
+        # the file keeps every structure measured (hops or none); the tables show the requested ones
+        measured = set(entry.setdefault("structures_done", []))
         for name in args.structures:
             if name in measured:
                 print(f"  {ref} {name}: barriers from {report_file}", flush=True)
@@ -133,9 +137,9 @@ def main() -> None:
                                       args.fmax, args.images)
             entry["structures_done"].append(name)
             report["models"][ref] = entry
-            report_file.write_text(json.dumps({**report, "models": {**done, **report["models"]}}, indent=1) + "\n")
+            save()
         report["models"][ref] = entry
-        report_file.write_text(json.dumps({**report, "models": {**done, **report["models"]}}, indent=1) + "\n")
+        save()
 
     print(f"\nErrors on {args.dataset} ({args.split}, {len(frames)} frames):")
     print(f"{'model':32s} {'E MAE meV/atom':>15s} {'F MAE meV/Å':>12s}")
@@ -170,7 +174,7 @@ def main() -> None:
                                                        "within_0.05_eV": int(np.sum(np.abs(d) <= 0.05))}
         print(f"{ref}: barrier MAE vs {teacher} {np.mean(np.abs(d)):.3f} eV, max {np.max(np.abs(d)):.3f} eV, "
               f"{int(np.sum(np.abs(d) <= 0.05))}/{len(d)} within 0.05 eV")
-    report_file.write_text(json.dumps({**report, "models": {**done, **report["models"]}}, indent=1) + "\n")
+    save()
 
 
 if __name__ == "__main__":
