@@ -270,4 +270,85 @@ def test_a_rotating_polyanion_is_disorder_and_a_diffusing_framework_a_melt(lgps_
     calm = run(vibrating, spike)
     assert not {"framework_melted", "framework_disordered"} & set(calm.flags)
     assert calm.framework_max_msd_A2 < 0.5 and calm.framework_msd_growth is None
-    assert framework_motion(np.zeros((0, 2)), 2.0) == (None, None)
+    assert framework_motion(np.zeros((0, 2)), 2.0) == (None, None, ())
+
+
+def test_a_slow_paddle_wheel_is_rotation_while_a_moving_centre_or_a_longer_excursion_is_a_melt(lgps_frames):
+    """S of PS4 still on its way to 2r² when production ends grows like a melt (growth ≈ 0.4 > 0.25); within the
+    bound that rotation about a fixed P allows, it is rotation (framework_disordered, the temperature stays in the
+    fit). Past the bound, or with P itself moving, it is a melt; with the rotation rule off, the growth decides.
+    The bound is the share-weighted 2r² plus the centres' late MSD (free S2- of an argyrodite at the plain limit)."""
+    import dataclasses
+
+    from screening.transport.analysis import EXCLUDE_FROM_FIT, analyze_frames, framework_motion
+    from screening.transport.protocol import AnalysisSettings
+
+    n = lgps_frames.n_frames
+    t = np.linspace(0.0, 1.0, n)
+    rng = np.random.default_rng(7)
+    p_vibrating = 0.3 + 0.05 * rng.standard_normal(n)
+    s_slow_rotor = 8.4 * (1.0 - np.exp(-t / 0.8)) + 0.2 * rng.standard_normal(n)
+    s_beyond = 0.2 + 14.0 * t + 0.2 * rng.standard_normal(n)  # ends at ~14 Å² > 2r² + MSD(P)
+    p_diffusing = 0.2 + 5.0 * t + 0.2 * rng.standard_normal(n)
+    rotors = {"S": {"centres": ["P"], "rotor_fraction": 1.0, "rotation_msd_A2": 8.4}}
+
+    def run(p, s, meta_rotors=rotors, **settings):
+        meta = {**lgps_frames.meta, "framework_species": ["P", "S"], "framework_rotors": meta_rotors}
+        data = dataclasses.replace(lgps_frames, framework_msd_A2=np.stack([p, s], axis=1), meta=meta)
+        return analyze_frames(data, temperature_K=700.0, ion_charge=1, settings=AnalysisSettings(**settings))[0]
+
+    motion = framework_motion(np.stack([p_vibrating, s_slow_rotor], axis=1), 2.0)
+    assert motion.growth > 0.3 and motion.rotating == ()  # the growth criterion alone calls it a melt
+    slow = run(p_vibrating, s_slow_rotor)
+    assert "framework_disordered" in slow.flags and "framework_melted" not in slow.flags
+    assert slow.framework_rotating_species == ["S"] and slow.framework_msd_growth is None
+    assert slow.diffusivity_cm2_s is not None and not set(slow.flags) & {str(f) for f in EXCLUDE_FROM_FIT}
+
+    assert "framework_melted" in run(p_vibrating, s_slow_rotor, polyanion_rotation=False).flags
+    assert "framework_melted" in run(p_vibrating, s_slow_rotor, meta_rotors=None).flags  # logs from before
+    beyond = run(p_vibrating, s_beyond)
+    assert "framework_melted" in beyond.flags and beyond.framework_rotating_species == []
+    moving_centre = run(p_diffusing, s_slow_rotor)
+    assert "framework_melted" in moving_centre.flags and moving_centre.framework_rotating_species == []
+
+    # 80 % of S in PS4 (Li6PS5Cl), the rest free S2-: the bound is 0.8·(8.4 + MSD(P)) + 0.2·2 ≈ 7.4 Å²
+    argyrodite = {"S": {**rotors["S"], "rotor_fraction": 0.8}}
+    late = lambda x: x[-n // 4:].mean()  # noqa: E731
+    assert late(s_slow_rotor) < 7.2
+    assert run(p_vibrating, s_slow_rotor, meta_rotors=argyrodite).framework_rotating_species == ["S"]
+    assert "framework_melted" in run(p_vibrating, s_slow_rotor * 1.35, meta_rotors=argyrodite).flags
+
+
+def test_polyanion_rotors_are_isolated_single_centre_units():
+    """PS4 of β-Li3PS4 and LGPS (S about P or Ge), the terminal-only PS4 of Li7P3S11 (its P2S7 are bridged, so
+    8 of its 22 S), none in Li2S, olivine FePO4 (O bonds Fe too) or a garnet; the recorded bound is 2⟨r²⟩."""
+    from pymatgen.core import Lattice, Structure
+
+    from screening.candidates.library import build_parent, get_entry
+    from screening.transport.polyanions import polyanion_rotors
+
+    def rotors(structure, ion):
+        keep = [site for site in structure if site.specie.symbol != ion]
+        return polyanion_rotors([site.specie.symbol for site in keep], np.array([site.coords for site in keep]),
+                                structure.lattice.matrix)
+
+    li7 = rotors(build_parent(get_entry("Li7P3S11")), "Li")
+    assert set(li7) == {"S"} and li7["S"]["centres"] == ["P"]
+    assert li7["S"]["rotor_fraction"] == pytest.approx(8 / 22)
+    assert 2 * 1.95**2 < li7["S"]["rotation_msd_A2"] < 2 * 2.15**2
+    assert rotors(build_parent(get_entry("Li2S")), "Li") == {}
+    assert rotors(build_parent(get_entry("FePO4-olivine")), "Mg") == {}
+
+    # one PS4 in a box (isolated) and a bridged P2S7 (not a single-centre unit)
+    tet = np.array([[1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1]]) / np.sqrt(3) * 2.05
+    box = Lattice.cubic(12.0)
+    ps4 = Structure(box, ["P"] + ["S"] * 4, np.vstack([[6, 6, 6], 6 + tet]), coords_are_cartesian=True)
+    found = rotors(ps4, "Li")
+    assert found == {"S": {"centres": ["P"], "rotor_fraction": 1.0, "rotation_msd_A2": pytest.approx(2 * 2.05**2)}}
+    v = np.array([[1, 0, 0], [-1 / 3, 2 * np.sqrt(2) / 3, 0], [-1 / 3, -np.sqrt(2) / 3, np.sqrt(6) / 3],
+                  [-1 / 3, -np.sqrt(2) / 3, -np.sqrt(6) / 3]]) * 2.05  # a tetrahedron with one corner along +x
+    bridge = np.array([6.0, 6.0, 6.0])
+    p1, p2 = bridge - v[0], bridge + v[0]
+    p2s7 = Structure(box, ["P", "P"] + ["S"] * 7, np.vstack([p1, p2, bridge, p1 + v[1:], p2 - v[1:]]),
+                     coords_are_cartesian=True)
+    assert p2s7.is_valid(tol=1.9) and rotors(p2s7, "Li") == {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from mlip.errors import InputError
@@ -19,26 +21,53 @@ EXCLUDE_FROM_FIT = {Flag.UNSTABLE_MD, Flag.FRAMEWORK_MELTED, Flag.NOT_DIFFUSIVE}
 UNUSABLE = {Flag.UNSTABLE_MD, Flag.FRAMEWORK_MELTED}
 
 
-def framework_motion(msd_A2: np.ndarray, limit_A2: float) -> tuple[float | None, float | None]:
-    """``(largest late MSD, its growth)`` of the framework species from their MSD per frame (frames, species).
+class FrameworkMotion(NamedTuple):
+    """What the framework did: its largest late MSD, the growth of the species that count as moving, and the
+    species whose motion is bounded polyanion rotation."""
+
+    late_max_A2: float | None
+    growth: float | None
+    rotating: tuple[str, ...] = ()
+
+
+def framework_motion(msd_A2: np.ndarray, limit_A2: float, species: list[str] | None = None,
+                     rotors: dict[str, dict] | None = None) -> FrameworkMotion:
+    """How the framework species moved, from their MSD per frame (frames, species).
 
     The late MSD of a species is its mean over the last quarter of production, not the last frame's (one frame
     of a few dozen atoms swings by an Å² or more); its growth is the share of it gained since the second
     quarter. A diffusing species (MSD = 6Dt) gains 4/7 ≈ 0.57; bounded motion, such as a polyanion rotating
-    about a fixed centre (S of PS4 reaches 2r² ≈ 8 Å² and stays), gains about nothing. The growth is that of
-    the species past ``limit_A2`` that grows most (None when none is past it)."""
+    about a fixed centre (S of PS4 reaches 2r² ≈ 8 Å² and stays), gains about nothing once the rotation is
+    complete. A slow rotation is still growing when production ends, so with ``rotors`` (per species, from
+    ``polyanions.polyanion_rotors``: centres, rotor fraction f, rotation MSD 2⟨r²⟩) a species past the limit
+    whose late MSD stays within f·(2⟨r²⟩ + its centres' late MSD) + (1 − f)·limit, while every centre species
+    stays under the limit, counts as rotating, whatever its growth. The growth returned is that of the other
+    species past ``limit_A2``, the one that grows most (None when none is past it)."""
     msd = np.asarray(msd_A2, dtype=float)
     if msd.ndim != 2 or msd.shape[1] == 0 or msd.shape[0] == 0:
-        return None, None
+        return FrameworkMotion(None, None)
     n = msd.shape[0]
     q = max(1, n // 4)
     late = msd[n - q:].mean(axis=0)
     early = msd[q:max(q + 1, n // 2)].mean(axis=0) if n >= 4 else msd[:1].mean(axis=0)
     past = late > limit_A2
+    rotating: list[str] = []
+    if rotors and species is not None and len(species) == msd.shape[1]:
+        col = {s: k for k, s in enumerate(species)}
+        for k in np.flatnonzero(past):
+            info = rotors.get(species[k])
+            centres = [col[c] for c in (info or {}).get("centres", []) if c in col]
+            if not info or not centres or any(late[c] > limit_A2 for c in centres):
+                continue
+            f = float(info["rotor_fraction"])
+            bound = f * (float(info["rotation_msd_A2"]) + max(late[c] for c in centres)) + (1.0 - f) * limit_A2
+            if late[k] <= bound:
+                rotating.append(species[k])
+                past[k] = False
     growth = None
     if past.any():
         growth = float(np.max((late[past] - early[past]) / late[past]))
-    return float(late.max()), growth
+    return FrameworkMotion(float(late.max()), growth, tuple(rotating))
 
 
 def _scaled(interval, factor):
@@ -78,7 +107,9 @@ def analyze_frames(
     if md_status != "completed":
         flags.append(Flag.UNSTABLE_MD)
         return TemperatureResult(**base, n_hops=0, flags=flags), None
-    late, growth = framework_motion(data.framework_msd_A2, settings.framework_msd_limit_A2)
+    rotors = data.meta.get("framework_rotors") if settings.polyanion_rotation else None
+    late, growth, rotating = framework_motion(data.framework_msd_A2, settings.framework_msd_limit_A2,
+                                              data.meta.get("framework_species"), rotors)
     try:
         da = analyze_diffusion(
             data.mobile_A,
@@ -102,8 +133,10 @@ def analyze_frames(
         flags.append(Flag.PARTLY_DIFFUSIVE)
     if da.diffusive_axes and da.tracer.rel_half_width > settings.max_rel_half_width:
         flags.append(Flag.SHORT_RUN)
-    if growth is not None:
-        flags.append(Flag.FRAMEWORK_MELTED if growth > settings.framework_growth_limit else Flag.FRAMEWORK_DISORDERED)
+    if growth is not None and growth > settings.framework_growth_limit:
+        flags.append(Flag.FRAMEWORK_MELTED)
+    elif growth is not None or rotating:
+        flags.append(Flag.FRAMEWORK_DISORDERED)
     if base["mean_temperature_K"] is not None and data.n_frames >= settings.n_blocks:
         temps = np.array_split(data.temperature_K, settings.n_blocks)
         block_means = np.array([b.mean() for b in temps])
@@ -137,6 +170,7 @@ def analyze_frames(
         analysis_note=da.note,
         framework_max_msd_A2=late,
         framework_msd_growth=growth,
+        framework_rotating_species=list(rotating),
         flags=[str(f) for f in flags],
     )
     return result, da

@@ -31,6 +31,7 @@ from ase.neighborlist import neighbor_list
 from mlip.errors import InputError
 from mlip.util import atomic_write_bytes, atomic_write_text
 from screening.transport.framelog import FrameLog
+from screening.transport.polyanions import polyanion_rotors
 from screening.transport.protocol import Thermostat
 
 OVERLAP_FRACTION = 0.5  # input atoms closer than this × (sum of covalent radii) = overlapping
@@ -257,6 +258,8 @@ class SegmentRun:
                 "mobile_indices": self.mobile.tolist(),
                 "framework_indices": self.framework.tolist(),
                 "framework_species": self.fw_species,
+                "framework_rotors": polyanion_rotors(self.symbols[self.framework], self.ref["framework"], self.cell)
+                if len(self.framework) else {},
                 "symbols": self.symbols.tolist(),
                 "cell_A": self.cell.tolist(),
                 "volume_A3": self.volume_A3,

@@ -79,6 +79,10 @@ class AnalysisSettings(BaseModel):
     framework_growth_limit: float = Field(
         0.25, gt=0, lt=1, description="Share of a framework species' late MSD gained since the second quarter of "
         "production above which it counts as growing (diffusion gives about 0.57, bounded motion about 0).")
+    polyanion_rotation: bool = Field(
+        True, description="A framework species whose MSD stays within what rotation of isolated polyanions about "
+        "their fixed centres allows (2r² plus the centres' MSD) counts as rotating (framework_disordered) even "
+        "while its MSD still grows; false: the growth criterion alone.")
     thermostat_tolerance: float = Field(0.05, gt=0, lt=1, description="Mean T off target by more (fraction) → thermostat_off.")
 
     def fit_window(self) -> FitWindow:

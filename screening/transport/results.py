@@ -76,7 +76,11 @@ class TemperatureResult(BaseModel):
         "quarter of production, Å².")
     framework_msd_growth: float | None = Field(
         None, description="For the framework species past the MSD limit: the largest share of its late MSD gained "
-        "since the second quarter of production (about 0.57 for diffusion, about 0 for bounded motion).")
+        "since the second quarter of production (about 0.57 for diffusion, about 0 for bounded motion); the "
+        "species whose motion is polyanion rotation are left out of it.")
+    framework_rotating_species: list[str] = Field(
+        default_factory=list, description="Framework species past the MSD limit whose MSD stays within what "
+        "rotation of isolated polyanions about fixed centres allows (framework_disordered, never melted).")
     volume_A3: float
     flags: list[str] = Field(default_factory=list)
     md_status: str = "completed"

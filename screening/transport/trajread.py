@@ -17,6 +17,7 @@ from ase import units
 from mlip.errors import InputError
 from screening.transport.diffusion import unwrap_fractional
 from screening.transport.framelog import FrameData, FrameLog
+from screening.transport.polyanions import polyanion_rotors
 
 
 @dataclass
@@ -49,11 +50,12 @@ def _frames_from_positions(
         for k, s in enumerate(fw_species):
             fw_msd[:, k] = sq[:, symbols_arr[framework] == s].mean(axis=1)
     lat = lattices if lattices.ndim == 3 else lattices[None]
+    rotors = polyanion_rotors(symbols_arr[framework], cart[0, framework], lat[0]) if len(framework) else {}
     volume = float(np.mean([abs(np.linalg.det(m)) for m in lat]))
     nan = np.full(n, np.nan)
     return FrameData(
         meta={"mobile_symbol": ion, "mobile_indices": mobile.tolist(), "framework_indices": framework.tolist(),
-              "framework_species": fw_species, "volume_A3": volume, "symbols": list(symbols)},
+              "framework_species": fw_species, "framework_rotors": rotors, "volume_A3": volume, "symbols": list(symbols)},
         times_fs=np.arange(n) * frame_dt_fs,
         temperature_K=temps if temps is not None else nan,
         epot_eV=energies if energies is not None else nan,
