@@ -320,8 +320,8 @@ def test_a_slow_paddle_wheel_is_rotation_while_a_moving_centre_or_a_longer_excur
 
 
 def test_polyanion_rotors_are_isolated_single_centre_units():
-    """PS4 of β-Li3PS4 and LGPS (S about P or Ge), the terminal-only PS4 of Li7P3S11 (its P2S7 are bridged, so
-    8 of its 22 S), none in Li2S, olivine FePO4 (O bonds Fe too) or a garnet; the recorded bound is 2⟨r²⟩."""
+    """Only the PS4 of Li7P3S11 (its P2S7 are bridged, so 8 of its 22 S), none in Li2S or olivine FePO4 (O bonds
+    Fe too); an isolated PS4 records exactly 2r², a bridged P2S7 nothing."""
     from pymatgen.core import Lattice, Structure
 
     from screening.candidates.library import build_parent, get_entry

@@ -56,8 +56,10 @@ def framework_motion(msd_A2: np.ndarray, limit_A2: float, species: list[str] | N
         col = {s: k for k, s in enumerate(species)}
         for k in np.flatnonzero(past):
             info = rotors.get(species[k])
-            centres = [col[c] for c in (info or {}).get("centres", []) if c in col]
-            if not info or not centres or any(late[c] > limit_A2 for c in centres):
+            if not info:
+                continue
+            centres = [col[c] for c in info["centres"] if c in col]
+            if not centres or any(late[c] > limit_A2 for c in centres):
                 continue
             f = float(info["rotor_fraction"])
             bound = f * (float(info["rotation_msd_A2"]) + max(late[c] for c in centres)) + (1.0 - f) * limit_A2
