@@ -1,7 +1,9 @@
 """Is a model's MD stable? Every built-in candidate the model covers, hot and long, in one lean-engine batch.
 
-The issue-16 target: no ``unstable_md`` for 20 ps at 1,200 K on every built-in electrolyte the model covers. Each
-library structure the model's elements cover (``--structures`` to choose) is built as the screening builds it,
+The issue-16 target: no ``unstable_md`` for 20 ps at 1,200 K on every built-in electrolyte and every cathode host
+with its inserted ions that the model covers. Each library structure the model's elements cover (``--structures``
+to choose; ``HOST+ION`` for a host with one ion inserted, the default for every host and each of Li, Na, Mg, Zn,
+Ca and Al) is built as the screening builds it,
 repeated to the transport protocol's minimum cell height (``--preset``), given Maxwell–Boltzmann velocities and
 run in Bussi NVT at ``--temperature-K`` with 2 fs steps in the lean engine (float32, the screening MD setting),
 all systems in one batch. Every ``--check-every`` steps a system fails if its potential energy per atom moves more
@@ -23,13 +25,32 @@ from pathlib import Path
 import numpy as np
 
 
-def library_cells(names: list[str] | None, elements: set[str]) -> dict[str, object]:
-    """The named library structures, or every buildable one whose elements ``elements`` cover, each built once."""
-    from screening.candidates import build_candidate, entry_names
+INSERTED_IONS = ("Li", "Na", "Mg", "Zn", "Ca", "Al")
 
-    built = {name: build_candidate(name).structure for name in (names or entry_names(buildable_only=True))}
+
+def build_named(name: str):
+    """A library structure by name; ``HOST+ION`` is a cathode host with one ``ION`` inserted (the dilute limit)."""
+    from screening.candidates import build_candidate
+
+    host, _, ion = name.partition("+")
+    return build_candidate(host, ion=ion or None).structure
+
+
+def library_cells(names: list[str] | None, elements: set[str]) -> dict[str, object]:
+    """The named library structures, or every buildable one whose elements ``elements`` cover, each built once:
+    electrolytes as ordered, cathode hosts with each inserted ion of ``INSERTED_IONS`` (``HOST+ION``)."""
+    from screening.candidates import entry_names, get_entry
+    from screening.candidates.library import CandidateKind
+
     if names:
-        return built
+        return {name: build_named(name) for name in names}
+    built = {}
+    for name in entry_names(buildable_only=True):
+        if get_entry(name).kind is CandidateKind.cathode_host:
+            for ion in INSERTED_IONS:
+                built[f"{name}+{ion}"] = build_named(f"{name}+{ion}")
+        else:
+            built[name] = build_named(name)
     return {name: s for name, s in built.items()
             if {el.symbol for el in s.composition.element_composition.elements} <= elements}
 
@@ -113,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - began
     print(f"\n{args.model} ({loaded.sha256[:12]}), {args.temperature_K:.0f} K, {args.ps:g} ps at {args.timestep_fs:g} fs, "
           f"{wall:.0f} s")
-    print(f"{'structure':16s} {'atoms':>6s} {'ps done':>8s} {'<T> K':>7s}  failure")
+    print(f"{'structure':22s} {'atoms':>6s} {'ps done':>8s} {'<T> K':>7s}  failure")
     stable = 0
     for name, row in rows.items():
         t_mean = float(np.mean(row["temperatures_K"])) if row["temperatures_K"] else float("nan")
@@ -121,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         row["ps_completed"] = row["steps_completed"] * args.timestep_fs / 1000
         del row["temperatures_K"]
         stable += row["failure"] is None
-        print(f"{name:16s} {row['n_atoms']:6d} {row['ps_completed']:8.2f} {t_mean:7.0f}  {row['failure'] or '-'}")
+        print(f"{name:22s} {row['n_atoms']:6d} {row['ps_completed']:8.2f} {t_mean:7.0f}  {row['failure'] or '-'}")
     print(f"{stable} of {len(rows)} stable")
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "model_sha256": loaded.sha256,

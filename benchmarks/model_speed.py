@@ -5,7 +5,9 @@ models; median atom-steps/s per model and its ratio to the first model. For the 
     python benchmarks/model_speed.py chgnet:0.3.0 bundled:lipscl-demo [--systems 2] [--steps 10] [--repeats 3]
 
 Systems: Li48P16S64 cells of 128 atoms (Li2S antifluorite ×(2,2,4) with Li → P and Li removed, rattled), the
-same as benchmarks/md_throughput.py; every model here must cover Li, P and S.
+same as benchmarks/md_throughput.py; every model here must cover Li, P and S. ``--structure NAME`` (``HOST+ION``
+for a cathode host with one ion inserted, e.g. ``TiS2+Mg``) times a library structure instead, in the ``quick``
+preset's supercell, rattled 0.05 Å per system.
 """
 
 from __future__ import annotations
@@ -19,6 +21,22 @@ import numpy as np
 from md_throughput import _with_velocities, make_systems, time_ase_md
 from mlip.util import synchronize
 from report import device_label, finish
+
+
+def library_systems(name: str, n_systems: int, seed: int = 0):
+    """``n_systems`` rattled copies of a library structure in the quick preset's transport supercell."""
+    from md_stability import build_named
+    from screening.cells import make_supercell
+    from screening.transport.protocol import preset
+    from screening.transport.run import to_atoms
+
+    base, _ = make_supercell(to_atoms(build_named(name)), preset("quick").supercell_min_length_A)
+    systems = []
+    for k in range(n_systems):
+        atoms = base.copy()
+        atoms.rattle(0.05, seed=seed + k)
+        systems.append(atoms)
+    return systems
 
 
 def run_ase(loaded, systems, device: str, steps: int, temperature_K: float) -> float:
@@ -48,17 +66,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+", help="model references; ratios are to the first")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--systems", type=int, default=2, help="systems of 128 atoms per model run")
+    parser.add_argument("--systems", type=int, default=2, help="systems per model run (128 atoms each unless --structure)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--temperature-K", type=float, default=600.0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--structure", default=None,
+                        help="a library structure (HOST+ION for a cathode host) instead of the Li-P-S cells")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     began = time.perf_counter()
-    systems = make_systems(args.systems)
+    systems = library_systems(args.structure, args.systems) if args.structure else make_systems(args.systems)
     runners = []
     for ref in args.models:
         loaded = load_model(ref, device=args.device)
@@ -78,6 +98,7 @@ def main() -> None:
                 "atom_steps_per_s_all": rates[ref], "ratio_to_first": statistics.median(rates[ref]) / first}
                for ref, family, path, _ in runners]
     header = {"device": device_label(args.device), "torch_threads": torch.get_num_threads(), "systems": args.systems,
+              "structure": args.structure or "Li48P16S64",
               "atoms_per_system": len(systems[0]), "steps": args.steps, "repeats": args.repeats}
     if finish(header, results, began, args.json, f", {args.systems}×{len(systems[0])} atoms, {args.steps} steps, "
                                                  f"median of {args.repeats} alternating repeats"):

@@ -4,7 +4,8 @@
    labels when the dataset is a distillation set: the teacher's row is then its float32 reproducibility), and
    of the frames grouped by their ``host`` (a teacher MD trajectory is ``<cell>@<T>K``).
 2. Climbing-image NEB barriers of the first ``--hops`` symmetry-distinct Li hops (shortest first, vacancy
-   mechanism) of each library structure, every model on the same hop network, the same NEB settings, and the
+   mechanism) of each library structure (``HOST+ION``: a cathode host's hops of that ion through the empty
+   framework, as a screening job's NEB runs them), every model on the same hop network, the same NEB settings, and the
    difference of each model from the first (the teacher).
 
     OMP_NUM_THREADS=2 python benchmarks/student_vs_teacher.py chgnet:0.3.0 bundled:lipscl-student \\
@@ -59,12 +60,19 @@ def barriers(loaded, name: str, hops: int, out: Path, fmax: float, images: int) 
     from screening.candidates import build_candidate
     from screening.neb import NebParameters, neb_for_structure
     from screening.neb.driver import neb_engine_for
+    from workflows.jobs.tasks import _neb_structure
 
     engine = neb_engine_for(loaded, device="cpu")
     params = NebParameters(n_images=images, fmax_eV_A=fmax)
     began = time.perf_counter()
-    doc = neb_for_structure(build_candidate(name).structure, "Li", engine, params, max_hops=hops, mechanism="vacancy",
-                            out_dir=out, home=load_settings().home)
+    host, _, ion = name.partition("+")
+    if ion:  # a cathode host, as a screening job runs its NEB: one ion through the empty framework
+        structure, sites = _neb_structure(build_candidate(host, ion=ion))
+        doc = neb_for_structure(structure, ion, engine, params, insertion_sites_frac=sites, max_hops=hops,
+                                out_dir=out, home=load_settings().home)
+    else:
+        doc = neb_for_structure(build_candidate(name).structure, "Li", engine, params, max_hops=hops,
+                                mechanism="vacancy", out_dir=out, home=load_settings().home)
     wall = time.perf_counter() - began
     rows = []
     for hop in doc.hops:

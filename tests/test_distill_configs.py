@@ -80,6 +80,13 @@ def test_make_configs_records_every_frames_origin(tmp_path):
     assert len({atoms.info["seed"] for atoms in configs}) == 3  # one seed per host
     small, skipped = make_configs(("barriers",), seed=3, reference_dir=tmp_path, max_atoms=10)
     assert not small and [s.reason for s in skipped] == ["12 atoms > 10"] * 3
+    # --hop-frames: three frames per hop, all under the hop's name
+    from training.distill.configs import hop_frames
+
+    three = hop_frames(configs)
+    assert [(a.info["endpoint"], a.info["kind"]) for a in three] == [
+        ("initial", "as-built"), ("final", "as-built"), ("midpoint", "rattle-0.04")]
+    assert {a.info["host"] for a in three} == {"Li2S#1"}
 
 
 def test_a_dataset_split_by_host_keeps_every_variant_of_a_structure_together(tmp_path):

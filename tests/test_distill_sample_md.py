@@ -87,3 +87,51 @@ def test_a_host_file_without_as_built_configurations_is_refused(tmp_path):
     write(path, atoms, format="extxyz")
     with pytest.raises(SystemExit, match="no as-built"):
         hosts_from_configs(path)
+
+
+def test_teacher_md_parents_come_from_the_as_built_hosts_a_pattern_selects(tmp_path):
+    """``training.demo.sample_md --configs FILE --hosts REGEX``: one parent per matching as-built host."""
+    from ase.io import write
+
+    from training.demo.sample_md import config_parents
+
+    frames = []
+    for host, kind in [("TiS2+Mg", "as-built"), ("TiS2+Mg", "rattle-0.04"), ("TiS2:empty", "as-built"),
+                       ("Li2S", "as-built")]:
+        atoms = _li2s()
+        atoms.info.update({"host": host, "kind": kind})
+        frames.append(atoms)
+    path = tmp_path / "c.xyz"
+    write(path, frames, format="extxyz")
+    parents = config_parents(path, "[+:]")
+    assert sorted(parents) == ["TiS2+Mg", "TiS2:empty"]
+    built = parents["TiS2+Mg"].build()
+    assert built.info["kind"] == "as-built" and parents["TiS2+Mg"].name == "library:TiS2+Mg"
+    built.positions += 1.0  # each build is a fresh copy
+    assert not np.allclose(parents["TiS2+Mg"].build().positions, built.positions)
+    with pytest.raises(SystemExit, match="no 'as-built' frame"):
+        config_parents(path, "NaCl")
+
+
+def test_picked_teacher_md_frames_carry_their_own_origin(tmp_path):
+    """A picked snapshot's config_type and host name the teacher trajectory, not the configuration it started
+    from (a parent read from a configuration file brings ``config_type`` = ``library:as-built``)."""
+    from ase.io import write
+
+    from training.distill.pick import pick
+
+    frames = []
+    for k in range(6):
+        atoms = _li2s()
+        atoms.rattle(0.05 * (k + 1), seed=k)
+        atoms.info.update({"config_type": "library:as-built", "temperature_K": 700.0, "time_fs": 40.0 * k,
+                           "base": "library:TiS2+Mg"})
+        frames.append(atoms)
+    path = tmp_path / "library-TiS2+Mg_700K.extxyz"
+    write(path, frames, format="extxyz")
+    picked = pick([path], per_file=3, skip_fs=50.0)
+    assert len(picked) == 3
+    for atoms in picked:
+        assert atoms.info["config_type"] == "teacher-md" and atoms.info["source"] == "teacher-md"
+        assert atoms.info["host"] == "TiS2+Mg@700K" and atoms.info["parent"] == "TiS2+Mg"
+        assert float(atoms.info["time_fs"]) >= 50.0

@@ -9,7 +9,9 @@ command line and model hash are recorded in every trajectory.
 
 ``--library Li6PS5Cl beta-Li3PS4`` samples the built-in library's candidates instead, built as a
 screening job builds them (ordered, in the ``quick`` protocol's supercell of every width ≥ 8 Å), so the
-next round covers the structures the demo actually simulates.
+next round covers the structures the demo actually simulates. ``--configs FILE --hosts REGEX`` samples
+the as-built frames of a distillation configuration file (for example the cathode hosts with each inserted
+ion, ``--hosts '[+:]'``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,25 @@ def library_parents(names: list[str], min_length_A: float = 8.0) -> dict:
     return parents
 
 
+def config_parents(path: Path, pattern: str = "", kind: str = "as-built") -> dict:
+    """Parents from a distillation configuration file (``python -m training.distill.configs``): its ``kind``
+    frames (the hosts as built, with their inserted ions) whose ``host`` matches the regular expression."""
+    import re
+    from types import SimpleNamespace
+
+    from ase.io import read
+
+    parents = {}
+    for atoms in read(path, index=":"):
+        host = str(atoms.info.get("host", ""))
+        if atoms.info.get("kind") == kind and re.search(pattern, host):
+            atoms = atoms.copy()
+            parents[host] = SimpleNamespace(name=f"library:{host}", build=atoms.copy)
+    if not parents:
+        raise SystemExit(f"{path}: no {kind!r} frame whose host matches {pattern!r}")
+    return parents
+
+
 def sample(model_ref: str, temperatures_K: list[float], ps: float, out: Path, *, timestep_fs: float = 1.0,
            write_every_fs: float = 50.0, seed: int = 0, parents: dict | None = None) -> list[Path]:
     loaded = load_model(model_ref, load_settings())
@@ -74,7 +95,7 @@ def sample(model_ref: str, temperatures_K: list[float], ps: float, out: Path, *,
                         break
                 if step < n_steps:
                     dyn.step()
-            path = out / f"{parent.name.replace('library:', 'library-')}_{temperature:g}K.extxyz"
+            path = out / f"{parent.name.replace('library:', 'library-').replace(':', '-')}_{temperature:g}K.extxyz"
             write(path, frames)
             paths.append(path)
             print(f"{path.name}: {len(frames)} frames")
@@ -90,11 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-every-fs", type=float, default=50.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--library", nargs="+", default=None, help="sample these library candidates instead of the parents")
+    ap.add_argument("--configs", type=Path, default=None,
+                    help="sample the as-built hosts of this distillation configuration file instead")
+    ap.add_argument("--hosts", default="", help="with --configs: only hosts matching this regular expression")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    if args.configs and args.library:
+        ap.error("--configs and --library are alternatives")
     sample(args.model, args.temperatures_K, args.ps, args.out, timestep_fs=args.timestep_fs,
            write_every_fs=args.write_every_fs, seed=args.seed,
-           parents=library_parents(args.library) if args.library else None)
+           parents=(library_parents(args.library) if args.library
+                    else config_parents(args.configs, args.hosts) if args.configs else None))
     return 0
 
 

@@ -9,7 +9,8 @@ strain, a working-ion vacancy and a close contact. Every configuration says wher
 (``config_type`` = source:kind, for errors per kind; ``source``, ``host``, ``kind``, ``seed``), so the data card can
 list every frame's origin and the dataset can be split by structure (``data import --split-by host``).
 
-    python -m training.distill.configs --out configs.xyz [--sources library,barriers,obelix] [--max-atoms 200]
+    python -m training.distill.configs --out configs.xyz [--sources library,barriers,obelix] [--max-atoms 200] \
+        [--elements Li,Mg,O,...] [--hop-frames]
     ionscreen label configs.xyz --out labels/ --teacher chgnet:0.3.0
 """
 
@@ -188,6 +189,22 @@ def make_configs(sources: tuple[str, ...] = SOURCES, *, seed: int = 20261202, ma
     return configs, skipped
 
 
+def hop_frames(configs: list[Atoms]) -> list[Atoms]:
+    """Three frames per migration-barrier hop instead of 21: both endpoints as built and the midpoint rattled by
+    0.04 Å, with ``host`` = the hop (``SYS#jid``; the point goes to ``endpoint``), so that a dataset split by
+    host keeps a hop's three frames in one split. Other sources pass unchanged."""
+    kept = []
+    for atoms in configs:
+        if atoms.info["source"] != "barriers":
+            kept.append(atoms)
+            continue
+        hop, _, point = str(atoms.info["host"]).rpartition(":")
+        if atoms.info["kind"] == ("rattle-0.04" if point == "midpoint" else "as-built"):
+            atoms.info.update({"host": hop, "endpoint": point})
+            kept.append(atoms)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     from ase.io import write
 
@@ -197,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20261202)
     parser.add_argument("--max-atoms", type=int, default=200)
     parser.add_argument("--reference-dir", type=Path, default=REFERENCE_DIR)
+    parser.add_argument("--elements", default=None,
+                        help="comma-separated: keep only configurations whose elements all lie in this set")
+    parser.add_argument("--hop-frames", action="store_true",
+                        help="barriers: both endpoints as built and the midpoint rattled, grouped by hop (3 per hop)")
     args = parser.parse_args(argv)
     sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
     unknown = sorted(set(sources) - set(SOURCES))
@@ -204,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
     configs, skipped = make_configs(sources, seed=args.seed, max_atoms=args.max_atoms,
                                     reference_dir=args.reference_dir)
+    if args.elements:
+        allowed = {e.strip() for e in args.elements.split(",") if e.strip()}
+        configs = [a for a in configs if set(a.get_chemical_symbols()) <= allowed]
+    if args.hop_frames:
+        configs = hop_frames(configs)
     write(args.out, configs, format="extxyz")
     per_source = Counter(a.info["source"] for a in configs)
     elements = sorted({s for a in configs for s in a.get_chemical_symbols()})

@@ -54,8 +54,9 @@ def pick(paths: list[Path], per_file: int, skip_fs: float, vacancy_every: int = 
             atoms = kept[k].copy()
             temperature = float(atoms.info["temperature_K"])
             base = str(atoms.info.get("base", path.stem)).replace("library:", "")
-            atoms.info.update({"source": "teacher-md", "host": f"{base}@{temperature:g}K", "parent": base,
-                               "kind": "md", "sampled_from": path.name})
+            # config_type too: a parent built from a configuration file brings its own ("library:as-built")
+            atoms.info.update({"source": "teacher-md", "config_type": "teacher-md", "host": f"{base}@{temperature:g}K",
+                               "parent": base, "kind": "md", "sampled_from": path.name})
             picked.append(atoms)
             if vacancy_every and len(picked) % vacancy_every == 0:
                 picked.append(vacancy_variant(atoms, ion, rng))
