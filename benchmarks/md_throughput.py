@@ -46,6 +46,11 @@ def make_systems(n_systems: int, seed: int = 0):
     chosen = rng.permutation(li)
     base.numbers[chosen[:16]] = 15
     del base[sorted(chosen[16:80].tolist())]
+    return rattled_copies(base, n_systems, seed)
+
+
+def rattled_copies(base, n_systems: int, seed: int = 0) -> list:
+    """``n_systems`` copies of ``base``, each rattled by 0.05 Å with its own seed."""
     systems = []
     for k in range(n_systems):
         atoms = base.copy()

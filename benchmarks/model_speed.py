@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from md_throughput import _with_velocities, make_systems, time_ase_md
+from md_throughput import _with_velocities, make_systems, rattled_copies, time_ase_md
 from mlip.util import synchronize
 from report import device_label, finish
 
@@ -31,12 +31,7 @@ def library_systems(name: str, n_systems: int, seed: int = 0):
     from screening.transport.run import to_atoms
 
     base, _ = make_supercell(to_atoms(build_named(name)), preset("quick").supercell_min_length_A)
-    systems = []
-    for k in range(n_systems):
-        atoms = base.copy()
-        atoms.rattle(0.05, seed=seed + k)
-        systems.append(atoms)
-    return systems
+    return rattled_copies(base, n_systems, seed)
 
 
 def run_ase(loaded, systems, device: str, steps: int, temperature_K: float) -> float:
