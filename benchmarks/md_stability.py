@@ -25,9 +25,6 @@ from pathlib import Path
 import numpy as np
 
 
-INSERTED_IONS = ("Li", "Na", "Mg", "Zn", "Ca", "Al")
-
-
 def build_named(name: str):
     """A library structure by name; ``HOST+ION`` is a cathode host with one ``ION`` inserted (the dilute limit)."""
     from screening.candidates import build_candidate
@@ -38,9 +35,10 @@ def build_named(name: str):
 
 def library_cells(names: list[str] | None, elements: set[str]) -> dict[str, object]:
     """The named library structures, or every buildable one whose elements ``elements`` cover, each built once:
-    electrolytes as ordered, cathode hosts with each inserted ion of ``INSERTED_IONS`` (``HOST+ION``)."""
+    electrolytes as ordered, cathode hosts with each inserted ion the distillation covers (``HOST+ION``)."""
     from screening.candidates import entry_names, get_entry
     from screening.candidates.library import CandidateKind
+    from training.distill.configs import INSERTED_IONS
 
     if names:
         return {name: build_named(name) for name in names}

@@ -46,22 +46,22 @@ def library_parents(names: list[str], min_length_A: float = 8.0) -> dict:
     return parents
 
 
-def config_parents(path: Path, pattern: str = "", kind: str = "as-built") -> dict:
-    """Parents from a distillation configuration file (``python -m training.distill.configs``): its ``kind``
-    frames (the hosts as built, with their inserted ions) whose ``host`` matches the regular expression."""
+def config_parents(path: Path, pattern: str = "") -> dict:
+    """Parents from a distillation configuration file (``python -m training.distill.configs``): its as-built
+    frames (``training.distill.sample_md.hosts_from_configs``: the hosts with their inserted ions) whose ``host``
+    matches the regular expression."""
     import re
     from types import SimpleNamespace
 
-    from ase.io import read
+    from training.distill.sample_md import hosts_from_configs
 
     parents = {}
-    for atoms in read(path, index=":"):
+    for atoms in hosts_from_configs(path):
         host = str(atoms.info.get("host", ""))
-        if atoms.info.get("kind") == kind and re.search(pattern, host):
-            atoms = atoms.copy()
+        if re.search(pattern, host):
             parents[host] = SimpleNamespace(name=f"library:{host}", build=atoms.copy)
     if not parents:
-        raise SystemExit(f"{path}: no {kind!r} frame whose host matches {pattern!r}")
+        raise SystemExit(f"{path}: no 'as-built' frame whose host matches {pattern!r}")
     return parents
 
 
