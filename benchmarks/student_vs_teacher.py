@@ -60,14 +60,14 @@ def barriers(loaded, name: str, hops: int, out: Path, fmax: float, images: int) 
     from screening.candidates import build_candidate
     from screening.neb import NebParameters, neb_for_structure
     from screening.neb.driver import neb_engine_for
-    from workflows.jobs.tasks import _neb_structure
+    from workflows.jobs.tasks import neb_structure
 
     engine = neb_engine_for(loaded, device="cpu")
     params = NebParameters(n_images=images, fmax_eV_A=fmax)
     began = time.perf_counter()
     host, _, ion = name.partition("+")
     if ion:  # a cathode host, as a screening job runs its NEB: one ion through the empty framework
-        structure, sites = _neb_structure(build_candidate(host, ion=ion))
+        structure, sites = neb_structure(build_candidate(host, ion=ion))
         doc = neb_for_structure(structure, ion, engine, params, insertion_sites_frac=sites, max_hops=hops,
                                 out_dir=out, home=load_settings().home)
     else:

@@ -18,7 +18,7 @@ from screening.stages import Stage
 from workflows.jobs.plan import TaskSpec, workdir_for
 
 
-def _neb_structure(candidate):
+def neb_structure(candidate):
     """Structure and insertion sites for NEB: a cathode host is treated in the dilute limit.
 
     For a host with insertion sites, the inserted ions are removed and their sites join the empty ones,
@@ -76,7 +76,7 @@ def run_task(
 
         settings = spec.neb
         engine = neb_engine_for(loaded, device)  # the family's batched evaluator, else its ASE calculator
-        structure, sites = _neb_structure(candidate)
+        structure, sites = neb_structure(candidate)
         result = neb_for_structure(
             structure, candidate.working_ion, engine, settings.parameters(),
             insertion_sites_frac=sites, **settings.driver_options(), out_dir=workdir, home=home,
