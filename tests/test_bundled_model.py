@@ -2,9 +2,9 @@
 the demo job's model is good enough for the demo.
 
 Checks that would catch a broken or swapped bundle: hash and metadata agree with the file, elements are
-exactly those of the model's training dataset (the demo's model: Li, P, S, Cl), errors on each model's held-out test split (its training dataset, found by hash) stay
-near the figures its manifest and card report, and the demo's model runs the demo's MD at the demo's top
-temperature on both demo electrolytes without an instability.
+exactly those of the model's training dataset (the demo's model: Li, P, S, Cl), errors on each model's held-out
+test split (its training dataset, found by hash) stay near the figures its manifest and card report, and the
+demo's model runs the demo's MD at the demo's top temperature on both demo electrolytes without an instability.
 """
 
 from __future__ import annotations
