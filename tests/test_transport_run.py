@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+import yaml
 from ase import Atoms
 
 from mlip.errors import InputError
@@ -41,6 +42,30 @@ def test_protocol_presets_and_hash():
         make_protocol(**{**SMALL, "sample_interval_fs": 3.0})  # not a whole number of 2 fs steps
     with pytest.raises(InputError, match="adaptive"):
         make_protocol(**SMALL, target_rel_half_width=0.2)
+
+
+def test_a_protocol_is_a_preset_or_a_yaml_file_of_its_fields(tmp_path):
+    """``ionscreen md --protocol`` and ``validate --protocol`` read the same thing: a preset name, or a YAML file whose
+    fields make the protocol (overrides on top); anything else is refused with the name and the file."""
+    from screening.transport.protocol import preset_or_file
+
+    assert preset_or_file("quick").hash == preset("quick").hash
+    path = tmp_path / "longer.yaml"
+    path.write_text(yaml.safe_dump({**preset("quick").model_dump(mode="json"), "name": "longer", "production_ps": 10.0}))
+    longer = preset_or_file(str(path))
+    assert longer.name == "longer" and longer.production_ps == 10.0 and longer.hash != preset("quick").hash
+    assert preset_or_file(str(path), seed=3).seed == 3
+    with pytest.raises(InputError, match="unknown protocol preset 'nowhere.yaml'"):
+        preset_or_file("nowhere.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(InputError, match="list.yaml must hold a mapping"):
+        preset_or_file(str(tmp_path / "list.yaml"))
+    (tmp_path / "bad.yaml").write_text("production_ps: [\n")
+    with pytest.raises(InputError, match="bad.yaml is not valid YAML"):
+        preset_or_file(str(tmp_path / "bad.yaml"))
+    (tmp_path / "wrong.yaml").write_text("production_ps: -1\n")
+    with pytest.raises(InputError, match="production_ps"):
+        preset_or_file(str(tmp_path / "wrong.yaml"))
 
 
 def test_run_transport_writes_a_complete_result_and_resumes(soft, tmp_path):

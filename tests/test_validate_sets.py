@@ -4,6 +4,7 @@ training.evaluate's errors through the model's ASE calculator."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def test_obelix_data_is_shipped_with_its_licence():
         parse_conductivity("n/a")
 
 
-def test_cpu_subset_follows_its_rule():
+def test_cpu_subset_follows_its_rule(tmp_path):
     vset = ConductivitySet()
     entries = vset.entries()
     assert [e.key for e in entries] == [e.key for e in ConductivitySet().entries()]  # deterministic
@@ -62,6 +63,10 @@ def test_cpu_subset_follows_its_rule():
     assert ConductivitySet(protocol="standard").fingerprint() != vset.fingerprint()
     with pytest.raises(InputError, match="unknown protocol preset"):
         ConductivitySet(protocol="fastest")
+    longer = tmp_path / "longer.yaml"
+    longer.write_text(json.dumps({**CPU_PROTOCOL, "production_ps": 10.0}))  # JSON is YAML
+    assert ConductivitySet(protocol=str(longer)).protocol.production_ps == 10.0
+    assert ConductivitySet(protocol=str(longer)).fingerprint() != vset.fingerprint()
 
 
 def test_subset_rule_on_a_hand_made_table():

@@ -216,3 +216,23 @@ def make_protocol(**values) -> TransportProtocol:
 
 def preset_names() -> list[str]:
     return sorted(_presets())
+
+
+def preset_or_file(name_or_path: str, **overrides) -> TransportProtocol:
+    """A preset by name, or the protocol a YAML file of protocol fields describes (fields not given take their
+    defaults; a file's protocol is named by its ``name`` field or ``custom``), with ``overrides`` on top."""
+    from pathlib import Path
+
+    if name_or_path in _presets():
+        return preset(name_or_path, **overrides)
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise InputError(f"unknown protocol preset {name_or_path!r}, and no YAML file of protocol fields at that path; "
+                         f"presets: {', '.join(preset_names())}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise InputError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise InputError(f"{path} must hold a mapping of protocol fields, not a {type(values).__name__}")
+    return make_protocol(**{**values, **overrides})

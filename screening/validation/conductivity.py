@@ -208,15 +208,15 @@ class ConductivitySet:
     name = "conductivity"
 
     def __init__(self, data_dir: str | Path | None = None, protocol=None, seed: int = 0):
-        """``protocol``: a TransportProtocol, a preset name (``standard`` for GPU runs of the full set), or None for
-        :data:`CPU_PROTOCOL` (also by its name, ``validation-cpu``)."""
-        from screening.transport.protocol import TransportProtocol, make_protocol, preset
+        """``protocol``: a TransportProtocol, a preset name (``standard`` for GPU runs of the full set) or a YAML
+        file of protocol fields, or None for :data:`CPU_PROTOCOL` (also by its name, ``validation-cpu``)."""
+        from screening.transport.protocol import TransportProtocol, make_protocol, preset_or_file
 
         self.data_dir = Path(data_dir) if data_dir is not None else DATA_DIR
         if protocol is None or protocol == CPU_PROTOCOL["name"]:
             protocol = make_protocol(**CPU_PROTOCOL)
         elif isinstance(protocol, str):
-            protocol = preset(protocol)
+            protocol = preset_or_file(protocol)
         elif not isinstance(protocol, TransportProtocol):
             raise InputError(f"protocol must be a TransportProtocol or a preset name, got {type(protocol).__name__}")
         self.protocol = protocol

@@ -130,13 +130,11 @@ def md(
     as_json: JsonFlag = False,
 ) -> None:
     """Run the transport protocol (relax → MD at each temperature → analysis) for one structure; resumable."""
-    import yaml
-
     from mlip.config import load_settings
     from mlip.loader import load_model
     from screening.cells import repeats_for_min_height
     from screening.structio import read_structure
-    from screening.transport.protocol import make_protocol, preset, preset_names
+    from screening.transport.protocol import preset_or_file
     from screening.transport.run import calculator_factory_for, run_transport
 
     overrides = {}
@@ -151,17 +149,7 @@ def md(
         overrides["seed"] = seed
     if engine is not None:
         overrides["md_engine"] = engine
-    if protocol in preset_names():
-        proto = preset(protocol, **overrides)
-    else:
-        path = Path(protocol)
-        if not path.is_file():
-            raise InputError(f"--protocol {protocol!r} is neither a preset ({', '.join(preset_names())}) nor a YAML file")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise InputError(f"{path} is not valid YAML: {err}") from err
-        proto = make_protocol(**{**values, **overrides})
+    proto = preset_or_file(protocol, **overrides)
     struct = read_structure(structure)
     # before the model loads (which may download it): the supercell must be within the size limit
     repeats_for_min_height(struct.lattice.matrix, proto.supercell_min_length_A, len(struct),

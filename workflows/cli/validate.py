@@ -22,7 +22,7 @@ def validate(
         "--dataset", help="Labelled dataset directory (`ionscreen data import` output) for the frames set.")] = None,
     split: Annotated[Optional[str], typer.Option("--split", help="Dataset split for the frames set (default test).")] = None,
     protocol: Annotated[Optional[str], typer.Option(
-        "--protocol", help="Transport preset for the conductivity set (default validation-cpu; standard for GPUs).")] = None,
+        "--protocol", help="Transport protocol of the conductivity set: a preset (default validation-cpu; standard for GPUs) or a YAML file of protocol fields.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N entries of each set.")] = None,
     full: Annotated[bool, typer.Option("--full", help="Every entry of each set (GPU work), not the CPU subset.")] = False,
     device: DeviceOpt = "auto",
