@@ -64,8 +64,8 @@ def test_cpu_subset_follows_its_rule(tmp_path):
     with pytest.raises(InputError, match="unknown protocol preset"):
         ConductivitySet(protocol="fastest")
     longer = tmp_path / "longer.yaml"
-    longer.write_text(json.dumps({**CPU_PROTOCOL, "production_ps": 10.0}))  # JSON is YAML
-    assert ConductivitySet(protocol=str(longer)).protocol.production_ps == 10.0
+    longer.write_text(json.dumps({**CPU_PROTOCOL, "production_ps": 2 * CPU_PROTOCOL["production_ps"]}))  # JSON is YAML
+    assert ConductivitySet(protocol=str(longer)).protocol.production_ps == 2 * CPU_PROTOCOL["production_ps"]
     assert ConductivitySet(protocol=str(longer)).fingerprint() != vset.fingerprint()
 
 
