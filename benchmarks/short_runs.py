@@ -107,8 +107,8 @@ def main() -> None:
                        "n_covering": sum(r["covers_reference"] for r in judged), "n_judged": len(judged)}
             entry["windows"][f"{length_ps:g}"] = {"summary": summary, "rows": rows}
             ratio = "-" if summary["geomean_ratio"] is None else f"{summary['geomean_ratio']:.2f}"
-            print(f"  {length_ps:g} ps windows: {summary['n_values']}/{summary['n_windows']} give a value, geometric-mean "
-                  f"D*/D*(whole run) {ratio}, interval covers the whole run's D* in "
+            print(f"  {length_ps:g} ps windows: {summary['n_values']}/{summary['n_windows']} give a value, "
+                  f"geometric-mean D*/D*(whole run) {ratio}, interval covers the whole run's D* in "
                   f"{summary['n_covering']}/{summary['n_judged']}")
         report.append(entry)
     if args.json:

@@ -51,7 +51,8 @@ def test_a_protocol_is_a_preset_or_a_yaml_file_of_its_fields(tmp_path):
 
     assert preset_or_file("quick").hash == preset("quick").hash
     path = tmp_path / "longer.yaml"
-    path.write_text(yaml.safe_dump({**preset("quick").model_dump(mode="json"), "name": "longer", "production_ps": 10.0}))
+    quick = preset("quick").model_dump(mode="json")
+    path.write_text(yaml.safe_dump({**quick, "name": "longer", "production_ps": 10.0}))
     longer = preset_or_file(str(path))
     assert longer.name == "longer" and longer.production_ps == 10.0 and longer.hash != preset("quick").hash
     assert preset_or_file(str(path), seed=3).seed == 3

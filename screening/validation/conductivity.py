@@ -224,7 +224,8 @@ class ConductivitySet:
         elif isinstance(protocol, str):
             protocol = preset_or_file(protocol)
         elif not isinstance(protocol, TransportProtocol):
-            raise InputError(f"protocol must be a TransportProtocol or a preset name, got {type(protocol).__name__}")
+            raise InputError("protocol must be a TransportProtocol, a preset name or a YAML file, got "
+                             f"{type(protocol).__name__}")
         self.protocol = protocol
         self.seed = seed
 
