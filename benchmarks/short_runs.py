@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     args = parser.parse_args()
 
+    from screening.ions import ion_charge
     from screening.transport.analysis import analyze_frames
     from screening.transport.framelog import FrameLog
     from screening.transport.protocol import AnalysisSettings, preset
@@ -70,7 +71,7 @@ def main() -> None:
         else:
             raise SystemExit(f"{protocol_file} not found: name the analysis settings with --preset")
         temperature = float(data.meta.get("temperature_K") or float(np.mean(data.temperature_K)))
-        charge = int(data.meta.get("ion_charge", 1))
+        charge = ion_charge(data.meta["mobile_symbol"])  # the frame log names its ion; its charge is stated per ion
         dt_fs = float(data.times_fs[1] - data.times_fs[0])
         full, _ = analyze_frames(data, temperature_K=temperature, ion_charge=charge, settings=settings)
         reference = full.diffusivity_cm2_s
