@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from scipy import stats as sstats
 
-from mlip.errors import InputError, ModelNotFoundError
+from mlip.errors import InputError, IonscreenError, ModelNotFoundError
 from screening.validation.base import EntryStatus, ValidationEntry
 from screening.validation.stats import Bound, RankValue
 
@@ -39,10 +39,16 @@ class SlowSet:
         return out if limit is None else out[:limit]
 
     def run_entry(self, entry, context):
+        began = time.time()
         time.sleep(float(os.environ.get("SLOW_SET_SLEEP_S", "0")))
+        if os.environ.get("SLOW_SET_SPANS"):
+            with open(os.environ["SLOW_SET_SPANS"], "a") as fh:
+                fh.write(f"{entry.key} {os.getpid()} {began} {time.time()}\n")
         if os.environ.get("SLOW_SET_CALLS"):
             with open(os.environ["SLOW_SET_CALLS"], "a") as fh:
                 fh.write(entry.key + "\n")
+        if entry.key == os.environ.get("SLOW_SET_DIE"):
+            os._exit(9)  # the process dies (as killed or out of memory would)
         if entry.key == os.environ.get("SLOW_SET_FAIL"):
             (context.workdir / "attempt").write_text("failed")
             return {"status": EntryStatus.FAILED.value, "error": "told to fail"}
@@ -94,7 +100,7 @@ def test_validate_resumes_after_a_kill_without_redoing_entries(tmp_path, slow_se
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import workflows.validate as v; "
             f"v.SET_MODULES['slow'] = {__name__!r}; from workflows.cli import main; "
             "sys.argv = ['ionscreen', 'validate', 'ase:emt', '--set', 'slow', '--out', sys.argv[2], "
-            "'--device', 'cpu', '--no-mlflow']; main()")  # ase:emt and cpu: no torch to import, a fast start
+            "'--device', 'cpu', '--no-mlflow', '--workers', '1']; main()")  # ase:emt and cpu: no torch to import, a fast start
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW_SET_SLEEP_S": "0.3", "SLOW_SET_CALLS": str(calls),
            "SLOW_SET_ELEMENT": "Cu"}
     proc = subprocess.Popen([sys.executable, "-c", code, str(TESTS), str(out)], env=env,
@@ -152,6 +158,54 @@ def test_failed_entries_stay_done_unless_retried_from_a_clean_directory(tmp_path
     assert retried.models[0].sets["slow"].n_run_now == 1 and not attempt.exists()
     assert calls.read_text().split().count("e1") == 2
     assert retried.models[0].sets["slow"].records[1]["status"] == "ok"
+
+
+def test_workers_run_entries_at_once_each_once_with_the_same_figures(tmp_path, slow_set, monkeypatch):
+    """``workers=2``: two spawned processes run entries side by side; the journal holds every entry once, the records
+    come back in entry order and the figures equal a one-process run's; uncovered entries never reach a worker."""
+    from workflows.validate import run_validation
+
+    spans, calls = tmp_path / "spans.log", tmp_path / "calls.log"
+    monkeypatch.setenv("SLOW_SET_SLEEP_S", "1.0")
+    monkeypatch.setenv("SLOW_SET_SPANS", str(spans))
+    monkeypatch.setenv("SLOW_SET_CALLS", str(calls))
+    monkeypatch.setenv("SLOW_SET_ELEMENT", "Cu")
+    out = tmp_path / "out"
+    result = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu", workers=2)
+    rows = [line.split() for line in spans.read_text().splitlines()]
+    assert sorted(r[0] for r in rows) == [f"e{i}" for i in range(5)]  # e5 (Fe) is uncovered: not run
+    assert len({r[1] for r in rows} - {str(os.getpid())}) == 2  # two worker processes, not this one
+    intervals = sorted((float(r[2]), float(r[3])) for r in rows)
+    assert any(b[0] < a[1] for a, b in zip(intervals, intervals[1:])), "no two entries ran at the same time"
+    journal = _journal(out)
+    assert sorted(line["key"] for line in journal) == [f"e{i}" for i in range(N_ENTRIES)]
+    run = result.models[0].sets["slow"]
+    assert [r["key"] for r in run.records] == [f"e{i}" for i in range(N_ENTRIES)]
+    assert run.n_run_now == N_ENTRIES and run.summary == {"n_ok": 5, "n_uncovered": 1, "value_sum": -10.0}
+    assert all(r["workdir_exists"] for r in run.records if r["status"] == "ok")
+    assert json.loads((out / "report.json").read_text())["params"]["workers"] == 2
+    # resuming with workers skips what is done, as one process does
+    again = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu", workers=2)
+    assert again.models[0].sets["slow"].n_run_now == 0 and len(calls.read_text().split()) == 5
+
+
+def test_a_worker_that_dies_stops_the_run_with_a_clear_error_and_the_rerun_resumes(tmp_path, slow_set, monkeypatch):
+    from workflows.validate import run_validation
+
+    calls = tmp_path / "calls.log"
+    monkeypatch.setenv("SLOW_SET_CALLS", str(calls))
+    monkeypatch.setenv("SLOW_SET_ELEMENT", "Cu")
+    monkeypatch.setenv("SLOW_SET_DIE", "e3")
+    out = tmp_path / "out"
+    with pytest.raises(IonscreenError, match=r"worker process died .*unfinished: .*e3.*running the same command again"):
+        run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu", workers=2)
+    finished = {line["key"] for line in _journal(out)}
+    assert "e3" not in finished and finished <= {"e0", "e1", "e2", "e4", "e5"}
+    monkeypatch.delenv("SLOW_SET_DIE")
+    result = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu", workers=2)
+    run = result.models[0].sets["slow"]
+    assert run.n_skipped == len(finished) and run.summary == {"n_ok": 5, "n_uncovered": 1, "value_sum": -10.0}
+    assert sorted(line["key"] for line in _journal(out)) == [f"e{i}" for i in range(N_ENTRIES)]
 
 
 def test_journal_skips_a_line_cut_by_a_kill(tmp_path):
@@ -253,6 +307,9 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, slow_set):
         run_validation(["no/such/file.model"], ["slow"], out_dir=tmp_path, mlflow=False)
     with pytest.raises(InputError, match="--limit must be at least 1"):
         run_validation(["bundled:lipscl-demo"], ["slow"], out_dir=tmp_path, limit=0, mlflow=False)
+    for bad in (0, 65, "two", "1.5"):
+        with pytest.raises(InputError, match=f"--workers must be auto or a whole number between 1 and 64, got {bad!r}"):
+            run_validation(["bundled:lipscl-demo"], ["slow"], out_dir=tmp_path, workers=bad, mlflow=False)
     assert not list(tmp_path.glob("models/*"))  # nothing ran
     result = CliRunner().invoke(app, ["validate", "bundled:lipscl-demo", "--set", "nope", "--out", str(tmp_path)])
     assert isinstance(result.exception, InputError) and "unknown validation set" in str(result.exception)

@@ -214,3 +214,22 @@ def test_frames_set_reproduces_training_evaluate(tiny_model_copy, settings, tmp_
                                                                                        "parity_forces.png"]
     with pytest.raises(InputError, match="unknown split"):
         FramesSet(ROOT / "training" / "datasets" / "lipscl", split="holdout")
+
+
+def test_frames_set_with_workers_gives_the_figures_of_one_process(tiny_model_copy, settings, tmp_path):
+    """A real set through ``run_validation(workers=2)``: each spawned worker rebuilds the set from its options (the
+    dataset), loads the model by its reference with these settings (trust store) and the figures equal one
+    process's."""
+    from mlip.loader import trust
+    from workflows.validate import run_validation
+
+    trust(str(tiny_model_copy), settings)
+    options = {"frames": {"dataset": ROOT / "training" / "datasets" / "lipscl", "split": "test"}}
+    kwargs = dict(set_options=options, limit=6, device="cpu", mlflow=False, settings=settings)
+    one = run_validation([str(tiny_model_copy)], ["frames"], out_dir=tmp_path / "one", **kwargs)
+    two = run_validation([str(tiny_model_copy)], ["frames"], out_dir=tmp_path / "two", workers=2, **kwargs)
+    a, b = one.models[0].sets["frames"], two.models[0].sets["frames"]
+    assert [r["key"] for r in b.records] == [r["key"] for r in a.records] and b.n_run_now == 6
+    assert all(r["status"] == "ok" for r in b.records)
+    for figure in ("energy_mae_meV_atom", "force_mae_meV_A"):
+        assert b.summary[figure]["value"] == pytest.approx(a.summary[figure]["value"], rel=1e-9)

@@ -43,6 +43,8 @@ SET_MODULES: dict[str, str] = {
     "frames": "training.validation_frames",
 }
 EXPERIMENT = "ionscreen-validation"
+#: Most worker processes one set may run at once (``--workers``).
+MAX_WORKERS = 64
 Progress = Callable[[str, dict], None]
 
 
@@ -50,21 +52,24 @@ def set_names() -> list[str]:
     return list(SET_MODULES)
 
 
-def make_set(name: str, options: Mapping[str, Any] | None = None) -> ValidationSet:
-    """The named set, built with those ``options`` its constructor takes (None values left out)."""
-    if name not in SET_MODULES:
-        raise InputError(f"unknown validation set {name!r}; sets: {', '.join(SET_MODULES)}")
+def make_set(name: str, options: Mapping[str, Any] | None = None, *, module_name: str | None = None) -> ValidationSet:
+    """The named set, built with those ``options`` its constructor takes (None values left out). ``module_name``
+    (default: the one ``SET_MODULES`` names) is where its class is defined."""
+    if module_name is None:
+        if name not in SET_MODULES:
+            raise InputError(f"unknown validation set {name!r}; sets: {', '.join(SET_MODULES)}")
+        module_name = SET_MODULES[name]
     try:
-        module = importlib.import_module(SET_MODULES[name])
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        if err.name != SET_MODULES[name]:
+        if err.name != module_name:
             raise
-        raise InputError(f"the {name} validation set is not part of this installation ({SET_MODULES[name]} "
+        raise InputError(f"the {name} validation set is not part of this installation ({module_name} "
                          "is missing)") from err
     classes = [obj for obj in vars(module).values()
                if inspect.isclass(obj) and getattr(obj, "name", None) == name and obj.__module__ == module.__name__]
     if len(classes) != 1:
-        raise InputError(f"{SET_MODULES[name]} defines {len(classes)} classes named {name!r}; expected one")
+        raise InputError(f"{module_name} defines {len(classes)} classes named {name!r}; expected one")
     cls = classes[0]
     params = inspect.signature(cls).parameters
     given = {k: v for k, v in (options or {}).items() if v is not None and k in params}
@@ -175,11 +180,90 @@ def _registered(ref: str, settings: Settings) -> tuple[str | None, Any]:
     return f"models:/{version.name}/{version.version}", version
 
 
-def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, full: bool, retry_failed: bool,
-            progress: Progress, seed: int = 0) -> SetRun:
-    """Run (or resume) one set for one loaded model; every finished entry is journalled before the next starts."""
+def _run_entry(loaded, vset, entry: ValidationEntry, workdir: Path, *, device: str, seed: int, fresh: bool) -> dict:
+    """One entry with one model: ``uncovered`` without running when the model lacks an element, else the set's
+    record (an ``IonscreenError`` becomes a failed record), exactly as the journal will hold it. ``fresh``: start
+    from an empty work directory (a retried failure never continues from its checkpoints)."""
     from mlip.calculators import Task
 
+    missing = loaded.missing_elements(sorted(entry.elements))
+    if missing:
+        return {"status": EntryStatus.UNCOVERED.value, "missing_elements": missing}
+    if fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    context = RunContext(
+        model_ref=loaded.ref, model_sha256=loaded.sha256, loaded=loaded,
+        calculator=lambda task=Task.SINGLE_POINT, dtype=None: loaded.calculator(task=task, device=device, dtype=dtype),
+        device=device, workdir=workdir, seed=seed)
+    try:
+        record = vset.run_entry(entry, context)
+    except IonscreenError as err:  # the set should say so itself; a failed entry never stops the run
+        record = {"status": EntryStatus.FAILED.value, "error": f"{type(err).__name__}: {err}"[:1000]}
+    record = json.loads(json.dumps(record, default=str))  # what the journal will hold, exactly
+    EntryStatus(record.get("status"))
+    return record
+
+
+#: What a worker process of ``run_set(workers=N)`` holds: its loaded model and its set, built once.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(model_ref: str, model_sha256: str, settings: Settings, set_name: str, set_module: str,
+                 set_options: Mapping[str, Any] | None, threads: int) -> None:
+    """Initialiser of a worker process: load the parent's model (it must be the same file) and build its set."""
+    from mlip.loader import load_model
+
+    loaded = load_model(model_ref, settings)
+    if loaded.sha256 != model_sha256:
+        raise IonscreenError(f"a validation worker loaded {model_ref} as sha256 {loaded.sha256[:12]}, the driver as "
+                             f"{model_sha256[:12]}; the model changed during the run")
+    import sys
+
+    if "torch" in sys.modules:  # models without torch (ase:emt) never import it
+        sys.modules["torch"].set_num_threads(threads)
+    _WORKER.update(loaded=loaded, vset=make_set(set_name, set_options, module_name=set_module))
+
+
+def _worker_entry(entry: ValidationEntry, workdir: str, device: str, seed: int, fresh: bool) -> tuple[dict, float]:
+    started = time.perf_counter()
+    record = _run_entry(_WORKER["loaded"], _WORKER["vset"], entry, Path(workdir), device=device, seed=seed,
+                        fresh=fresh)
+    return record, time.perf_counter() - started
+
+
+def _check_workers(workers: int | str) -> int | str:
+    """``workers`` as given to ``run_validation``: ``auto`` or a whole number from 1 to ``MAX_WORKERS``."""
+    if workers == "auto":
+        return workers
+    try:
+        value = int(workers)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or str(value) != str(workers).strip() or not 1 <= value <= MAX_WORKERS:
+        raise InputError(f"--workers must be auto or a whole number between 1 and {MAX_WORKERS}, got {workers!r}")
+    return value
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, full: bool, retry_failed: bool,
+            progress: Progress, seed: int = 0, workers: int = 1, settings: Settings | None = None,
+            set_options: Mapping[str, Any] | None = None) -> SetRun:
+    """Run (or resume) one set for one loaded model; every finished entry is journalled as it finishes.
+
+    ``workers`` > 1 runs that many entries at once, each in its own process (spawned; the model loaded once per
+    process, torch threads split between them), the way to use every core of a CPU machine on sets of many small
+    entries: the set is rebuilt in each process from its name and ``set_options``. The journal is written by this
+    process only, in the order entries finish; records are returned in entry order either way."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise InputError(f"workers must be between 1 and {MAX_WORKERS}, got {workers}")
     fingerprint = set_fingerprint(vset)
     directory = model_dir / vset.name / fingerprint[:12]
     directory.mkdir(parents=True, exist_ok=True)
@@ -193,46 +277,82 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
     with exclusive_or_refuse(directory / ".lock", f"{directory} is being validated by another process; wait for it "
                              "or use another --out"):
         done = journal.read()
-        for index, entry in enumerate(entries):
-            prior = done.get(entry.key)
-            if prior is not None and not (retry_failed and prior["record"].get("status") == EntryStatus.FAILED.value):
-                continue
-            progress("entry", {"set": vset.name, "index": index, "n": len(entries), "key": entry.key,
-                               "label": entry.label})
-            started = time.perf_counter()
-            missing = loaded.missing_elements(sorted(entry.elements))
-            if missing:
-                record = {"status": EntryStatus.UNCOVERED.value, "missing_elements": missing}
-            else:
-                workdir = directory / "entries" / _safe(entry.key)
-                if prior is not None and workdir.exists():  # a retried failure starts afresh, not from its checkpoints
-                    shutil.rmtree(workdir)
-                workdir.mkdir(parents=True, exist_ok=True)
-                context = RunContext(
-                    model_ref=loaded.ref, model_sha256=loaded.sha256, loaded=loaded,
-                    calculator=lambda task=Task.SINGLE_POINT, dtype=None: loaded.calculator(task=task, device=device,
-                                                                                             dtype=dtype),
-                    device=device, workdir=workdir, seed=seed)
-                try:
-                    record = vset.run_entry(entry, context)
-                except IonscreenError as err:  # the set should say so itself; a failed entry never stops the run
-                    record = {"status": EntryStatus.FAILED.value, "error": f"{type(err).__name__}: {err}"[:1000]}
-                record = json.loads(json.dumps(record, default=str))  # what the journal will hold, exactly
-                EntryStatus(record.get("status"))
+
+        def finish(index: int, entry: ValidationEntry, record: dict, wall_s: float) -> None:
+            nonlocal n_now
             line = {"key": entry.key, "label": entry.label, "set": vset.name, "fingerprint": fingerprint,
                     "model_ref": loaded.ref, "model_sha256": loaded.sha256, "finished_utc": _now(),
-                    "wall_s": round(time.perf_counter() - started, 3), "record": record}
+                    "wall_s": round(wall_s, 3), "record": record}
             journal.append(line)
             done[entry.key] = line
             n_now += 1
             progress("done", {"set": vset.name, "index": index, "n": len(entries), "key": entry.key,
-                              "status": record["status"], "wall_s": line["wall_s"],
-                              "error": record.get("error")})
+                              "status": record["status"], "wall_s": line["wall_s"], "error": record.get("error")})
+
+        todo = []
+        for index, entry in enumerate(entries):
+            prior = done.get(entry.key)
+            if prior is not None and not (retry_failed and prior["record"].get("status") == EntryStatus.FAILED.value):
+                continue
+            todo.append((index, entry, directory / "entries" / _safe(entry.key), prior is not None))
+        parallel = [item for item in todo if not loaded.missing_elements(sorted(item[1].elements))]
+        if workers > 1 and len(parallel) > 1:
+            _run_parallel(loaded, vset, todo, finish, progress=progress, device=device, seed=seed,
+                          workers=min(workers, len(parallel)), settings=settings or load_settings(),
+                          set_options=set_options, n_entries=len(entries))
+        else:
+            for index, entry, workdir, fresh in todo:
+                progress("entry", {"set": vset.name, "index": index, "n": len(entries), "key": entry.key,
+                                   "label": entry.label})
+                started = time.perf_counter()
+                record = _run_entry(loaded, vset, entry, workdir, device=device, seed=seed, fresh=fresh)
+                finish(index, entry, record, time.perf_counter() - started)
     records = [{**done[k]["record"], "key": k, "label": done[k]["label"], "entry_wall_s": done[k]["wall_s"]}
                for k in keys if k in done]
     describe = vset.describe() if callable(getattr(vset, "describe", None)) else {}
     return SetRun(vset.name, fingerprint, directory, records, n_now, len(entries) - n_now,
                   time.perf_counter() - t0, describe=describe)
+
+
+def _run_parallel(loaded, vset, todo, finish, *, progress: Progress, device: str, seed: int, workers: int,
+                  settings: Settings, set_options: Mapping[str, Any] | None, n_entries: int) -> None:
+    """The entries of ``todo`` on ``workers`` spawned processes; uncovered ones are recorded here without running."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    module = type(vset).__module__
+    threads = max(1, cpu_count() // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker,
+                             initargs=(loaded.ref, loaded.sha256, settings, vset.name, module, set_options,
+                                       threads)) as pool:
+        running = {}
+        for index, entry, workdir, fresh in todo:
+            progress("entry", {"set": vset.name, "index": index, "n": n_entries, "key": entry.key, "label": entry.label})
+            missing = loaded.missing_elements(sorted(entry.elements))
+            if missing:
+                finish(index, entry, {"status": EntryStatus.UNCOVERED.value, "missing_elements": missing}, 0.0)
+                continue
+            future = pool.submit(_worker_entry, entry, str(workdir), device, seed, fresh)
+            running[future] = (index, entry)
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken, lost = None, []
+            for future in finished:
+                index, entry = running.pop(future)
+                try:
+                    record, wall_s = future.result()
+                except BrokenProcessPool as err:  # a worker died: killed, out of memory, or its start-up failed
+                    broken = broken or err
+                    lost.append(entry.key)
+                    continue
+                finish(index, entry, record, wall_s)  # what finished is journalled even when the pool broke
+            if broken is not None:
+                lost = sorted(lost + [e.key for _, e in running.values()])
+                raise IonscreenError(
+                    f"a validation worker process died ({broken}); unfinished: {', '.join(lost)}. The entries that "
+                    "finished are in the journal, and running the same command again resumes from them") from broken
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -588,6 +708,7 @@ def run_validation(
     progress: Progress | None = None,
     command: str = "",
     seed: int = 0,
+    workers: int | str = 1,
 ) -> ValidationRun:
     """Validate every model on every set, resuming from the journals; write and log the report."""
     from mlip.calculators import resolve_device
@@ -602,12 +723,15 @@ def run_validation(
         raise InputError(f"name at least one set with --set ({', '.join(SET_MODULES)})")
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
+    workers = _check_workers(workers)
     unknown = [s for s in set_names_ if s not in SET_MODULES]
     if unknown:
         raise InputError(f"unknown validation set {', '.join(map(repr, unknown))}; sets: {', '.join(SET_MODULES)}")
     names = list(dict.fromkeys(set_names_))
     sets = {name: make_set(name, (set_options or {}).get(name)) for name in names}  # bad options fail before loading
     device = device if device == "cpu" else resolve_device(device)  # cpu needs no CUDA check (nor torch import)
+    if workers == "auto":  # one entry per core on a CPU; a GPU runs one entry at a time
+        workers = 1 if device.startswith("cuda") else min(cpu_count(), MAX_WORKERS)
     loaded_models = []
     for ref in dict.fromkeys(model_refs):
         loaded = load_model(ref, settings)
@@ -624,13 +748,13 @@ def run_validation(
             progress("set", {"model": loaded.ref, "set": name})
             set_run = run_set(loaded, vset, model_dir=model_dir, device=device, limit=limit, full=full,
                               retry_failed=retry_failed, progress=lambda s, i, ref=loaded.ref: progress(s, {**i, "model": ref}),
-                              seed=seed)
+                              seed=seed, workers=workers, settings=settings, set_options=(set_options or {}).get(name))
             set_run.summary = vset.summarise(set_run.records)
             set_run.plots = vset.plot(set_run.records, set_run.directory / "plots", title=f"{loaded.ref} · {name}")
             model.sets[name] = set_run
         runs.append(model)
     agreement = model_agreement(runs, sets, seed=seed)
-    params = {"sets": ",".join(names), "limit": limit, "full": full, "device": device, "seed": seed}
+    params = {"sets": ",".join(names), "limit": limit, "full": full, "device": device, "seed": seed, "workers": workers}
 
     def write_report() -> tuple[Path, Path]:
         md = out_dir / "report.md"

@@ -26,6 +26,10 @@ def validate(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N entries of each set.")] = None,
     full: Annotated[bool, typer.Option("--full", help="Every entry of each set (GPU work), not the CPU subset.")] = False,
     device: DeviceOpt = "auto",
+    workers: Annotated[str, typer.Option(
+        "--workers", "-j", help="Entries run at once, each in its own process with its share of the CPU threads; "
+        "auto: one per CPU core on a CPU, one on a GPU (small NEB and MD entries use two processes better than two "
+        "threads).")] = "auto",
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Output directory (journals, plots, report); default $IONSCREEN_HOME/validation.")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run entries the journal holds as failed again (from a clean work directory).")] = False,
@@ -48,7 +52,8 @@ def validate(
     result = run_validation(models, sets or ["conductivity"], out_dir=out, limit=limit, full=full, device=device,
                             set_options=options, retry_failed=retry_failed, mlflow=not no_mlflow,
                             settings=load_settings(), progress=progress,
-                            command=" ".join(["ionscreen validate", *map(shlex.quote, sys.argv[2:])]))
+                            command=" ".join(["ionscreen validate", *map(shlex.quote, sys.argv[2:])]),
+                            workers=workers)
     if as_json:
         typer.echo(json.dumps(json.loads(result.report_json.read_text()), indent=1))
         return
