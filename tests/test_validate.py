@@ -95,6 +95,15 @@ def _journal(out: Path) -> list[dict]:
     return [json.loads(line) for line in paths[0].read_text().splitlines() if line.strip()]
 
 
+def _slow_env(monkeypatch, tmp_path: Path, **extra: str) -> Path:
+    """The slow set on Cu entries (ase:emt covers Cu), logging its calls; ``extra``: more SLOW_SET_* variables.
+    Returns the calls file."""
+    calls = tmp_path / "calls.log"
+    for name, value in {"CALLS": str(calls), "ELEMENT": "Cu", **extra}.items():
+        monkeypatch.setenv(f"SLOW_SET_{name}", value)
+    return calls
+
+
 def test_validate_resumes_after_a_kill_without_redoing_entries(tmp_path, slow_set, monkeypatch):
     out, calls = tmp_path / "out", tmp_path / "calls.log"
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import workflows.validate as v; "
@@ -142,10 +151,7 @@ def test_validate_resumes_after_a_kill_without_redoing_entries(tmp_path, slow_se
 def test_failed_entries_stay_done_unless_retried_from_a_clean_directory(tmp_path, slow_set, monkeypatch):
     from workflows.validate import run_validation
 
-    calls = tmp_path / "calls.log"
-    monkeypatch.setenv("SLOW_SET_CALLS", str(calls))
-    monkeypatch.setenv("SLOW_SET_ELEMENT", "Cu")
-    monkeypatch.setenv("SLOW_SET_FAIL", "e1")
+    calls = _slow_env(monkeypatch, tmp_path, FAIL="e1")
     out = tmp_path / "out"
     first = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu")
     assert first.models[0].sets["slow"].records[1]["status"] == "failed"
@@ -165,11 +171,8 @@ def test_workers_run_entries_at_once_each_once_with_the_same_figures(tmp_path, s
     come back in entry order and the figures equal a one-process run's; uncovered entries never reach a worker."""
     from workflows.validate import run_validation
 
-    spans, calls = tmp_path / "spans.log", tmp_path / "calls.log"
-    monkeypatch.setenv("SLOW_SET_SLEEP_S", "1.0")
-    monkeypatch.setenv("SLOW_SET_SPANS", str(spans))
-    monkeypatch.setenv("SLOW_SET_CALLS", str(calls))
-    monkeypatch.setenv("SLOW_SET_ELEMENT", "Cu")
+    spans = tmp_path / "spans.log"
+    calls = _slow_env(monkeypatch, tmp_path, SLEEP_S="1.0", SPANS=str(spans))
     out = tmp_path / "out"
     result = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu", workers=2)
     rows = [line.split() for line in spans.read_text().splitlines()]
@@ -192,10 +195,7 @@ def test_workers_run_entries_at_once_each_once_with_the_same_figures(tmp_path, s
 def test_a_worker_that_dies_stops_the_run_with_a_clear_error_and_the_rerun_resumes(tmp_path, slow_set, monkeypatch):
     from workflows.validate import run_validation
 
-    calls = tmp_path / "calls.log"
-    monkeypatch.setenv("SLOW_SET_CALLS", str(calls))
-    monkeypatch.setenv("SLOW_SET_ELEMENT", "Cu")
-    monkeypatch.setenv("SLOW_SET_DIE", "e3")
+    _slow_env(monkeypatch, tmp_path, DIE="e3")
     out = tmp_path / "out"
     with pytest.raises(IonscreenError, match=r"worker process died .*unfinished: .*e3.*running the same command again"):
         run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu", workers=2)
