@@ -15,13 +15,13 @@ from md_worker import li2s_cell
 def test_configured_and_filled_layouts(monkeypatch):
     import workflows.jobs.layout as layout
 
-    monkeypatch.setattr(layout, "_cores", lambda: 8)
+    monkeypatch.setattr(layout, "cores", lambda: 8)
     common = dict(device="cpu", cluster=False, model_ref="unused", model_sha256=None, structures=[], home=None)
     assert resolve_layout(3, 2, **common) == Layout(3, 2, "configured")
     assert resolve_layout(2, None, **common) == Layout(2, 4, "filled")
     assert resolve_layout(None, 8, **common) == Layout(1, 8, "filled")
     assert resolve_layout(None, 3, **common) == Layout(2, 3, "filled")
-    monkeypatch.setattr(layout, "_cores", lambda: 1)
+    monkeypatch.setattr(layout, "cores", lambda: 1)
     assert resolve_layout(None, None, **common) == Layout(1, 1, "single core")
 
 
@@ -38,7 +38,7 @@ def test_job_file_auto_means_measured():
 def test_layout_is_measured_in_real_processes_then_cached(tiny_model_copy, settings, monkeypatch):
     import workflows.jobs.layout as layout
 
-    monkeypatch.setattr(layout, "_cores", lambda: 2)
+    monkeypatch.setattr(layout, "cores", lambda: 2)
     loaded = trust(str(tiny_model_copy), settings)
     common = dict(device="cpu", cluster=False, model_ref=str(tiny_model_copy), model_sha256=loaded.sha256,
                   structures=[li2s_cell()], home=settings.home, dtype="float64")

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from mlip.config import Settings, load_settings, mask_password
 from mlip.errors import InputError, IonscreenError
 from mlip.util import atomic_write_text, exclusive_or_refuse
 from screening.validation.base import EntryStatus, RunContext, ValidationEntry, ValidationSet
+from workflows.jobs.layout import cores
 
 #: Set name → module that defines it (imported only when the set is asked for). The class is the one in the
 #: module whose ``name`` is the set name.
@@ -181,14 +183,11 @@ def _registered(ref: str, settings: Settings) -> tuple[str | None, Any]:
 
 
 def _run_entry(loaded, vset, entry: ValidationEntry, workdir: Path, *, device: str, seed: int, fresh: bool) -> dict:
-    """One entry with one model: ``uncovered`` without running when the model lacks an element, else the set's
-    record (an ``IonscreenError`` becomes a failed record), exactly as the journal will hold it. ``fresh``: start
-    from an empty work directory (a retried failure never continues from its checkpoints)."""
+    """One entry the model covers: the set's record (an ``IonscreenError`` becomes a failed record), exactly as the
+    journal will hold it. ``fresh``: start from an empty work directory (a retried failure never continues from its
+    checkpoints)."""
     from mlip.calculators import Task
 
-    missing = loaded.missing_elements(sorted(entry.elements))
-    if missing:
-        return {"status": EntryStatus.UNCOVERED.value, "missing_elements": missing}
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +204,11 @@ def _run_entry(loaded, vset, entry: ValidationEntry, workdir: Path, *, device: s
     return record
 
 
+def _uncovered(missing: Sequence[str]) -> dict:
+    """The record of an entry with elements the model does not cover (it never runs)."""
+    return {"status": EntryStatus.UNCOVERED.value, "missing_elements": list(missing)}
+
+
 #: What a worker process of ``run_set(workers=N)`` holds: its loaded model and its set, built once.
 _WORKER: dict[str, Any] = {}
 
@@ -218,8 +222,6 @@ def _init_worker(model_ref: str, model_sha256: str, settings: Settings, set_name
     if loaded.sha256 != model_sha256:
         raise IonscreenError(f"a validation worker loaded {model_ref} as sha256 {loaded.sha256[:12]}, the driver as "
                              f"{model_sha256[:12]}; the model changed during the run")
-    import sys
-
     if "torch" in sys.modules:  # models without torch (ase:emt) never import it
         sys.modules["torch"].set_num_threads(threads)
     _WORKER.update(loaded=loaded, vset=make_set(set_name, set_options, module_name=set_module))
@@ -245,14 +247,6 @@ def _check_workers(workers: int | str) -> int | str:
     return value
 
 
-def cpu_count() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, full: bool, retry_failed: bool,
             progress: Progress, seed: int = 0, workers: int = 1, settings: Settings | None = None,
             set_options: Mapping[str, Any] | None = None) -> SetRun:
@@ -262,8 +256,6 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
     process, torch threads split between them), the way to use every core of a CPU machine on sets of many small
     entries: the set is rebuilt in each process from its name and ``set_options``. The journal is written by this
     process only, in the order entries finish; records are returned in entry order either way."""
-    if not 1 <= workers <= MAX_WORKERS:
-        raise InputError(f"workers must be between 1 and {MAX_WORKERS}, got {workers}")
     fingerprint = set_fingerprint(vset)
     directory = model_dir / vset.name / fingerprint[:12]
     directory.mkdir(parents=True, exist_ok=True)
@@ -294,18 +286,20 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
             prior = done.get(entry.key)
             if prior is not None and not (retry_failed and prior["record"].get("status") == EntryStatus.FAILED.value):
                 continue
-            todo.append((index, entry, directory / "entries" / _safe(entry.key), prior is not None))
-        parallel = [item for item in todo if not loaded.missing_elements(sorted(item[1].elements))]
-        if workers > 1 and len(parallel) > 1:
+            todo.append((index, entry, directory / "entries" / _safe(entry.key), prior is not None,
+                         loaded.missing_elements(sorted(entry.elements))))
+        n_covered = sum(not missing for *_, missing in todo)
+        if workers > 1 and n_covered > 1:
             _run_parallel(loaded, vset, todo, finish, progress=progress, device=device, seed=seed,
-                          workers=min(workers, len(parallel)), settings=settings or load_settings(),
+                          workers=min(workers, n_covered), settings=settings or load_settings(),
                           set_options=set_options, n_entries=len(entries))
         else:
-            for index, entry, workdir, fresh in todo:
+            for index, entry, workdir, fresh, missing in todo:
                 progress("entry", {"set": vset.name, "index": index, "n": len(entries), "key": entry.key,
                                    "label": entry.label})
                 started = time.perf_counter()
-                record = _run_entry(loaded, vset, entry, workdir, device=device, seed=seed, fresh=fresh)
+                record = _uncovered(missing) if missing else _run_entry(loaded, vset, entry, workdir, device=device,
+                                                                         seed=seed, fresh=fresh)
                 finish(index, entry, record, time.perf_counter() - started)
     records = [{**done[k]["record"], "key": k, "label": done[k]["label"], "entry_wall_s": done[k]["wall_s"]}
                for k in keys if k in done]
@@ -322,17 +316,16 @@ def _run_parallel(loaded, vset, todo, finish, *, progress: Progress, device: str
     from concurrent.futures.process import BrokenProcessPool
 
     module = type(vset).__module__
-    threads = max(1, cpu_count() // workers)
+    threads = max(1, cores() // workers)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker,
                              initargs=(loaded.ref, loaded.sha256, settings, vset.name, module, set_options,
                                        threads)) as pool:
         running = {}
-        for index, entry, workdir, fresh in todo:
+        for index, entry, workdir, fresh, missing in todo:
             progress("entry", {"set": vset.name, "index": index, "n": n_entries, "key": entry.key, "label": entry.label})
-            missing = loaded.missing_elements(sorted(entry.elements))
             if missing:
-                finish(index, entry, {"status": EntryStatus.UNCOVERED.value, "missing_elements": missing}, 0.0)
+                finish(index, entry, _uncovered(missing), 0.0)
                 continue
             future = pool.submit(_worker_entry, entry, str(workdir), device, seed, fresh)
             running[future] = (index, entry)
@@ -731,7 +724,7 @@ def run_validation(
     sets = {name: make_set(name, (set_options or {}).get(name)) for name in names}  # bad options fail before loading
     device = device if device == "cpu" else resolve_device(device)  # cpu needs no CUDA check (nor torch import)
     if workers == "auto":  # one entry per core on a CPU; a GPU runs one entry at a time
-        workers = 1 if device.startswith("cuda") else min(cpu_count(), MAX_WORKERS)
+        workers = 1 if device.startswith("cuda") else min(cores(), MAX_WORKERS)
     loaded_models = []
     for ref in dict.fromkeys(model_refs):
         loaded = load_model(ref, settings)

@@ -34,7 +34,8 @@ class Layout:
                 + (f"; atom-steps/s {rates}" if rates else "") + ")")
 
 
-def _cores() -> int:
+def cores() -> int:
+    """The CPU cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -64,12 +65,12 @@ def resolve_layout(workers: int | None, threads: int | None, *, device: str, clu
             key = "GPU" if _uses_gpu(device) and resources.get("GPU") else "CPU"
             workers = max(1, int(resources.get(key, 1)) // (1 if key == "GPU" else (threads or 1)))
         return Layout(workers, threads or 1, "cluster")
-    cores = _cores()
+    n_cores = cores()
     if workers is not None or threads is not None:
         if workers is None:
-            workers = max(1, cores // threads)
+            workers = max(1, n_cores // threads)
         else:
-            threads = max(1, cores // workers)
+            threads = max(1, n_cores // workers)
         return Layout(workers, threads, "filled")
     if _uses_gpu(device):
         import torch
@@ -78,10 +79,10 @@ def resolve_layout(workers: int | None, threads: int | None, *, device: str, clu
     from mlip.engine.tuning import choose_workers_threads, worker_thread_options
 
     structures = list(structures)
-    if not structures or cores == 1:
-        return Layout(1, 1, "single core" if cores == 1 else "no structure to measure")
+    if not structures or n_cores == 1:
+        return Layout(1, 1, "single core" if n_cores == 1 else "no structure to measure")
     (w, t), rates, source = choose_workers_threads(model_ref, model_sha256, structures[:1], dtype=dtype, home=home,
-                                                   options=worker_thread_options(cores))
+                                                   options=worker_thread_options(n_cores))
     return Layout(w, t, source, {f"{a}x{b}": r for (a, b), r in sorted(rates.items())})
 
 
