@@ -61,6 +61,11 @@ class SlowSet:
         return {r["key"]: RankValue(r["value"], Bound(r["bound"]) if r.get("bound") else None)
                 for r in records if r.get("status") == "ok"}
 
+    value_unit = "u"
+
+    def reference(self, records):
+        return {r["key"]: 0.5 * float(r["key"][1:]) for r in records}
+
     def summarise(self, records):
         ok = [r for r in records if r["status"] == "ok"]
         return {"n_ok": len(ok), "n_uncovered": sum(r["status"] == "uncovered" for r in records),
@@ -245,6 +250,16 @@ def test_report_mlflow_and_model_agreement(tmp_path, slow_set, tiny_model_copy, 
     tau = pair["kendall_tau_b"]["value"]
     assert tau == pytest.approx(sstats.kendalltau([1, 2, 3, 4, 5], [5, 4, 2, 2, 2]).statistic)
     assert "Kendall τ-b" in md and f"{tau:.3g}" in md
+    # spread versus error over e0, e1, e3, e4 (e2 is a bound for the tiny model, e5 uncovered): predictions i and -i,
+    # reference i/2, so the spread is 2i, the errors i/2 and 3i/2, both growing with the spread
+    spread = data["spread_versus_error"]["slow"]
+    assert spread["n"] == 4 and spread["unit"] == "u" and spread["reference_inside_range_share"] == 1.0
+    assert spread["median_spread"] == 4.0 and spread["committee_mean_mae"] == pytest.approx(1.0)
+    forward = spread["per_model"]["bundled:lipscl-demo"]
+    assert (forward["mae_narrow_spread"], forward["mae_wide_spread"]) == (pytest.approx(0.25), pytest.approx(1.75))
+    assert spread["per_model"]["models:/tiny@candidate"]["spearman_spread_abs_error"]["value"] == pytest.approx(1.0)
+    assert result.spread == data["spread_versus_error"]
+    assert "Spread versus error, over the 4 entries" in md and "| `bundled:lipscl-demo` | 1 | 0.25 | 1.75 |" in md
     for model in data["models"]:
         for plot in model["sets"]["slow"]["plots"]:
             assert (out / plot).read_bytes()[:4] == b"\x89PNG"

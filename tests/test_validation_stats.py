@@ -18,6 +18,7 @@ from screening.validation.stats import (
     kendall_tau_b,
     log10_errors,
     pairwise_agreement,
+    spread_vs_error,
     rank_correlation,
     spearman,
 )
@@ -164,3 +165,45 @@ def test_pairwise_agreement_over_shared_entries():
     assert by[("a", "b")]["n"] == 7 and by[("a", "b")]["kendall_tau_b"]["value"] == pytest.approx(1.0)
     assert by[("a", "c")]["kendall_tau_b"]["value"] == pytest.approx(-1.0)
     assert by[("a", "c")]["spearman"]["value"] == pytest.approx(-1.0)
+
+
+def test_spread_versus_error_on_synthetic_committees():
+    """Two models that scatter about the truth: where they disagree more, each is off by more. And a pair whose
+    disagreement says nothing about its error (a constant offset) gets a ρ interval that holds 0."""
+    rng = np.random.default_rng(3)
+    n = 60
+    truth = rng.uniform(0.1, 1.5, n)
+    width = rng.uniform(0.01, 0.6, n)  # each entry's difficulty
+    a = truth + width * rng.standard_normal(n)
+    b = truth + width * rng.standard_normal(n)
+    keys = [f"h{i}" for i in range(n)]
+    ref = dict(zip(keys, truth))
+    res = spread_vs_error({"a": dict(zip(keys, a)), "b": dict(zip(keys, b))}, ref, unit="eV", n_boot=500)
+    assert res["n"] == n and res["n_narrow"] + res["n_wide"] == n
+    spread = np.abs(a - b)
+    assert res["median_spread"] == pytest.approx(float(np.median(spread)))
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    assert res["reference_inside_range_share"] == pytest.approx(float(np.mean((truth >= lo) & (truth <= hi))))
+    assert res["committee_mean_mae"] == pytest.approx(float(np.mean(np.abs((a + b) / 2 - truth))))
+    for name, pred in (("a", a), ("b", b)):
+        row = res["per_model"][name]
+        assert row["mae"] == pytest.approx(float(np.mean(np.abs(pred - truth))))
+        assert row["mae_wide_spread"] > row["mae_narrow_spread"]
+        rho = row["spearman_spread_abs_error"]
+        assert rho["value"] == pytest.approx(sstats.spearmanr(spread, np.abs(pred - truth)).statistic)
+        assert rho["ci95"][0] > 0
+
+    offset = truth + 0.3 + 0.01 * rng.standard_normal(n)  # always 0.3 high: spread carries no information
+    noise = truth + 0.3 + 0.01 * rng.standard_normal(n)
+    flat = spread_vs_error({"a": dict(zip(keys, offset)), "b": dict(zip(keys, noise))}, ref, unit="eV", n_boot=500)
+    assert flat["reference_inside_range_share"] == 0.0
+    lo95, hi95 = flat["per_model"]["a"]["spearman_spread_abs_error"]["ci95"]
+    assert lo95 < 0 < hi95
+
+
+def test_spread_versus_error_needs_two_models_and_finite_numbers():
+    assert spread_vs_error({"a": {"x": 1.0}}, {"x": 1.0}, unit="eV") is None
+    empty = spread_vs_error({"a": {"x": 1.0}, "b": {"y": 1.0}}, {"x": 1.0, "y": 2.0}, unit="eV")
+    assert empty["n"] == 0 and "per_model" not in empty  # no entry that both models give
+    with pytest.raises(InputError, match="finite"):
+        spread_vs_error({"a": {"x": 1.0}, "b": {"x": float("nan")}}, {"x": 1.0}, unit="eV")

@@ -436,6 +436,34 @@ def model_agreement(models: Sequence[ModelRun], sets: Mapping[str, Any], seed: i
     return out
 
 
+def spread_versus_error(models: Sequence[ModelRun], sets: Mapping[str, Any], seed: int = 0) -> dict[str, dict]:
+    """Per set with a reference (a ``reference(records)`` method beside ``ranking``): does the models' spread
+    predict their error? Over the entries every model and the reference give as numbers (bounds left out), see
+    :func:`screening.validation.stats.spread_vs_error`. This is the measured meaning of the model-disagreement
+    column of screening jobs (``agreement_model``)."""
+    from screening.validation.stats import spread_vs_error
+
+    out: dict[str, dict] = {}
+    if len(models) < 2:
+        return out
+    for name, vset in sets.items():
+        ranking, reference = getattr(vset, "ranking", None), getattr(vset, "reference", None)
+        if not (callable(ranking) and callable(reference)):
+            continue
+        runs = [m for m in models if name in m.sets]
+        if len(runs) < 2:
+            continue
+        numbers = {m.ref: {k: v.value for k, v in ranking(m.sets[name].records).items() if v.bound is None}
+                   for m in runs}
+        references: dict[str, float] = {}
+        for m in runs:
+            references.update(reference(m.sets[name].records))
+        result = spread_vs_error(numbers, references, unit=getattr(vset, "value_unit", ""), seed=seed)
+        if result is not None:
+            out[name] = result
+    return out
+
+
 # -------------------------------------------------------------------------------------------------------
 # Report
 
@@ -445,7 +473,7 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def render_report(models: Sequence[ModelRun], agreement: Mapping[str, list[dict]], out_dir: Path,
-                  *, command: str = "") -> str:
+                  *, command: str = "", spread: Mapping[str, dict] | None = None) -> str:
     set_order: list[str] = []
     for m in models:
         set_order += [s for s in m.sets if s not in set_order]
@@ -482,6 +510,8 @@ def render_report(models: Sequence[ModelRun], agreement: Mapping[str, list[dict]
             for pair in agreement[name]:
                 lines.append(f"| `{pair['a']}` | `{pair['b']}` | {pair['n']} | {format_figure(pair['kendall_tau_b'])} | "
                              f"{format_figure(pair['spearman'])} |")
+        if spread and spread.get(name):
+            lines += ["", *_spread_lines(spread[name])]
         lines += ["", "### Entries", "", "| entry | " + " | ".join(f"`{ref}`" for ref in runs) + " |",
                   "| --- |" + " --- |" * len(runs)]
         labels: dict[str, str] = {}
@@ -499,6 +529,26 @@ def render_report(models: Sequence[ModelRun], agreement: Mapping[str, list[dict]
             for plot in r.plots:
                 lines += ["", f"![{name} {ref} {plot.stem}]({_rel(plot, out_dir)})"]
     return "\n".join(lines) + "\n"
+
+
+def _spread_lines(result: Mapping[str, Any]) -> list[str]:
+    """The report's paragraph and table on the models' spread versus their error."""
+    unit, n = result["unit"], result["n"]
+    if not n:
+        return ["Spread versus error: no entry where every model and the reference give a number."]
+    lines = [f"Spread versus error, over the {n} entries where every model and the reference give a number: the "
+             f"models' range (largest minus smallest prediction) has a median of {result['median_spread']:.3g} {unit} "
+             f"and holds the reference in {100 * result['reference_inside_range_share']:.0f}% of them; the models' "
+             f"mean is off by {result['committee_mean_mae']:.3g} {unit} on average. Per model, the mean absolute error "
+             f"on the {result['n_narrow']} entries of at most median spread and on the {result['n_wide']} above it, "
+             "and the Spearman ρ between spread and absolute error (95% bootstrap interval): a usable disagreement "
+             "column needs ρ clearly above 0.", "",
+             f"| model | MAE {unit} | MAE, narrow spread | MAE, wide spread | ρ(spread, abs. error) |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, row in result["per_model"].items():
+        lines.append(f"| `{name}` | {format_figure(row['mae'])} | {format_figure(row['mae_narrow_spread'])} | "
+                     f"{format_figure(row['mae_wide_spread'])} | {format_figure(row['spearman_spread_abs_error'])} |")
+    return lines
 
 
 def _entry_cell(record: Mapping[str, Any]) -> str:
@@ -684,6 +734,7 @@ class ValidationRun:
     report_md: Path
     report_json: Path
     wall_s: float
+    spread: dict[str, dict] = field(default_factory=dict)
 
 
 def run_validation(
@@ -747,11 +798,12 @@ def run_validation(
             model.sets[name] = set_run
         runs.append(model)
     agreement = model_agreement(runs, sets, seed=seed)
+    spread = spread_versus_error(runs, sets, seed=seed)
     params = {"sets": ",".join(names), "limit": limit, "full": full, "device": device, "seed": seed, "workers": workers}
 
     def write_report() -> tuple[Path, Path]:
         md = out_dir / "report.md"
-        atomic_write_text(md, render_report(runs, agreement, out_dir, command=command))
+        atomic_write_text(md, render_report(runs, agreement, out_dir, command=command, spread=spread))
         data = {
             "created_utc": _now(), "command": command, "params": params,
             "mlflow_tracking_uri": mask_password(settings.mlflow_tracking_uri) if mlflow else None,
@@ -764,6 +816,7 @@ def run_validation(
                                         "journal": _rel(r.directory / "journal.jsonl", out_dir)}
                                  for name, r in m.sets.items()}} for m in runs],
             "agreement": agreement,
+            "spread_versus_error": spread,
         }
         js = out_dir / "report.json"
         atomic_write_text(js, json.dumps(data, indent=1, default=str) + "\n")
@@ -779,4 +832,4 @@ def run_validation(
     if mlflow:
         for model, (_, _, version) in zip(runs, loaded_models):
             finish_mlflow_run(model, settings, out_dir, params=params, registry_version=version)
-    return ValidationRun(out_dir, runs, agreement, report_md, report_json, time.perf_counter() - t0)
+    return ValidationRun(out_dir, runs, agreement, report_md, report_json, time.perf_counter() - t0, spread)

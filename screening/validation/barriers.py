@@ -217,6 +217,14 @@ class BarrierSet:
         return {r["key"]: RankValue(float(r["predicted_barrier_eV"])) for r in records
                 if r.get("status") == EntryStatus.OK.value and r.get("predicted_barrier_eV") is not None}
 
+    #: The unit of :meth:`ranking`'s and :meth:`reference`'s values.
+    value_unit = "eV"
+
+    @staticmethod
+    def reference(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """The DFT barrier of every hop, eV, in the units of :meth:`ranking` (for the models' spread versus error)."""
+        return {r["key"]: float(r["reference_barrier_eV"]) for r in records if r.get("reference_barrier_eV") is not None}
+
     # ------------------------------------------------------------------------------------------------ entries
     def entries(self, *, limit: int | None = None, full: bool = False) -> list[ValidationEntry]:
         """Every hop in file order (``full``) or the default CPU subset in its turn-by-ion order; the first

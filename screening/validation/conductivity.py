@@ -321,6 +321,16 @@ class ConductivitySet:
                 out[r["key"]] = RankValue(math.log10(r["predicted_upper_bound_S_cm"]), Bound.UPPER)
         return out
 
+    #: The unit of :meth:`ranking`'s and :meth:`reference`'s values.
+    value_unit = "log10 S/cm"
+
+    @staticmethod
+    def reference(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """log10 of the measured σ(300 K) of every entry measured as a number (not a bound), in the units of
+        :meth:`ranking` (for the models' spread versus error)."""
+        return {r["key"]: math.log10(r["measured_S_cm"]) for r in records
+                if r.get("measured_S_cm") and r.get("measured_bound") is None}
+
     def summarise(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         counts = {s.value: sum(r.get("status") == s.value for r in records) for s in EntryStatus}
         ok = [r for r in records if r.get("status") == EntryStatus.OK.value]

@@ -274,6 +274,43 @@ def pairwise_agreement(rankings: dict[str, dict[str, RankValue]], *, seed: int =
     return out
 
 
+def spread_vs_error(predictions: dict[str, dict[str, float]], reference: dict[str, float], *, unit: str,
+                    seed: int = 0, n_boot: int = N_BOOTSTRAP) -> dict | None:
+    """Is the models' disagreement a usable uncertainty? Over the entries where every model and the reference give a
+    number (bounds are left out by the caller): the spread (largest minus smallest prediction) of each entry, the
+    share of references inside the models' range, and for each model the Spearman ρ (bootstrap interval) between
+    the spread and its absolute error, with its MAE on the entries of below- and above-median spread. None with
+    fewer than two models. ``unit`` names the unit of every value (eV, log10 S/cm)."""
+    names = list(predictions)
+    if len(names) < 2:
+        return None
+    keys = sorted(set(reference).intersection(*(set(predictions[n]) for n in names)))
+    out: dict = {"unit": unit, "models": names, "n": len(keys)}
+    if not keys:
+        return out
+    pred = np.array([[predictions[n][k] for k in keys] for n in names], dtype=float)
+    ref = np.array([reference[k] for k in keys], dtype=float)
+    if not (np.all(np.isfinite(pred)) and np.all(np.isfinite(ref))):
+        raise InputError("spread versus error needs finite predictions and references")
+    lo, hi = pred.min(axis=0), pred.max(axis=0)
+    spread = hi - lo
+    median = float(np.median(spread))
+    narrow, wide = spread <= median, spread > median
+    out.update({"median_spread": median, "mean_spread": float(spread.mean()),
+                "reference_inside_range_share": float(np.mean((ref >= lo) & (ref <= hi))),
+                "n_narrow": int(narrow.sum()), "n_wide": int(wide.sum()),
+                "committee_mean_mae": float(np.mean(np.abs(pred.mean(axis=0) - ref))), "per_model": {}})
+    for name, row in zip(names, pred):
+        err = np.abs(row - ref)
+        out["per_model"][name] = {
+            "mae": float(err.mean()),
+            "mae_narrow_spread": float(err[narrow].mean()) if narrow.any() else None,
+            "mae_wide_spread": float(err[wide].mean()) if wide.any() else None,
+            "spearman_spread_abs_error": rank_correlation(spread, err, seed=seed, n_boot=n_boot).as_dict(),
+        }
+    return out
+
+
 __all__ = ["Bound", "RankValue", "RankCorrelation", "ErrorSummary", "censored_ranks", "spearman", "kendall_tau_b",
-           "rank_correlation", "errors", "log10_errors", "pairwise_agreement"]
+           "rank_correlation", "errors", "log10_errors", "pairwise_agreement", "spread_vs_error"]
 

@@ -68,4 +68,9 @@ def validate(
     for name, pairs in result.agreement.items():
         for pair in pairs:
             typer.echo(f"  {name}: {pair['a']} vs {pair['b']}: Kendall τ-b {format_figure(pair['kendall_tau_b'])}")
+    for name, spread in result.spread.items():
+        for ref, row in spread.get("per_model", {}).items():
+            typer.echo(f"  {name}: spread vs |error| of {ref}: Spearman ρ {format_figure(row['spearman_spread_abs_error'])}"
+                       f"; MAE {format_figure(row['mae_narrow_spread'])} (narrow) vs "
+                       f"{format_figure(row['mae_wide_spread'])} (wide spread) {spread['unit']}")
     typer.echo(f"report {result.report_md} ({result.wall_s:.0f} s)")
