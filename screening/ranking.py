@@ -50,6 +50,8 @@ below the other's bound does not contradict it, and two bounds say nothing: no f
 ``w_disagreement × (Δlog10σ / 1 decade + Δb / 0.1 eV)`` from the score, the same units as the components (one
 decade or 0.1 eV = one unit), over the figures that exist (an ``at_least`` figure counts as itself). A figure that
 does not exist costs nothing and is noted: the penalty is evidence against a candidate, not an imputed value.
+Whether a pair of models' disagreement tracks their error is measured, not assumed: ``ionscreen validate A B``
+reports spread versus error on each set (``workflows.validate.spread_versus_error``).
 
 **Ties**: scores equal to 1e-9 are ordered by structure hash (then name), and noted. Pure functions over
 :class:`screening.summaries.Screened` candidates; no DB, no column names.
