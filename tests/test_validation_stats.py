@@ -18,9 +18,9 @@ from screening.validation.stats import (
     kendall_tau_b,
     log10_errors,
     pairwise_agreement,
-    spread_vs_error,
     rank_correlation,
     spearman,
+    spread_vs_error,
 )
 
 

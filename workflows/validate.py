@@ -419,21 +419,23 @@ def _table_rows(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
 # Agreement between models
 
 
+def _set_rankings(models: Sequence[ModelRun], sets: Mapping[str, Any]):
+    """(set name, set, {model ref: its ranking}) for every set that ranks its entries (a ``ranking(records)``
+    method), over the models that ran it: what the agreement and spread figures compare."""
+    for name, vset in sets.items():
+        ranking = getattr(vset, "ranking", None)
+        if callable(ranking):
+            yield name, vset, {m.ref: ranking(m.sets[name].records) for m in models if name in m.sets}
+
+
 def model_agreement(models: Sequence[ModelRun], sets: Mapping[str, Any], seed: int = 0) -> dict[str, list[dict]]:
     """Per set that ranks its entries (a ``ranking(records)`` method): Kendall τ-b and Spearman ρ between every
     pair of models over the entries both ranked, bounds as bounds."""
     from screening.validation.stats import pairwise_agreement
 
-    out: dict[str, list[dict]] = {}
     if len(models) < 2:
-        return out
-    for name, vset in sets.items():
-        ranking = getattr(vset, "ranking", None)
-        if not callable(ranking):
-            continue
-        rankings = {m.ref: ranking(m.sets[name].records) for m in models if name in m.sets}
-        out[name] = pairwise_agreement(rankings, seed=seed)
-    return out
+        return {}
+    return {name: pairwise_agreement(rankings, seed=seed) for name, _, rankings in _set_rankings(models, sets)}
 
 
 def spread_versus_error(models: Sequence[ModelRun], sets: Mapping[str, Any], seed: int = 0) -> dict[str, dict]:
@@ -446,18 +448,15 @@ def spread_versus_error(models: Sequence[ModelRun], sets: Mapping[str, Any], see
     out: dict[str, dict] = {}
     if len(models) < 2:
         return out
-    for name, vset in sets.items():
-        ranking, reference = getattr(vset, "ranking", None), getattr(vset, "reference", None)
-        if not (callable(ranking) and callable(reference)):
+    for name, vset, rankings in _set_rankings(models, sets):
+        reference = getattr(vset, "reference", None)
+        if not callable(reference) or len(rankings) < 2:
             continue
-        runs = [m for m in models if name in m.sets]
-        if len(runs) < 2:
-            continue
-        numbers = {m.ref: {k: v.value for k, v in ranking(m.sets[name].records).items() if v.bound is None}
-                   for m in runs}
+        numbers = {ref: {k: v.value for k, v in ranked.items() if v.bound is None} for ref, ranked in rankings.items()}
         references: dict[str, float] = {}
-        for m in runs:
-            references.update(reference(m.sets[name].records))
+        for m in models:
+            if name in m.sets:
+                references.update(reference(m.sets[name].records))
         result = spread_vs_error(numbers, references, unit=getattr(vset, "value_unit", ""), seed=seed)
         if result is not None:
             out[name] = result
