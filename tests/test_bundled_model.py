@@ -32,7 +32,7 @@ def _demo_model_name() -> str:
 
 def _dataset_dir(entry) -> Path:
     """The shipped dataset a bundled model was trained on, found by the dataset hash in its manifest entry."""
-    for manifest in sorted((REPO / "training" / "datasets").glob("*/manifest.json")):
+    for manifest in sorted((REPO / "training" / "datasets").glob("**/manifest.json")):  # lipscl-dzvp/dataset nests
         if json.loads(manifest.read_text()).get("dataset_hash") == entry["metadata"]["dataset_hash"]:
             return manifest.parent
     raise AssertionError(f"no dataset under training/datasets has hash {entry['metadata']['dataset_hash'][:12]}")

@@ -259,7 +259,7 @@ def demo(
     workers: WorkersOpt = None,
     address: AddressOpt = None,
 ) -> None:
-    """Run a small real screen end to end (three Li-P-S-Cl electrolytes, quick protocol) and print the ranking."""
+    """Run a small real screen end to end (three Li-P-S-Cl electrolytes, quick temperatures) and print the ranking."""
     from importlib import resources
 
     import yaml
@@ -275,9 +275,10 @@ def demo(
     settings = _settings()
     store = _store(settings)
     plan = plan_job(spec, settings, store=store, submitted_by=submitter())
-    temperatures = plan.plan.transport.temperatures_K if plan.plan.transport else ()
-    at = f" at {'/'.join(f'{t:g}' for t in temperatures)} K" if temperatures else ""
-    typer.echo(f"demo job {plan.job_id}: {plan.n_candidates} candidates with {spec.model}, quick protocol{at} "
+    protocol = plan.plan.transport
+    at = (f", MD at {'/'.join(f'{t:g}' for t in protocol.temperatures_K)} K, {protocol.production_ps:g} ps each"
+          if protocol else "")
+    typer.echo(f"demo job {plan.job_id}: {plan.n_candidates} candidates with {spec.model}{at} "
                f"(results in {settings.home})", err=True)
     summary = run_job(plan.job_id, settings, address=ray_address(address, settings), workers=workers)
     typer.echo(f"done in {summary.wall_s / 60:.1f} min: {summary.done} computed, {summary.failed} failed", err=True)
