@@ -43,7 +43,7 @@ class SlowSet:
         time.sleep(float(os.environ.get("SLOW_SET_SLEEP_S", "0")))
         if os.environ.get("SLOW_SET_SPANS"):
             with open(os.environ["SLOW_SET_SPANS"], "a") as fh:
-                fh.write(f"{entry.key} {os.getpid()} {began} {time.time()}\n")
+                fh.write(f"{entry.key} {os.getpid()} {began} {time.time()} {os.environ.get('OMP_NUM_THREADS')}\n")
         if os.environ.get("SLOW_SET_CALLS"):
             with open(os.environ["SLOW_SET_CALLS"], "a") as fh:
                 fh.write(entry.key + "\n")
@@ -178,6 +178,7 @@ def test_workers_run_entries_at_once_each_once_with_the_same_figures(tmp_path, s
 
     spans = tmp_path / "spans.log"
     calls = _slow_env(monkeypatch, tmp_path, SLEEP_S="1.0", SPANS=str(spans))
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # what the workers inherit; each must get its share instead
     out = tmp_path / "out"
     result = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu", workers=2)
     rows = [line.split() for line in spans.read_text().splitlines()]
@@ -185,6 +186,11 @@ def test_workers_run_entries_at_once_each_once_with_the_same_figures(tmp_path, s
     assert len({r[1] for r in rows} - {str(os.getpid())}) == 2  # two worker processes, not this one
     intervals = sorted((float(r[2]), float(r[3])) for r in rows)
     assert any(b[0] < a[1] for a, b in zip(intervals, intervals[1:])), "no two entries ran at the same time"
+    # each worker's share of the cores holds for libraries it has not imported yet, and for their own processes
+    # (ase:emt imports no torch; SevenNet's worker process takes the count it finds)
+    from workflows.jobs.layout import cores
+
+    assert {r[4] for r in rows} == {str(max(1, cores() // 2))}
     journal = _journal(out)
     assert sorted(line["key"] for line in journal) == [f"e{i}" for i in range(N_ENTRIES)]
     run = result.models[0].sets["slow"]

@@ -222,6 +222,9 @@ def _init_worker(model_ref: str, model_sha256: str, settings: Settings, set_name
     if loaded.sha256 != model_sha256:
         raise IonscreenError(f"a validation worker loaded {model_ref} as sha256 {loaded.sha256[:12]}, the driver as "
                              f"{model_sha256[:12]}; the model changed during the run")
+    # the share holds for torch imported later too (a family whose loading imports nothing, as SevenNet's, whose
+    # worker process takes this process's thread count), and for threads of libraries that read the variable
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     if "torch" in sys.modules:  # models without torch (ase:emt) never import it
         sys.modules["torch"].set_num_threads(threads)
     _WORKER.update(loaded=loaded, vset=make_set(set_name, set_options, module_name=set_module))
@@ -761,7 +764,7 @@ def run_validation(
     settings = settings or load_settings()
     progress = progress or (lambda stage, info: None)
     if not model_refs:
-        raise InputError("name at least one model (e.g. bundled:lipscl-demo, chgnet:0.3.0, models:/NAME@ALIAS)")
+        raise InputError("name at least one model (e.g. bundled:lipscl-dzvp-fast, chgnet:0.3.0, sevennet:7net-0, models:/NAME@ALIAS)")
     if not set_names_:
         raise InputError(f"name at least one set with --set ({', '.join(SET_MODULES)})")
     if limit is not None and limit < 1:
