@@ -31,7 +31,9 @@ ensure_system_packages() {
 }
 
 # The virtual environment in .venv (created if missing), with PyTorch's CPU build first (a bare "torch"
-# requirement would pull a multi-GB CUDA build) and the project with its dev extra.
+# requirement would pull a multi-GB CUDA build), the project with its dev extra, and SevenNet in a directory of its
+# own inside the venv for the sevennet: models' worker (it needs e3nn >= 0.5, mace-torch 0.4.4; see
+# mlip/backends/sevennet.py).
 ensure_venv() {
     local venv="${IONSCREEN_VENV:-.venv}"
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
@@ -40,6 +42,8 @@ ensure_venv() {
     python -m pip install --quiet --upgrade pip
     python -m pip install --quiet torch==2.13.0
     python -m pip install --quiet -e '.[dev]'
+    python -m pip install --quiet --upgrade --no-deps --target "$(cd "$venv" && pwd)/ionscreen-sevennet" \
+        -r mlip/backends/sevennet-requirements.txt
 }
 
 # pytest's exit status as the script's, except 5 (no test collected): an empty test run is a failure, not a pass.

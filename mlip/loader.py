@@ -98,11 +98,11 @@ def resolve(ref: str | Path | ModelRef, settings: Settings | None = None, *, dow
 def _resolve_packaged(ref: ModelRef) -> ResolvedModel:
     """Weights inside an installed package, trusted only when the file's SHA-256 is the one ionscreen recorded
     from that package's release."""
-    weights = get_backend(ref.family).packaged_weights()[ref.name]
+    backend = get_backend(ref.family)
+    weights = backend.packaged_weights()[ref.name]
     path = weights.path()
     if path is None:
-        raise ModelNotFoundError(f"{ref.text} needs the {weights.package} package: "
-                                 f"pip install {weights.package}=={weights.package_version}")
+        raise ModelNotFoundError(f"{ref.text} needs the {weights.package} package: {weights.install_hint()}")
     if not path.is_file():
         raise ModelNotFoundError(f"{ref.text}: {path} is missing from the installed {weights.package} package "
                                  f"(ionscreen knows the files of {weights.package} {weights.package_version})")
@@ -115,7 +115,7 @@ def _resolve_packaged(ref: ModelRef) -> ResolvedModel:
         )
     return ResolvedModel(ref, path, sha, weights.source,
                          f"pinned SHA-256 of the {weights.package} {weights.package_version} release",
-                         family=ref.family)
+                         family=ref.family, pickled=not backend.in_worker)
 
 
 def _trust_if_pinned(ref: ModelRef, path: Path, store: TrustStore) -> None:

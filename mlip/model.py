@@ -31,7 +31,7 @@ class ResolvedModel:
     trusted_by: str | None  # why it may be unpickled; None = refused
     registry_version: RegistryVersion | None = None
     family: str = FILE_FAMILY  # the potential family whose backend turns it into a LoadedModel
-    pickled: bool = True  # False: defined by code; ``path`` is its source and nothing is unpickled
+    pickled: bool = True  # False: nothing is unpickled here (defined by code, or loaded in a worker process)
 
     def loaded(self, *, family: str, module: object | None, **facts) -> "LoadedModel":
         """The :class:`LoadedModel` for this file: its provenance plus what the family's backend read from it."""

@@ -7,7 +7,8 @@ A reference names a model in one of six ways:
 * ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` — the MLflow model registry;
 * ``bundled:<name>`` — a model shipped inside the ionscreen package;
 * ``ase:<family>`` — a potential defined by code in ASE (``ase:emt``), no file involved;
-* ``<family>:<name>`` — weights shipped inside an installed package (``chgnet:0.3.0``, ``chgnet:r2scan``).
+* ``<family>:<name>`` — weights shipped inside an installed package (``chgnet:0.3.0``, ``chgnet:r2scan``,
+  ``sevennet:7net-0``).
 """
 
 from __future__ import annotations
@@ -125,5 +126,5 @@ def _parse_packaged_ref(raw: str, family: str) -> ModelRef:
 _FORMS = (
     "use one of: path/to/file.model, mace-mp:<name> (e.g. mace-mp:small), "
     "models:/<name>@<alias>, models:/<name>/<version>, bundled:<name>, ase:<family> (e.g. ase:emt), "
-    "chgnet:<name> (chgnet:0.3.0, chgnet:r2scan)"
+    "chgnet:<name> (chgnet:0.3.0, chgnet:r2scan), sevennet:<name> (sevennet:7net-0, sevennet:7net-l3i5)"
 )

@@ -18,12 +18,24 @@ LIPSCL = [3, 15, 16, 17]  # Li, P, S, Cl
 def isolated_home(tmp_path, monkeypatch):
     """Every test gets its own IONSCREEN_HOME and mace cache; nothing touches the user's."""
     for key in list(os.environ):
-        if key.startswith("IONSCREEN_"):
+        if key.startswith("IONSCREEN_") and key != "IONSCREEN_SEVENNET_DIR":  # where SevenNet is installed, not data
             monkeypatch.delenv(key)
     home = tmp_path / "ionscreen-home"
     monkeypatch.setenv("IONSCREEN_HOME", str(home))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     return home
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:] if len(args) > 1 else kwargs}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture

@@ -4,10 +4,6 @@ derivatives of its energy) and names elements it lacks; MD and NEB run through t
 
 from __future__ import annotations
 
-import json
-import shutil
-import socket
-
 import numpy as np
 import pytest
 from ase import Atoms
@@ -19,31 +15,13 @@ from mlip.loader import load_model, trust
 from mlip.refs import RefKind, parse_ref
 from mlip.testing import numerical_force
 from mlip.trust import TrustStore
+from packaged import altered_copy, li2s, li2s_vacancy_hop, packaged_listing
 from protocols import short_protocol
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a network connection fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[1:] if len(args) > 1 else kwargs}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module")
 def chgnet_model():
     return load_model("chgnet:0.3.0")
-
-
-def li2s(*, primitive: bool = False) -> Atoms:
-    """Antifluorite Li2S: the conventional cell (12 atoms) or the primitive one (3 atoms)."""
-    from ase.spacegroup import crystal
-
-    return crystal(["S", "Li"], basis=[(0, 0, 0), (0.25, 0.25, 0.25)], spacegroup=225,
-                   cellpar=[5.70, 5.70, 5.70, 90, 90, 90], primitive_cell=primitive)
 
 
 def test_chgnet_references_name_the_packaged_weights():
@@ -74,14 +52,7 @@ def test_chgnet_weights_load_from_the_wheel_without_network(name, no_network, se
 
 def test_altered_chgnet_weights_are_refused_before_loading(tmp_path, monkeypatch, settings):
     weights = WEIGHTS["0.3.0"]
-    altered = tmp_path / "chgnet" / weights.relative_path
-    altered.parent.mkdir(parents=True)
-    shutil.copyfile(weights.path(), altered)
-    with altered.open("r+b") as fh:  # one flipped byte deep inside the tensors
-        fh.seek(altered.stat().st_size // 2)
-        byte = fh.read(1)
-        fh.seek(-1, 1)
-        fh.write(bytes([byte[0] ^ 0xFF]))
+    altered = altered_copy(weights.path(), tmp_path / "chgnet" / weights.relative_path)
     monkeypatch.setattr(type(weights), "path", lambda self: altered)
     with pytest.raises(UntrustedModelError, match=weights.sha256) as info:
         load_model("chgnet:0.3.0", settings)
@@ -132,22 +103,10 @@ def test_chgnet_runs_md_through_the_ase_path_and_says_so(chgnet_model, tmp_path)
 
 def test_neb_command_with_chgnet_gives_the_li2s_vacancy_barrier(tmp_path):
     """The Li⁺-vacancy hop in a 23-atom Li2S cell: CHGNet 0.3.0 gave 0.302 eV with the hopping Li fixed at the
-    midpoint (issue 16's measurement; CP2K PBE/DZVP gives 0.218 eV), so a 3-image CI-NEB must land near it."""
-    from ase.io import write
-    from typer.testing import CliRunner
-
-    from workflows.cli.neb import app
-
-    write(tmp_path / "Li2S.cif", li2s(primitive=True))
-    out = tmp_path / "neb"
-    result = CliRunner().invoke(app, [str(tmp_path / "Li2S.cif"), "--ion", "Li", "--model", "chgnet:0.3.0",
-                                      "--min-length-A", "6.0", "--images", "3", "--max-steps", "80",
-                                      "--device", "cpu", "--out", str(out), "--json"])
-    assert result.exit_code == 0, result.output
-    assert "family chgnet has no batched evaluator" in result.stderr
-    doc = json.loads(result.stdout)
-    hop = doc["hops"][0]
-    assert hop["converged"] and hop["n_atoms"] == 23 and hop["mechanism"] == "vacancy"
+    midpoint (issue 16's measurement; CP2K PBE/DZVP gives 0.327 eV for the neutral cell: README), so a 3-image
+    CI-NEB must land near it."""
+    hop, stderr = li2s_vacancy_hop(tmp_path, "chgnet:0.3.0")
+    assert "family chgnet has no batched evaluator" in stderr
     assert hop["barrier_forward_eV"] == pytest.approx(0.302, abs=0.03)
     prov = hop["provenance"]
     assert prov["model_ref"] == "chgnet:0.3.0" and prov["model_sha256"] == WEIGHTS["0.3.0"].sha256
@@ -155,11 +114,5 @@ def test_neb_command_with_chgnet_gives_the_li2s_vacancy_barrier(tmp_path):
 
 
 def test_models_list_shows_the_packaged_weights(settings):
-    from mlip.catalog import list_models
-
-    listing = {info.ref: info for info in list_models(settings)}
-    for name, weights in WEIGHTS.items():
-        info = listing[f"chgnet:{name}"]
-        assert info.trusted and info.family == "chgnet" and info.sha256 == weights.sha256
-        assert "Mg" in info.elements and info.dtype == "float32"
+    packaged_listing(settings, "chgnet", WEIGHTS)
     assert "chgnet" in BACKENDS

@@ -10,11 +10,12 @@ from mlip.backends.base import BatchedEvaluator, Capability, CodeSource, ModelBa
 from mlip.backends.chgnet import ChgnetBackend
 from mlip.backends.emt import EmtBackend
 from mlip.backends.mace import MaceBackend
+from mlip.backends.sevennet import SevennetBackend
 from mlip.errors import InputError
 from mlip.model import FILE_FAMILY
 
 #: Every family this install knows, by ``family`` name.
-BACKENDS: dict[str, ModelBackend] = {backend.family: backend for backend in (MaceBackend(), ChgnetBackend(), EmtBackend())}
+BACKENDS: dict[str, ModelBackend] = {backend.family: backend for backend in (MaceBackend(), ChgnetBackend(), SevennetBackend(), EmtBackend())}
 
 assert MaceBackend.family == FILE_FAMILY  # model files (paths, mace-mp:, models:/, bundled:) are MACE pickles
 

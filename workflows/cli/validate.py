@@ -15,7 +15,7 @@ from workflows.cli.options import DeviceOpt, JsonFlag
 
 def validate(
     models: Annotated[list[str], typer.Argument(
-        help="Model references, e.g. bundled:lipscl-demo chgnet:0.3.0 models:/NAME@ALIAS; several are compared.")],
+        help="Model references, e.g. bundled:lipscl-dzvp-fast chgnet:0.3.0 sevennet:7net-0 models:/NAME@ALIAS; several are compared.")],
     sets: Annotated[Optional[list[str]], typer.Option(
         "--set", "-s", help="Validation set: conductivity, barriers or frames (repeat for several; default conductivity).")] = None,
     dataset: Annotated[Optional[Path], typer.Option(
