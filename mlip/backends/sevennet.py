@@ -17,8 +17,8 @@ directory first on its path and loads the checkpoint once. ionscreen's own proce
 Trust: a checkpoint is a pickle. It is loaded only when its SHA-256 equals the one recorded here from the sevenn
 0.13.0 wheel; the worker hashes the bytes again and unpickles that checked copy. Energies are total energies in
 eV (MPtrj's PBE/PBE+U references, the same level as CHGNet's), forces eV/Å, stresses eV/Å³ with ASE's sign.
-Speed on a CPU (49 atoms, one thread): about 0.6 s per force call, as CHGNet; with the JSON exchange with the
-worker a few milliseconds more.
+On a CPU it is slower than CHGNet: the NEB barriers validation subset took 2.9x CHGNet's time (README,
+"Validation"); the JSON exchange with the worker adds milliseconds per call.
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ WEIGHTS: dict[str, PackagedWeights] = {
     "7net-l3i5": SidecarWeights(
         "sevenn", SEVENN_VERSION, "pretrained_potentials/SevenNet_l3i5/checkpoint_l3i5.pth",
         "a7ff190d41efe5b8317a03d20a468e4036a1a3e64e0b14fdbab64ac3f4bfc09d",
-        "SevenNet-l3i5 (1.17 M parameters, l <= 3, 5 layers), trained on MPtrj: more accurate than SevenNet-0 and "
-        "about twice as slow",
+        "SevenNet-l3i5 (1.17 M parameters, l <= 3, 5 layers), trained on MPtrj: its authors' more accurate and "
+        "slower variant",
         COVERED_ATOMIC_NUMBERS,
     ),
 }
