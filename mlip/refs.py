@@ -126,5 +126,7 @@ def _parse_packaged_ref(raw: str, family: str) -> ModelRef:
 _FORMS = (
     "use one of: path/to/file.model, mace-mp:<name> (e.g. mace-mp:small), "
     "models:/<name>@<alias>, models:/<name>/<version>, bundled:<name>, ase:<family> (e.g. ase:emt), "
-    "chgnet:<name> (chgnet:0.3.0, chgnet:r2scan), sevennet:<name> (sevennet:7net-0, sevennet:7net-l3i5)"
+    # every family with packaged weights, from the backends (as _parse_packaged_ref names them)
+    + ", ".join(f"{family}:<name> ({', '.join(f'{family}:{name}' for name in BACKENDS[family].packaged_weights())})"
+                for family in packaged_families())
 )

@@ -39,7 +39,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from mlip.backends.base import Capability, ModelBackend, PackagedWeights, refuse_uncovered, stamp
-from mlip.errors import InputError, ModelNotFoundError, SimulationFailed
+from mlip.errors import InputError, SimulationFailed
 
 if TYPE_CHECKING:
     from mlip.model import LoadedModel, ResolvedModel
@@ -144,10 +144,7 @@ class _Worker:
     """One worker process and its two pipes; requests are serialised by a lock."""
 
     def __init__(self, checkpoint: Path, sha256: str, device: str, threads: int):
-        root = sevennet_dir()
-        if not (root / "sevenn").is_dir():
-            raise ModelNotFoundError(f"SevenNet is not installed for ionscreen's worker ({root} has no sevenn); "
-                                     f"{install_command()}")
+        root = sevennet_dir()  # the loader found the checkpoint in it (SidecarWeights.path) or named install_command
         self._log = tempfile.NamedTemporaryFile(prefix="ionscreen-sevennet-", suffix=".log", delete=False)
         bootstrap = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); "
                      "runpy.run_path(sys.argv[2], run_name='__main__')")
