@@ -118,3 +118,30 @@ def test_a_dataset_split_by_host_keeps_every_variant_of_a_structure_together(tmp
     write(tmp_path / "no-host.xyz", frames[:2], format="extxyz")
     with pytest.raises(InputError, match="no 'host' in its info"):
         import_files([tmp_path / "no-host.xyz"], tmp_path / "ds2", split=split)
+
+
+def test_obelix_hosts_in_the_transport_cell_and_filtered_by_name(tmp_path):
+    """``--min-length-A`` repeats a host until every cell height reaches it (the cell a transport run simulates);
+    ``--hosts`` keeps the hosts whose name matches; an OBELiX host is named id:formula, which extxyz keeps a string
+    (a bare id such as 1e9 would come back as a number)."""
+    from ase.io import read
+
+    from screening.cells import cell_heights_A
+
+    cifs = tmp_path / "obelix" / "cifs"
+    cifs.mkdir(parents=True)
+    write(cifs / "1e9.cif", li2s(), format="cif")  # 5.70 Å
+    own, _ = make_configs(("obelix",), seed=3, reference_dir=tmp_path)
+    wide, skipped = make_configs(("obelix",), seed=3, reference_dir=tmp_path, min_length_A=8.0, hosts="^1e9:")
+    assert not skipped and len(wide) == len(own) > 0
+    host = wide[0].info["host"]
+    assert host.startswith("1e9:") and {a.info["host"] for a in wide} == {host}
+    as_built = next(a for a in wide if a.info["kind"] == "as-built")
+    assert min(cell_heights_A(as_built.cell.array)) >= 8.0 > min(cell_heights_A(own[0].cell.array))
+    assert len(as_built) == 8 * len(own[0])
+    write(tmp_path / "configs.xyz", wide, format="extxyz")
+    assert read(tmp_path / "configs.xyz", 0).info["host"] == host
+    none, _ = make_configs(("obelix",), seed=3, reference_dir=tmp_path, hosts="^1e90:")
+    assert none == []
+    small, skipped = make_configs(("obelix",), seed=3, reference_dir=tmp_path, min_length_A=8.0, max_atoms=20)
+    assert not small and [s.reason for s in skipped] == [f"{len(as_built)} atoms > 20"]

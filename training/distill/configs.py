@@ -109,7 +109,8 @@ def obelix_hosts(cif_dir: Path, skipped: list[Skipped]) -> Iterator[Host]:
         except IonscreenError as err:
             skipped.append(Skipped("obelix", cif.stem, str(err).splitlines()[0]))
             continue
-        yield Host("obelix", cif.stem, _ase(candidate.structure), "Li")
+        # "<id>:<formula>": a bare id such as 1e9 would come back from extxyz as a number
+        yield Host("obelix", f"{cif.stem}:{candidate.formula}", _ase(candidate.structure), "Li")
 
 
 def _bare(atoms: Atoms) -> Atoms:
@@ -165,8 +166,17 @@ def variants(host: Host, seed: int) -> Iterator[tuple[str, Atoms]]:
 
 
 def make_configs(sources: tuple[str, ...] = SOURCES, *, seed: int = 20261202, max_atoms: int = 200,
-                 reference_dir: Path = REFERENCE_DIR) -> tuple[list[Atoms], list[Skipped]]:
-    """Every variant of every host of ``sources``, with its origin in ``info``; hosts over ``max_atoms`` skipped."""
+                 reference_dir: Path = REFERENCE_DIR, min_length_A: float | None = None,
+                 hosts: str | None = None) -> tuple[list[Atoms], list[Skipped]]:
+    """Every variant of every host of ``sources``, with its origin in ``info``; hosts over ``max_atoms`` skipped.
+
+    ``min_length_A`` repeats each host until every cell height is at least that (the cells a transport run
+    simulates, for hosts whose own cell is smaller than the model's reach); ``hosts`` keeps only hosts whose name
+    matches that regular expression. Seeds depend on a host's position in its source, not on the filter."""
+    import re
+
+    from screening.cells import make_supercell
+
     skipped: list[Skipped] = []
     makers = {
         "library": lambda: library_hosts(skipped),
@@ -176,6 +186,14 @@ def make_configs(sources: tuple[str, ...] = SOURCES, *, seed: int = 20261202, ma
     configs: list[Atoms] = []
     for source in sources:
         for h, host in enumerate(makers[source]()):
+            if hosts is not None and not re.search(hosts, host.name):
+                continue
+            if min_length_A is not None:
+                try:
+                    host.atoms = make_supercell(host.atoms, min_length_A, name=f"{source}:{host.name}")[0]
+                except IonscreenError as err:
+                    skipped.append(Skipped(source, host.name, str(err).splitlines()[0]))
+                    continue
             if len(host.atoms) > max_atoms:
                 skipped.append(Skipped(source, host.name, f"{len(host.atoms)} atoms > {max_atoms}"))
                 continue
@@ -216,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-dir", type=Path, default=REFERENCE_DIR)
     parser.add_argument("--elements", default=None,
                         help="comma-separated: keep only configurations whose elements all lie in this set")
+    parser.add_argument("--min-length-A", type=float, default=None,
+                        help="repeat each host until every cell height is at least this (a transport run's cell)")
+    parser.add_argument("--hosts", default=None, help="only hosts whose name matches this regular expression")
     parser.add_argument("--hop-frames", action="store_true",
                         help="barriers: both endpoints as built and the midpoint rattled, grouped by hop (3 per hop)")
     args = parser.parse_args(argv)
@@ -224,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
     configs, skipped = make_configs(sources, seed=args.seed, max_atoms=args.max_atoms,
-                                    reference_dir=args.reference_dir)
+                                    reference_dir=args.reference_dir, min_length_A=args.min_length_A,
+                                    hosts=args.hosts)
     if args.elements:
         allowed = {e.strip() for e in args.elements.split(",") if e.strip()}
         configs = [a for a in configs if set(a.get_chemical_symbols()) <= allowed]
