@@ -10,13 +10,14 @@ strain, a working-ion vacancy and a close contact. Every configuration says wher
 list every frame's origin and the dataset can be split by structure (``data import --split-by host``).
 
     python -m training.distill.configs --out configs.xyz [--sources library,barriers,obelix] [--max-atoms 200] \
-        [--elements Li,Mg,O,...] [--hop-frames]
+        [--elements Li,Mg,O,...] [--hop-frames] [--min-length-A 8] [--hosts REGEX]
     ionscreen label configs.xyz --out labels/ --teacher chgnet:0.3.0
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -173,8 +174,6 @@ def make_configs(sources: tuple[str, ...] = SOURCES, *, seed: int = 20261202, ma
     ``min_length_A`` repeats each host until every cell height is at least that (the cells a transport run
     simulates, for hosts whose own cell is smaller than the model's reach); ``hosts`` keeps only hosts whose name
     matches that regular expression. Seeds depend on a host's position in its source, not on the filter."""
-    import re
-
     from screening.cells import make_supercell
 
     skipped: list[Skipped] = []
@@ -244,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(sources) - set(SOURCES))
     if unknown:
         parser.error(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
+    if args.hosts is not None:
+        try:
+            re.compile(args.hosts)
+        except re.error as err:
+            parser.error(f"--hosts {args.hosts!r} is not a regular expression: {err}")
     configs, skipped = make_configs(sources, seed=args.seed, max_atoms=args.max_atoms,
                                     reference_dir=args.reference_dir, min_length_A=args.min_length_A,
                                     hosts=args.hosts)
