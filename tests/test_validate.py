@@ -219,6 +219,65 @@ def test_a_worker_that_dies_stops_the_run_with_a_clear_error_and_the_rerun_resum
     assert sorted(line["key"] for line in _journal(out)) == [f"e{i}" for i in range(N_ENTRIES)]
 
 
+def test_a_journal_from_another_run_merges_and_its_entries_are_not_run_again(tmp_path, slow_set, monkeypatch):
+    """``--merge-journal``: a run elsewhere (another machine, a copy kept between sessions) finished some entries;
+    merged here they are skipped as if finished here, this run's own lines win, and a journal of another protocol
+    or a file that is not a journal is refused, naming it, before anything runs."""
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+    from workflows.validate import run_validation
+
+    calls = _slow_env(monkeypatch, tmp_path)
+    elsewhere, here = tmp_path / "elsewhere", tmp_path / "here"
+    run_validation(["ase:emt"], ["slow"], out_dir=elsewhere, mlflow=False, device="cpu", limit=3)
+    [theirs] = elsewhere.glob("models/*/slow/*/journal.jsonl")
+    kept = tmp_path / "kept-journal.jsonl"  # the copy a session keeps, with a line cut by a kill at its end
+    kept.write_text(theirs.read_text() + '{"key": "e3", "record": {"sta')
+    run_validation(["ase:emt"], ["slow"], out_dir=here, mlflow=False, device="cpu", limit=1)  # e0 finished here too
+    own_e0 = _journal(here)[0]
+    assert calls.read_text().split() == ["e0", "e1", "e2", "e0"]
+
+    result = CliRunner().invoke(app, ["validate", "ase:emt", "--set", "slow", "--out", str(here), "--device", "cpu",
+                                      "--no-mlflow", "--workers", "1", "--merge-journal", str(kept)])
+    assert result.exit_code == 0, result.output
+    assert "e1 ok (merged from" in result.output and "e2 ok (merged from" in result.output
+    assert calls.read_text().split() == ["e0", "e1", "e2", "e0", "e3", "e4"]  # e1 and e2 were not run again
+    journal = _journal(here)
+    assert journal[0] == own_e0  # this run's own line wins over the merged one
+    assert [(line["key"], "merged_from" in line) for line in journal] == [
+        ("e0", False), ("e1", True), ("e2", True), ("e3", False), ("e4", False), ("e5", False)]
+    report = json.loads((here / "report.json").read_text())["models"][0]["sets"]["slow"]
+    assert (report["n_merged"], report["n_run_now"], report["n_from_journal"]) == (2, 3, 3)
+    assert report["figures"] == {"n_ok": 5, "n_uncovered": 1, "value_sum": -10.0}
+    assert "3 from the journal, 2 of them merged from another run's journal" in (here / "report.md").read_text()
+
+    # merging the same file again adds nothing
+    again = run_validation(["ase:emt"], ["slow"], out_dir=here, mlflow=False, device="cpu", merge_journals=[kept])
+    assert again.models[0].sets["slow"].n_merged == 0 and len(_journal(here)) == N_ENTRIES
+
+    # another protocol (fingerprint): refused before anything runs, saying why
+    stale = tmp_path / "stale.jsonl"
+    stale.write_text("".join(json.dumps({**json.loads(line), "fingerprint": "f" * 64}) + "\n"
+                             for line in theirs.read_text().splitlines()))
+    fresh = tmp_path / "fresh"
+    with pytest.raises(InputError, match=r"stale.jsonl: none of its 3 lines is for this run\. It holds 3 of ase:emt "
+                       r"\(sha256 \w{12}\) · slow under fingerprint ffffffffffff; .*the protocol or the reference "
+                       r"data changed"):
+        run_validation(["ase:emt"], ["slow"], out_dir=fresh, mlflow=False, device="cpu", merge_journals=[stale])
+    assert not fresh.exists()
+    bad_line = tmp_path / "bad-line.jsonl"
+    bad_line.write_text(theirs.read_text().splitlines()[0] + "\n" + json.dumps({"key": "e1", "record": {"status": "ok"}}))
+    not_journal = tmp_path / "notes.txt"
+    not_journal.write_text("these are not journal lines\n")
+    for path, message in ((tmp_path / "missing.jsonl", r"missing.jsonl: no such file"),
+                          (not_journal, r"notes.txt: holds no journal line"),
+                          (bad_line, r"bad-line.jsonl, line 2 \(e1\): lacks set, fingerprint, model_sha256")):
+        with pytest.raises(InputError, match=message):
+            run_validation(["ase:emt"], ["slow"], out_dir=fresh, mlflow=False, device="cpu", merge_journals=[path])
+    assert not fresh.exists() and len(calls.read_text().split()) == 6
+
+
 def test_journal_skips_a_line_cut_by_a_kill(tmp_path):
     from workflows.validate import Journal
 

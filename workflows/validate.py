@@ -10,7 +10,9 @@ Layout under the output directory::
     report.md, report.json                                           this run: every model and set side by side
 
 A set's ``fingerprint()`` (protocol and data) is part of the path, so a changed protocol never reuses entries or
-checkpoints computed under another. The runner owns the journal, MLflow and the report; the sets own physics and
+checkpoints computed under another. ``merge_journals`` brings in the journal lines of another run of the same model,
+set and fingerprint (another machine, or a copy kept between sessions); lines computed under another model or
+fingerprint are never merged. The runner owns the journal, MLflow and the report; the sets own physics and
 statistics (:mod:`screening.validation.base`).
 """
 
@@ -106,17 +108,22 @@ class Journal:
         self.path = Path(path)
 
     def read(self) -> dict[str, dict]:
-        done: dict[str, dict] = {}
         if not self.path.exists():
-            return done
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+            return {}
+        return {item["key"]: item for _, item in self.parse(self.path.read_text(encoding="utf-8"))}
+
+    @staticmethod
+    def parse(text: str) -> list[tuple[int, dict]]:
+        """(line number, item) of every whole journal line in ``text``; a line cut by a kill is left out."""
+        items = []
+        for number, line in enumerate(text.splitlines(), start=1):
             try:
                 item = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(item, dict) and "key" in item and isinstance(item.get("record"), dict):
-                done[item["key"]] = item
-        return done
+            if isinstance(item, dict) and isinstance(item.get("key"), str) and isinstance(item.get("record"), dict):
+                items.append((number, item))
+        return items
 
     def append(self, item: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +133,57 @@ class Journal:
             fh.write(json.dumps(item, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+
+#: What a journal line must carry to be merged into another run's journal.
+_MERGE_FIELDS = ("set", "fingerprint", "model_sha256")
+
+
+def read_merge_journals(paths: Sequence[str | Path]) -> list[tuple[Path, list[dict]]]:
+    """The lines of each journal named by ``--merge-journal``: a file that is missing, unreadable, holds no journal
+    line, or holds a line without its set, fingerprint, model SHA-256 or a known status is refused, naming the file
+    and line. Lines cut by a kill are left out, as :meth:`Journal.read` does."""
+    statuses = {s.value for s in EntryStatus}
+    out = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise InputError(f"--merge-journal {path}: no such file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"--merge-journal {path}: cannot read it ({err})") from err
+        items = Journal.parse(text)
+        if not items:
+            raise InputError(f"--merge-journal {path}: holds no journal line (one JSON object per finished entry, "
+                             "as `ionscreen validate` writes to journal.jsonl)")
+        for number, item in items:
+            lacking = [k for k in _MERGE_FIELDS if not isinstance(item.get(k), str)]
+            if lacking:
+                raise InputError(f"--merge-journal {path}, line {number} ({item['key']}): lacks "
+                                 f"{', '.join(lacking)}; only journal lines `ionscreen validate` wrote can be merged")
+            if item["record"].get("status") not in statuses:
+                raise InputError(f"--merge-journal {path}, line {number} ({item['key']}): record status "
+                                 f"{item['record'].get('status')!r} is not one of {', '.join(sorted(statuses))}")
+        out.append((path, [item for _, item in items]))
+    return out
+
+
+def _merge_mismatch(path: Path, lines: Sequence[dict], runs: Mapping[tuple[str, str], str],
+                    refs: Mapping[str, str]) -> str:
+    """Why none of a merged journal's lines belongs to this run (``runs``: (model SHA-256, set) → fingerprint)."""
+    groups: dict[tuple[str, str, str, str], int] = {}
+    for item in lines:
+        group = (item.get("model_ref") or "?", item["model_sha256"], item["set"], item["fingerprint"])
+        groups[group] = groups.get(group, 0) + 1
+    held = "; ".join(f"{n} of {ref} (sha256 {sha[:12]}) · {name} under fingerprint {fp[:12]}"
+                     for (ref, sha, name, fp), n in groups.items())
+    this = "; ".join(f"{refs[sha]} (sha256 {sha[:12]}) · {name} under fingerprint {fp[:12]}"
+                     for (sha, name), fp in runs.items())
+    stale = any((sha, name) in runs for _, sha, name, _ in groups)
+    why = (" The same model and set under another fingerprint means the protocol or the reference data changed: "
+           "those entries do not count for this run." if stale else "")
+    return f"--merge-journal {path}: none of its {len(lines)} lines is for this run. It holds {held}; this run is {this}.{why}"
 
 
 @dataclass
@@ -139,6 +197,7 @@ class SetRun:
     n_run_now: int
     n_skipped: int
     wall_s: float
+    n_merged: int = 0  # of the skipped entries, how many this run merged from --merge-journal files
     summary: dict = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
     describe: dict = field(default_factory=dict)
@@ -252,13 +311,19 @@ def _check_workers(workers: int | str) -> int | str:
 
 def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, full: bool, retry_failed: bool,
             progress: Progress, seed: int = 0, workers: int = 1, settings: Settings | None = None,
-            set_options: Mapping[str, Any] | None = None) -> SetRun:
+            set_options: Mapping[str, Any] | None = None,
+            merge: Sequence[tuple[Path, Sequence[dict]]] = ()) -> SetRun:
     """Run (or resume) one set for one loaded model; every finished entry is journalled as it finishes.
 
     ``workers`` > 1 runs that many entries at once, each in its own process (spawned; the model loaded once per
     process, torch threads split between them), the way to use every core of a CPU machine on sets of many small
     entries: the set is rebuilt in each process from its name and ``set_options``. The journal is written by this
-    process only, in the order entries finish; records are returned in entry order either way."""
+    process only, in the order entries finish; records are returned in entry order either way.
+
+    ``merge``: (file, journal lines) of other runs. Each line of this model, set and fingerprint whose entry this
+    journal lacks is appended to it (with ``merged_from``) before anything runs, so it is skipped like an entry
+    finished here; this journal's own lines win over merged ones, and lines of other models, sets or fingerprints
+    are left alone."""
     fingerprint = set_fingerprint(vset)
     directory = model_dir / vset.name / fingerprint[:12]
     directory.mkdir(parents=True, exist_ok=True)
@@ -272,6 +337,18 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
     with exclusive_or_refuse(directory / ".lock", f"{directory} is being validated by another process; wait for it "
                              "or use another --out"):
         done = journal.read()
+        n_merged = 0
+        for path, lines in merge:
+            for item in lines:
+                if (item["model_sha256"], item["set"], item["fingerprint"]) != (loaded.sha256, vset.name, fingerprint) \
+                        or item["key"] in done:
+                    continue
+                item = {**item, "merged_from": str(path)}
+                journal.append(item)
+                done[item["key"]] = item
+                n_merged += 1
+                progress("merged", {"set": vset.name, "key": item["key"], "file": str(path),
+                                    "status": item["record"]["status"]})
 
         def finish(index: int, entry: ValidationEntry, record: dict, wall_s: float) -> None:
             nonlocal n_now
@@ -308,7 +385,7 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
                for k in keys if k in done]
     describe = vset.describe() if callable(getattr(vset, "describe", None)) else {}
     return SetRun(vset.name, fingerprint, directory, records, n_now, len(entries) - n_now,
-                  time.perf_counter() - t0, describe=describe)
+                  time.perf_counter() - t0, n_merged=n_merged, describe=describe)
 
 
 def _run_parallel(loaded, vset, todo, finish, *, progress: Progress, device: str, seed: int, workers: int,
@@ -495,7 +572,8 @@ def render_report(models: Sequence[ModelRun], agreement: Mapping[str, list[dict]
                 lines.append(f"- {key}: `{text[:400]}`" if not isinstance(value, str) else f"- {key}: {text[:400]}")
             lines.append("")
         lines += ["Entries per model: " + "; ".join(
-            f"`{ref}` {len(r.records)} finished ({r.n_run_now} run now, {r.n_skipped} from the journal), "
+            f"`{ref}` {len(r.records)} finished ({r.n_run_now} run now, {r.n_skipped} from the journal"
+            + (f", {r.n_merged} of them merged from another run's journal" if r.n_merged else "") + "), "
             f"{r.entry_wall_s:.0f} s of entry wall time" for ref, r in runs.items()) + ".", ""]
         summaries = {ref: r.summary for ref, r in runs.items()}
         rows = _table_rows(summaries)
@@ -755,8 +833,12 @@ def run_validation(
     command: str = "",
     seed: int = 0,
     workers: int | str = 1,
+    merge_journals: Sequence[str | Path] = (),
 ) -> ValidationRun:
-    """Validate every model on every set, resuming from the journals; write and log the report."""
+    """Validate every model on every set, resuming from the journals; write and log the report.
+
+    ``merge_journals``: journal files of other runs of these models and sets (see :func:`run_set`); a file none of
+    whose lines belongs to this run is refused before anything runs, saying what it holds."""
     from mlip.calculators import resolve_device
     from mlip.loader import load_model
 
@@ -770,6 +852,7 @@ def run_validation(
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
     workers = _check_workers(workers)
+    merges = read_merge_journals(merge_journals)
     unknown = [s for s in set_names_ if s not in SET_MODULES]
     if unknown:
         raise InputError(f"unknown validation set {', '.join(map(repr, unknown))}; sets: {', '.join(SET_MODULES)}")
@@ -783,6 +866,11 @@ def run_validation(
         loaded = load_model(ref, settings)
         registered, version = _registered(ref, settings)
         loaded_models.append((loaded, registered, version))
+    fingerprints = {name: set_fingerprint(vset) for name, vset in sets.items()}
+    this_run = {(loaded.sha256, name): fp for loaded, *_ in loaded_models for name, fp in fingerprints.items()}
+    for path, lines in merges:
+        if not any(this_run.get((item["model_sha256"], item["set"])) == item["fingerprint"] for item in lines):
+            raise InputError(_merge_mismatch(path, lines, this_run, {m.sha256: m.ref for m, *_ in loaded_models}))
     out_dir = Path(out_dir) if out_dir is not None else settings.home / "validation"
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -794,7 +882,8 @@ def run_validation(
             progress("set", {"model": loaded.ref, "set": name})
             set_run = run_set(loaded, vset, model_dir=model_dir, device=device, limit=limit, full=full,
                               retry_failed=retry_failed, progress=lambda s, i, ref=loaded.ref: progress(s, {**i, "model": ref}),
-                              seed=seed, workers=workers, settings=settings, set_options=(set_options or {}).get(name))
+                              seed=seed, workers=workers, settings=settings, set_options=(set_options or {}).get(name),
+                              merge=merges)
             set_run.summary = vset.summarise(set_run.records)
             set_run.plots = vset.plot(set_run.records, set_run.directory / "plots", title=f"{loaded.ref} · {name}")
             model.sets[name] = set_run
@@ -813,7 +902,8 @@ def run_validation(
                         "mlflow_run_id": m.mlflow_run_id,
                         "card": _rel(m.card_path, out_dir) if m.card_path else None,
                         "sets": {name: {**r.document(out_dir), "n_run_now": r.n_run_now,
-                                        "n_from_journal": r.n_skipped, "wall_s_this_run": r.wall_s,
+                                        "n_from_journal": r.n_skipped, "n_merged": r.n_merged,
+                                        "wall_s_this_run": r.wall_s,
                                         "entry_wall_s_total": r.entry_wall_s,
                                         "journal": _rel(r.directory / "journal.jsonl", out_dir)}
                                  for name, r in m.sets.items()}} for m in runs],

@@ -32,6 +32,10 @@ def validate(
         "threads).")] = "auto",
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Output directory (journals, plots, report); default $IONSCREEN_HOME/validation.")] = None,
+    merge_journal: Annotated[Optional[list[Path]], typer.Option(
+        "--merge-journal", help="A journal.jsonl of another run of the same models and sets (another machine, or a "
+        "copy kept between sessions): its entries count as finished here. Lines of another model, set or protocol "
+        "are never merged; a file with none for this run is refused. Repeat for several.")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run entries the journal holds as failed again (from a clean work directory).")] = False,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log the run to MLflow.")] = False,
     as_json: JsonFlag = False,
@@ -47,13 +51,16 @@ def validate(
             note = f": {info['error']}" if info.get("error") else ""
             typer.echo(f"[{info['model']} · {info['set']} {info['index'] + 1}/{info['n']}] {info['key']} "
                        f"{info['status']} ({info['wall_s']:.0f} s){note}", err=True)
+        elif stage == "merged":
+            typer.echo(f"[{info['model']} · {info['set']}] {info['key']} {info['status']} (merged from {info['file']})",
+                       err=True)
 
     options = {"frames": {"dataset": dataset, "split": split}, "conductivity": {"protocol": protocol}}
     result = run_validation(models, sets or ["conductivity"], out_dir=out, limit=limit, full=full, device=device,
                             set_options=options, retry_failed=retry_failed, mlflow=not no_mlflow,
                             settings=load_settings(), progress=progress,
                             command=" ".join(["ionscreen validate", *map(shlex.quote, sys.argv[2:])]),
-                            workers=workers)
+                            workers=workers, merge_journals=merge_journal or ())
     if as_json:
         typer.echo(json.dumps(json.loads(result.report_json.read_text()), indent=1))
         return
