@@ -278,6 +278,39 @@ def test_a_journal_from_another_run_merges_and_its_entries_are_not_run_again(tmp
     assert not fresh.exists() and len(calls.read_text().split()) == 6
 
 
+def test_entries_runs_only_the_named_entries_and_refuses_unknown_keys_first(tmp_path, slow_set, monkeypatch):
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+    from workflows.validate import run_validation
+
+    calls = _slow_env(monkeypatch, tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["validate", "ase:emt", "--set", "slow", "--out", str(out), "--device", "cpu",
+                                      "--no-mlflow", "--workers", "1", "--entries", "e3,e1", "-e", "e3"])
+    assert result.exit_code == 0, result.output
+    assert calls.read_text().split() == ["e1", "e3"]  # in the set's order, each once
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"]["entries"] == ["e3", "e1"]
+    assert report["models"][0]["sets"]["slow"]["n_entries"] == 2
+    first = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu", entries=["e4", "e0", "e2"],
+                           limit=2)
+    assert [r["key"] for r in first.models[0].sets["slow"].records] == ["e0", "e2"]  # the first two of those named
+    every = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu")
+    assert every.models[0].sets["slow"].n_run_now == 2  # e4 and e5 (uncovered); the rest came from the journal
+    assert calls.read_text().split() == ["e1", "e3", "e0", "e2", "e4"]
+    fresh = tmp_path / "fresh"
+    with pytest.raises(InputError, match=r"--entries: no entry 'e9', 'obelix:122' in the slow set \(without --full: "
+                                         r"its CPU subset\), whose keys look like e0, e1, e2, e3, \.\.\."):
+        run_validation(["ase:emt"], ["slow"], out_dir=fresh, mlflow=False, device="cpu", entries=["e1", "e9", "obelix:122"])
+    with pytest.raises(InputError, match=r"--entries names no entry of the barriers set \(without --full: its CPU "
+                                         r"subset\); name one, or leave that set out"):
+        run_validation(["ase:emt"], ["slow", "barriers"], out_dir=fresh, mlflow=False, device="cpu", entries=["e1"])
+    with pytest.raises(InputError, match="--entries names no entry key"):
+        run_validation(["ase:emt"], ["slow"], out_dir=fresh, mlflow=False, device="cpu", entries=[" ", ""])
+    assert not fresh.exists() and len(calls.read_text().split()) == 5
+
+
 def test_journal_skips_a_line_cut_by_a_kill(tmp_path):
     from workflows.validate import Journal
 

@@ -169,6 +169,21 @@ def read_merge_journals(paths: Sequence[str | Path]) -> list[tuple[Path, list[di
     return out
 
 
+def _check_entry_keys(keys: Sequence[str], sets: Mapping[str, Any], *, full: bool) -> None:
+    """Refuse ``--entries`` keys that no set holds (in the subset ``full`` picks), and sets none of the keys is in."""
+    held = {name: {e.key for e in vset.entries(full=full)} for name, vset in sets.items()}
+    unknown = [k for k in keys if not any(k in h for h in held.values())]
+    where = "" if full else " (without --full: its CPU subset)"
+    if unknown:
+        examples = {name: ", ".join(sorted(h)[:4]) + (", ..." if len(h) > 4 else "") for name, h in held.items()}
+        raise InputError(f"--entries: no entry {', '.join(map(repr, unknown))} in "
+                         + " or ".join(f"the {name} set{where}, whose keys look like {examples[name]}" for name in sets))
+    empty = [name for name, h in held.items() if not h.intersection(keys)]
+    if empty:
+        raise InputError(f"--entries names no entry of the {' or '.join(empty)} set{where}; name one, or leave "
+                         "that set out")
+
+
 def _merge_mismatch(path: Path, lines: Sequence[dict], runs: Mapping[tuple[str, str], str],
                     refs: Mapping[str, str]) -> str:
     """Why none of a merged journal's lines belongs to this run (``runs``: (model SHA-256, set) → fingerprint)."""
@@ -312,7 +327,7 @@ def _check_workers(workers: int | str) -> int | str:
 def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, full: bool, retry_failed: bool,
             progress: Progress, seed: int = 0, workers: int = 1, settings: Settings | None = None,
             set_options: Mapping[str, Any] | None = None,
-            merge: Sequence[tuple[Path, Sequence[dict]]] = ()) -> SetRun:
+            merge: Sequence[tuple[Path, Sequence[dict]]] = (), only: Sequence[str] = ()) -> SetRun:
     """Run (or resume) one set for one loaded model; every finished entry is journalled as it finishes.
 
     ``workers`` > 1 runs that many entries at once, each in its own process (spawned; the model loaded once per
@@ -323,11 +338,14 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
     ``merge``: (file, journal lines) of other runs. Each line of this model, set and fingerprint whose entry this
     journal lacks is appended to it (with ``merged_from``) before anything runs, so it is skipped like an entry
     finished here; this journal's own lines win over merged ones, and lines of other models, sets or fingerprints
-    are left alone."""
+    are left alone. ``only``: run just the entries with these keys (in the set's order; ``limit`` then takes the
+    first of them); keys of other sets are ignored."""
     fingerprint = set_fingerprint(vset)
     directory = model_dir / vset.name / fingerprint[:12]
     directory.mkdir(parents=True, exist_ok=True)
-    entries: list[ValidationEntry] = vset.entries(limit=limit, full=full)
+    entries: list[ValidationEntry] = vset.entries(limit=None if only else limit, full=full)
+    if only:
+        entries = [e for e in entries if e.key in set(only)][:limit]
     keys = [e.key for e in entries]
     if len(set(keys)) != len(keys):
         raise InputError(f"the {vset.name} set lists an entry key twice; keys must be unique")
@@ -834,11 +852,13 @@ def run_validation(
     seed: int = 0,
     workers: int | str = 1,
     merge_journals: Sequence[str | Path] = (),
+    entries: Sequence[str] = (),
 ) -> ValidationRun:
     """Validate every model on every set, resuming from the journals; write and log the report.
 
     ``merge_journals``: journal files of other runs of these models and sets (see :func:`run_set`); a file none of
-    whose lines belongs to this run is refused before anything runs, saying what it holds."""
+    whose lines belongs to this run is refused before anything runs, saying what it holds. ``entries``: run only
+    the entries with these keys (every key must belong to one of the sets, and every set must get one)."""
     from mlip.calculators import resolve_device
     from mlip.loader import load_model
 
@@ -858,6 +878,11 @@ def run_validation(
         raise InputError(f"unknown validation set {', '.join(map(repr, unknown))}; sets: {', '.join(SET_MODULES)}")
     names = list(dict.fromkeys(set_names_))
     sets = {name: make_set(name, (set_options or {}).get(name)) for name in names}  # bad options fail before loading
+    only = list(dict.fromkeys(k.strip() for k in entries if k.strip()))
+    if entries and not only:
+        raise InputError("--entries names no entry key")
+    if only:
+        _check_entry_keys(only, sets, full=full)
     device = device if device == "cpu" else resolve_device(device)  # cpu needs no CUDA check (nor torch import)
     if workers == "auto":  # one entry per core on a CPU; a GPU runs one entry at a time
         workers = 1 if device.startswith("cuda") else min(cores(), MAX_WORKERS)
@@ -883,14 +908,15 @@ def run_validation(
             set_run = run_set(loaded, vset, model_dir=model_dir, device=device, limit=limit, full=full,
                               retry_failed=retry_failed, progress=lambda s, i, ref=loaded.ref: progress(s, {**i, "model": ref}),
                               seed=seed, workers=workers, settings=settings, set_options=(set_options or {}).get(name),
-                              merge=merges)
+                              merge=merges, only=only)
             set_run.summary = vset.summarise(set_run.records)
             set_run.plots = vset.plot(set_run.records, set_run.directory / "plots", title=f"{loaded.ref} · {name}")
             model.sets[name] = set_run
         runs.append(model)
     agreement = model_agreement(runs, sets, seed=seed)
     spread = spread_versus_error(runs, sets, seed=seed)
-    params = {"sets": ",".join(names), "limit": limit, "full": full, "device": device, "seed": seed, "workers": workers}
+    params = {"sets": ",".join(names), "limit": limit, "full": full, "device": device, "seed": seed, "workers": workers,
+              "entries": only or None}
 
     def write_report() -> tuple[Path, Path]:
         md = out_dir / "report.md"

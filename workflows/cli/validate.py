@@ -24,6 +24,9 @@ def validate(
     protocol: Annotated[Optional[str], typer.Option(
         "--protocol", help="Transport protocol of the conductivity set: a preset (default validation-cpu; standard for GPUs) or a YAML file of protocol fields.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N entries of each set.")] = None,
+    entries: Annotated[Optional[list[str]], typer.Option(
+        "--entries", "-e", help="Only the entries with these keys (comma-separated or repeated, e.g. obelix:122 "
+        "as the report lists them), in the set's order; keys are checked before anything runs.")] = None,
     full: Annotated[bool, typer.Option("--full", help="Every entry of each set (GPU work), not the CPU subset.")] = False,
     device: DeviceOpt = "auto",
     workers: Annotated[str, typer.Option(
@@ -60,7 +63,8 @@ def validate(
                             set_options=options, retry_failed=retry_failed, mlflow=not no_mlflow,
                             settings=load_settings(), progress=progress,
                             command=" ".join(["ionscreen validate", *map(shlex.quote, sys.argv[2:])]),
-                            workers=workers, merge_journals=merge_journal or ())
+                            workers=workers, merge_journals=merge_journal or (),
+                            entries=[k for item in entries or () for k in item.split(",")])
     if as_json:
         typer.echo(json.dumps(json.loads(result.report_json.read_text()), indent=1))
         return
