@@ -252,6 +252,12 @@ def test_a_journal_from_another_run_merges_and_its_entries_are_not_run_again(tmp
     assert report["figures"] == {"n_ok": 5, "n_uncovered": 1, "value_sum": -10.0}
     assert "3 from the journal, 2 of them merged from another run's journal" in (here / "report.md").read_text()
 
+    # merged lines beyond --limit are kept but not counted as this run's entries
+    limited = tmp_path / "limited"
+    one = run_validation(["ase:emt"], ["slow"], out_dir=limited, mlflow=False, device="cpu", limit=1,
+                         merge_journals=[kept])
+    assert (one.models[0].sets["slow"].n_merged, one.models[0].sets["slow"].n_skipped) == (1, 1)
+    assert [line["key"] for line in _journal(limited)] == ["e0", "e1", "e2"]
     # merging the same file again adds nothing
     again = run_validation(["ase:emt"], ["slow"], out_dir=here, mlflow=False, device="cpu", merge_journals=[kept])
     assert again.models[0].sets["slow"].n_merged == 0 and len(_journal(here)) == N_ENTRIES

@@ -345,7 +345,8 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
     directory.mkdir(parents=True, exist_ok=True)
     entries: list[ValidationEntry] = vset.entries(limit=None if only else limit, full=full)
     if only:
-        entries = [e for e in entries if e.key in set(only)][:limit]
+        wanted = set(only)
+        entries = [e for e in entries if e.key in wanted][:limit]
     keys = [e.key for e in entries]
     if len(set(keys)) != len(keys):
         raise InputError(f"the {vset.name} set lists an entry key twice; keys must be unique")
@@ -364,7 +365,7 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
                 item = {**item, "merged_from": str(path)}
                 journal.append(item)
                 done[item["key"]] = item
-                n_merged += 1
+                n_merged += item["key"] in keys  # every line is kept; the count is of this run's entries
                 progress("merged", {"set": vset.name, "key": item["key"], "file": str(path),
                                     "status": item["record"]["status"]})
 
