@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from synthetic import CAGED_REGIMES, REGIME_FRAME_DT_FS, REGIME_FRAMES, REGIME_IONS  # noqa: E402
 
-LGPS = ROOT / "tests" / "data" / "lgps-aimd" / "lgps_600K.extxyz.gz"
+LGPS = ROOT / "screening" / "validation" / "data" / "aimd" / "lgps_600K.extxyz.gz"
 A2_FS_TO_CM2_S = 0.1
 BOX_A = 60.0  # synthetic ions live in a large cubic box so that no tool's unwrapping matters
 

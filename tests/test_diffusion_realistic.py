@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from screening.transport.diffusion import A2_PER_FS_TO_CM2_PER_S, analyze_diffusion
 
-LGPS = Path(__file__).parent / "data" / "lgps-aimd" / "lgps_600K.extxyz.gz"
+LGPS = Path(__file__).resolve().parents[1] / "screening" / "validation" / "data" / "aimd" / "lgps_600K.extxyz.gz"
 N_IONS, N_FRAMES, DT_FS = REGIME_IONS, REGIME_FRAMES, REGIME_FRAME_DT_FS
 RUNS = 40
 

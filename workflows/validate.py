@@ -45,6 +45,7 @@ SET_MODULES: dict[str, str] = {
     "conductivity": "screening.validation.conductivity",
     "barriers": "screening.validation.barriers",
     "frames": "training.validation_frames",
+    "dynamics": "screening.validation.dynamics",
 }
 EXPERIMENT = "ionscreen-validation"
 #: Most worker processes one set may run at once (``--workers``).

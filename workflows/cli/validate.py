@@ -17,10 +17,16 @@ def validate(
     models: Annotated[list[str], typer.Argument(
         help="Model references, e.g. bundled:lipscl-dzvp-fast chgnet:0.3.0 sevennet:7net-0 models:/NAME@ALIAS; several are compared.")],
     sets: Annotated[Optional[list[str]], typer.Option(
-        "--set", "-s", help="Validation set: conductivity, barriers or frames (repeat for several; default conductivity).")] = None,
+        "--set", "-s", help="Validation set: conductivity, barriers, frames or dynamics (repeat for several; default conductivity).")] = None,
     dataset: Annotated[Optional[Path], typer.Option(
         "--dataset", help="Labelled dataset directory (`ionscreen data import` output) for the frames set.")] = None,
     split: Annotated[Optional[str], typer.Option("--split", help="Dataset split for the frames set (default test).")] = None,
+    trajectory: Annotated[Optional[list[Path]], typer.Option(
+        "--trajectory", help="A reference AIMD trajectory for the dynamics set, beside the bundled LGPS one: extended "
+        "XYZ with time_fs and temperature_K in each frame's info, or a vasprun.xml; every atom in every frame. "
+        "Repeat for several.")] = None,
+    ion: Annotated[Optional[str], typer.Option(
+        "--ion", help="Mobile ion of the --trajectory files (default: the one working ion each holds).")] = None,
     protocol: Annotated[Optional[str], typer.Option(
         "--protocol", help="Transport protocol of the conductivity set: a preset (default validation-cpu; standard for GPUs) or a YAML file of protocol fields.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N entries of each set.")] = None,
@@ -58,7 +64,8 @@ def validate(
             typer.echo(f"[{info['model']} · {info['set']}] {info['key']} {info['status']} (merged from {info['file']})",
                        err=True)
 
-    options = {"frames": {"dataset": dataset, "split": split}, "conductivity": {"protocol": protocol}}
+    options = {"frames": {"dataset": dataset, "split": split}, "conductivity": {"protocol": protocol},
+               "dynamics": {"trajectories": trajectory, "ion": ion}}
     result = run_validation(models, sets or ["conductivity"], out_dir=out, limit=limit, full=full, device=device,
                             set_options=options, retry_failed=retry_failed, mlflow=not no_mlflow,
                             settings=load_settings(), progress=progress,
@@ -74,7 +81,8 @@ def validate(
         for name, run in model.sets.items():
             headline = {k: v for k, v in run.summary.items()
                         if k in ("spearman_rho", "mae_log10_S_cm", "n_ok", "n_bounds", "n_uncovered", "n_failed",
-                                 "mae_eV", "energy_mae_meV_atom", "force_mae_meV_A")}
+                                 "mae_eV", "energy_mae_meV_atom", "force_mae_meV_A",
+                                 "geometric_mean_ratio", "n_consistent", "n_compared")}
             typer.echo(f"  {name}: " + ", ".join(f"{k} {format_figure(v)}" for k, v in headline.items()))
     for name, pairs in result.agreement.items():
         for pair in pairs:
