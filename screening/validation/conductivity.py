@@ -37,7 +37,7 @@ import numpy as np
 
 from mlip.errors import InputError, IonscreenError
 from screening.validation.base import EntryStatus, RunContext, ValidationEntry
-from screening.validation.stats import Bound, RankValue, log10_errors, rank_correlation
+from screening.validation.stats import Bound, RankValue, log10_errors, log10_ranking, rank_correlation
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "obelix"
 WORKING_ION = "Li"
@@ -311,15 +311,7 @@ class ConductivitySet:
     @staticmethod
     def ranking(records: Sequence[Mapping[str, Any]]) -> dict[str, RankValue]:
         """Predicted log10 σ(300 K) of every finished entry: the number, or its upper bound marked as one."""
-        out = {}
-        for r in records:
-            if r.get("status") != EntryStatus.OK.value:
-                continue
-            if r.get("predicted_S_cm") is not None:
-                out[r["key"]] = RankValue(math.log10(r["predicted_S_cm"]))
-            elif r.get("predicted_upper_bound_S_cm"):
-                out[r["key"]] = RankValue(math.log10(r["predicted_upper_bound_S_cm"]), Bound.UPPER)
-        return out
+        return log10_ranking(records, lambda r: r.get("predicted_S_cm"), lambda r: r.get("predicted_upper_bound_S_cm"))
 
     #: The unit of :meth:`ranking`'s and :meth:`reference`'s values.
     value_unit = "log10 S/cm"

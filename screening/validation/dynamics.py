@@ -33,7 +33,7 @@ import numpy as np
 
 from mlip.errors import InputError, IonscreenError
 from screening.validation.base import EntryStatus, RunContext, ValidationEntry
-from screening.validation.stats import Bound, RankValue, log10_errors, rank_correlation
+from screening.validation.stats import RankValue, log10_errors, log10_ranking, rank_correlation
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "aimd"
 #: The bundled reference trajectories: key → file, working ion and where the trajectory comes from.
@@ -289,16 +289,8 @@ class DynamicsSet:
     @staticmethod
     def ranking(records: Sequence[Mapping[str, Any]]) -> dict[str, RankValue]:
         """The model's log10 D* of every finished entry: the number, or its upper bound marked as one."""
-        out = {}
-        for r in records:
-            if r.get("status") != EntryStatus.OK.value:
-                continue
-            m = r.get("model") or {}
-            if m.get("diffusivity_cm2_s"):
-                out[r["key"]] = RankValue(math.log10(m["diffusivity_cm2_s"]))
-            elif m.get("diffusivity_upper_bound_cm2_s"):
-                out[r["key"]] = RankValue(math.log10(m["diffusivity_upper_bound_cm2_s"]), Bound.UPPER)
-        return out
+        return log10_ranking(records, lambda r: (r.get("model") or {}).get("diffusivity_cm2_s"),
+                             lambda r: (r.get("model") or {}).get("diffusivity_upper_bound_cm2_s"))
 
     @staticmethod
     def reference(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Sequence
+
 import numpy as np
 from scipy import stats as sstats
 
@@ -220,6 +222,23 @@ def rank_correlation(
     else:
         result.note = f"{result.n_boot_undefined} of {n_boot} resamples had no order: no interval"
     return result
+
+
+def log10_ranking(records: Sequence[Mapping[str, Any]], value: Callable[[Mapping[str, Any]], float | None],
+                  upper_bound: Callable[[Mapping[str, Any]], float | None]) -> dict[str, RankValue]:
+    """key → log10 of each finished (``status`` ok) record's positive ``value``, or else of its ``upper_bound``
+    marked as a bound; records with neither are left out. The ``ranking`` of a set whose figure is a positive
+    quantity that a run may only bound from above (σ, D*)."""
+    out = {}
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        v, ub = value(r), upper_bound(r)
+        if v is not None and v > 0:
+            out[r["key"]] = RankValue(float(np.log10(v)))
+        elif ub is not None and ub > 0:
+            out[r["key"]] = RankValue(float(np.log10(ub)), Bound.UPPER)
+    return out
 
 
 def _bounds_list(b: np.ndarray) -> list[str | None]:
