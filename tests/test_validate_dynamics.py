@@ -134,4 +134,12 @@ def test_bad_references_are_refused_before_anything_runs(tmp_path, emt_reference
     garbage.write_text("not a trajectory\n")
     with pytest.raises(InputError, match="could not read a trajectory from .*garbage.extxyz"):
         DynamicsSet(trajectories=[garbage], ion="Al")
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+
+    for args, message in ((["--set", "conductivity", "--trajectory", str(honest)], "add --set dynamics"),
+                          (["--set", "dynamics", "--ion", "Al"], "--ion names the mobile ion of --trajectory files")):
+        result = CliRunner().invoke(app, ["validate", "ase:emt", *args, "--out", str(tmp_path), "--no-mlflow"])
+        assert isinstance(result.exception, InputError) and message in str(result.exception)
     assert not list(Path(tmp_path).glob("models/*"))

@@ -64,6 +64,12 @@ def validate(
             typer.echo(f"[{info['model']} · {info['set']}] {info['key']} {info['status']} (merged from {info['file']})",
                        err=True)
 
+    from mlip.errors import InputError
+
+    if (trajectory or ion) and "dynamics" not in (sets or []):
+        raise InputError("--trajectory and --ion are options of the dynamics set; add --set dynamics")
+    if ion and not trajectory:
+        raise InputError("--ion names the mobile ion of --trajectory files; the bundled references state their own")
     options = {"frames": {"dataset": dataset, "split": split}, "conductivity": {"protocol": protocol},
                "dynamics": {"trajectories": trajectory, "ion": ion}}
     result = run_validation(models, sets or ["conductivity"], out_dir=out, limit=limit, full=full, device=device,
