@@ -75,6 +75,12 @@ def _pick(value_from_file, given, name: str, path: Path, unit: str):
     raise InputError(f"{path} does not state the {name}; pass --{name.replace(' ', '-')}-{unit}")
 
 
+def is_vasprun(path: str | Path) -> bool:
+    """Whether ``path`` is named like a VASP vasprun.xml (read with pymatgen, not ASE's generic readers)."""
+    name = Path(path).name.lower()
+    return name.endswith(".xml") or name.startswith("vasprun")
+
+
 def load_trajectory(path: str | Path, ion: str, *, temperature_K: float | None = None, timestep_fs: float | None = None) -> LoadedTrajectory:
     """Read ``path`` and return frames for ``ion``. ``timestep_fs`` is the time between consecutive frames."""
     path = Path(path)
@@ -100,7 +106,7 @@ def load_trajectory(path: str | Path, ion: str, *, temperature_K: float | None =
 
     name = path.name.lower()
     try:
-        if name.endswith(".xml") or name.startswith("vasprun"):
+        if is_vasprun(path):
             return _from_vasprun(path, ion, temperature_K, timestep_fs)
         import ase.io
 

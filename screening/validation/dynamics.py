@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mlip.errors import InputError, IonscreenError
+from mlip.trust import sha256_file
 from screening.validation.base import EntryStatus, RunContext, ValidationEntry
 from screening.validation.stats import RankValue, log10_errors, log10_ranking, rank_correlation
 
@@ -59,23 +60,13 @@ BASE_PROTOCOL: dict[str, Any] = {
 #: Light atoms need a shorter step than 2 fs.
 LIGHT_ELEMENTS_TIMESTEP_FS = {"H": 0.5, "He": 0.5}
 CPU_PRODUCTION_PS = 10.0
-Z95 = 1.959964
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_first_frame(path: Path):
     """Frame 0 of a reference trajectory as ASE atoms (all atoms, wrapped into the cell)."""
     import ase.io
 
-    name = path.name.lower()
-    fmt = "vasp-xml" if name.endswith(".xml") or name.startswith("vasprun") else None
+    from screening.transport.trajread import is_vasprun
+
+    fmt = "vasp-xml" if is_vasprun(path) else None
     try:
         atoms = ase.io.read(str(path), index=0, format=fmt)
     except Exception as err:
@@ -91,8 +82,9 @@ def _check_times(path: Path) -> None:
     """Refuse, before anything runs, an extended XYZ file whose frames do not state their time and temperature."""
     import ase.io
 
-    name = path.name.lower()
-    if name.endswith(".xml") or name.startswith("vasprun"):
+    from screening.transport.trajread import is_vasprun
+
+    if is_vasprun(path):
         return  # vasprun.xml: POTIM and TEBEG, checked when it is read
     try:
         first = ase.io.read(str(path), index=slice(0, 2))
@@ -180,8 +172,10 @@ class DynamicsSet:
         one working ion each holds)."""
         self.seed = seed
         self._files: list[tuple[str, Path, str, str]] = []  # key, path, ion, source
+        self._sha: dict[str, str] = {}  # key → the file's SHA-256
         for key, spec in BUNDLED.items():
             self._files.append((key, DATA_DIR / spec["file"], spec["ion"], spec["source"]))
+            self._sha[key] = sha256_file(DATA_DIR / spec["file"])
         for given in trajectories or ():
             path = Path(given).expanduser()
             if not path.is_file():
@@ -190,11 +184,12 @@ class DynamicsSet:
             first = _read_first_frame(path)
             chosen = _working_ion(path, set(first.get_chemical_symbols()), ion)
             stem = path.name.split(".")[0] or "trajectory"
-            key = f"file:{stem}-{_file_sha256(path)[:8]}"
-            if any(k == key for k, *_ in self._files):
+            sha = sha256_file(path)
+            key = f"file:{stem}-{sha[:8]}"
+            if key in self._sha:
                 raise InputError(f"trajectory {path} is given twice")
             self._files.append((key, path.resolve(), chosen, f"{path.name} (given)"))
-        self._sha = {key: _file_sha256(path) for key, path, *_ in self._files}
+            self._sha[key] = sha
 
     def fingerprint(self) -> str:
         """The protocol, the ordering seed and every reference file's SHA-256 (an entry is the same computation only
@@ -248,7 +243,7 @@ class DynamicsSet:
         record: dict[str, Any] = {"status": EntryStatus.OK.value, **entry.data}
         path, ion = Path(entry.data["path"]), entry.data["ion"]
         try:
-            if _file_sha256(path) != entry.data["sha256"]:
+            if sha256_file(path) != entry.data["sha256"]:
                 raise InputError(f"{path} changed since the set was read (SHA-256 differs)")
             loaded = load_trajectory(path, ion)
             charge = ion_charge(ion)
