@@ -295,16 +295,16 @@ def test_entries_runs_only_the_named_entries_and_refuses_unknown_keys_first(tmp_
     result = CliRunner().invoke(app, ["validate", "ase:emt", "--set", "slow", "--out", str(out), "--device", "cpu",
                                       "--no-mlflow", "--workers", "1", "--entries", "e3,e1", "-e", "e3"])
     assert result.exit_code == 0, result.output
-    assert calls.read_text().split() == ["e1", "e3"]  # in the set's order, each once
+    assert calls.read_text().split() == ["e3", "e1"]  # in the order given, each once
     report = json.loads((out / "report.json").read_text())
     assert report["params"]["entries"] == ["e3", "e1"]
     assert report["models"][0]["sets"]["slow"]["n_entries"] == 2
     first = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu", entries=["e4", "e0", "e2"],
                            limit=2)
-    assert [r["key"] for r in first.models[0].sets["slow"].records] == ["e0", "e2"]  # the first two of those named
+    assert [r["key"] for r in first.models[0].sets["slow"].records] == ["e4", "e0"]  # the first two named, as named
     every = run_validation(["ase:emt"], ["slow"], out_dir=out, mlflow=False, device="cpu")
-    assert every.models[0].sets["slow"].n_run_now == 2  # e4 and e5 (uncovered); the rest came from the journal
-    assert calls.read_text().split() == ["e1", "e3", "e0", "e2", "e4"]
+    assert every.models[0].sets["slow"].n_run_now == 2  # e2 and e5 (uncovered); the rest came from the journal
+    assert calls.read_text().split() == ["e3", "e1", "e4", "e0", "e2"]
     fresh = tmp_path / "fresh"
     with pytest.raises(InputError, match=r"--entries: no entry 'e9', 'obelix:122' in the slow set \(without --full: "
                                          r"its CPU subset\), whose keys look like e0, e1, e2, e3, \.\.\."):

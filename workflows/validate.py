@@ -339,15 +339,15 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
     ``merge``: (file, journal lines) of other runs. Each line of this model, set and fingerprint whose entry this
     journal lacks is appended to it (with ``merged_from``) before anything runs, so it is skipped like an entry
     finished here; this journal's own lines win over merged ones, and lines of other models, sets or fingerprints
-    are left alone. ``only``: run just the entries with these keys (in the set's order; ``limit`` then takes the
-    first of them); keys of other sets are ignored."""
+    are left alone. ``only``: run just the entries with these keys, in the order given (so the ones wanted first run
+    first; ``limit`` then takes the first of them); keys of other sets are ignored."""
     fingerprint = set_fingerprint(vset)
     directory = model_dir / vset.name / fingerprint[:12]
     directory.mkdir(parents=True, exist_ok=True)
     entries: list[ValidationEntry] = vset.entries(limit=None if only else limit, full=full)
     if only:
-        wanted = set(only)
-        entries = [e for e in entries if e.key in wanted][:limit]
+        position = {key: i for i, key in enumerate(dict.fromkeys(only))}
+        entries = sorted((e for e in entries if e.key in position), key=lambda e: position[e.key])[:limit]
     keys = [e.key for e in entries]
     if len(set(keys)) != len(keys):
         raise InputError(f"the {vset.name} set lists an entry key twice; keys must be unique")

@@ -32,7 +32,7 @@ def validate(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N entries of each set.")] = None,
     entries: Annotated[Optional[list[str]], typer.Option(
         "--entries", "-e", help="Only the entries with these keys (comma-separated or repeated, e.g. obelix:122 "
-        "as the report lists them), in the set's order; keys are checked before anything runs.")] = None,
+        "as the report lists them), run in the order given; keys are checked before anything runs.")] = None,
     full: Annotated[bool, typer.Option("--full", help="Every entry of each set (GPU work), not the CPU subset.")] = False,
     device: DeviceOpt = "auto",
     workers: Annotated[str, typer.Option(
