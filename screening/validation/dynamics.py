@@ -60,6 +60,8 @@ BASE_PROTOCOL: dict[str, Any] = {
 #: Light atoms need a shorter step than 2 fs.
 LIGHT_ELEMENTS_TIMESTEP_FS = {"H": 0.5, "He": 0.5}
 CPU_PRODUCTION_PS = 10.0
+
+
 def _read_first_frame(path: Path):
     """Frame 0 of a reference trajectory as ASE atoms (all atoms, wrapped into the cell)."""
     import ase.io
