@@ -317,6 +317,56 @@ def test_entries_runs_only_the_named_entries_and_refuses_unknown_keys_first(tmp_
     assert not fresh.exists() and len(calls.read_text().split()) == 5
 
 
+def test_report_only_reports_what_the_journals_hold_without_running_or_writing_to_them(tmp_path, slow_set,
+                                                                                       monkeypatch):
+    from typer.testing import CliRunner
+
+    from mlip.util import exclusive_or_refuse
+    from workflows.cli import app
+    from workflows.validate import run_validation
+
+    calls = _slow_env(monkeypatch, tmp_path)
+    there, here = tmp_path / "there", tmp_path / "here"
+    run_validation(["ase:emt"], ["slow"], out_dir=there, mlflow=False, device="cpu", entries=["e2"])
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("".join(p.read_text() for p in there.glob("models/*/slow/*/journal.jsonl")))
+    run_validation(["ase:emt"], ["slow"], out_dir=here, mlflow=False, device="cpu", limit=2)  # e0, e1 here
+    assert calls.read_text().split() == ["e2", "e0", "e1"]
+    journal = next(here.glob("models/*/slow/*/journal.jsonl"))
+    before = journal.read_bytes()
+    for stale in ("report.md", "report.json"):
+        (here / stale).unlink()
+    model_files = sorted(p.name for p in here.glob("models/*/*") if p.is_file())
+
+    # a run that spans sessions holds the set's lock meanwhile; the interim report reads past it
+    with exclusive_or_refuse(journal.parent / ".lock", "held by the test"):
+        result = CliRunner().invoke(app, ["validate", "ase:emt", "--set", "slow", "--out", str(here), "--device", "cpu",
+                                          "--merge-journal", str(kept), "--report-only"])
+    assert result.exit_code == 0, result.output
+    assert "(interim: 3 of 6 entries; not finished: e3, e4, e5)" in result.output
+    assert calls.read_text().split() == ["e2", "e0", "e1"]  # nothing ran
+    assert journal.read_bytes() == before  # and the merged line was not appended
+    assert sorted(p.name for p in here.glob("models/*/*") if p.is_file()) == model_files  # no card, no summary
+    data = json.loads((here / "report.json").read_text())
+    slow = data["models"][0]["sets"]["slow"]
+    assert (slow["n_entries"], slow["n_missing"], slow["missing"]) == (3, 3, ["e3", "e4", "e5"])
+    assert (slow["n_run_now"], slow["n_from_journal"], slow["n_merged"]) == (0, 3, 1)
+    assert slow["figures"] == {"n_ok": 3, "n_uncovered": 0, "value_sum": -3.0}  # e0 + e1 + e2, as ase:emt gives them
+    assert data["params"]["report_only"] is True and data["mlflow_tracking_uri"] is None
+    assert data["models"][0]["mlflow_run_id"] is None
+    md = (here / "report.md").read_text()
+    assert md.startswith("# Validation report (interim)") and "`--report-only` ran nothing" in md
+    assert "`ase:emt` 3 of 6 finished (0 run now, 3 from the journal, 1 of them merged from another run's journal)" in md
+    assert "not finished: e3, e4, e5" in md
+
+    # the run goes on from the same journal afterwards: only what is missing runs, and its report is whole
+    whole = run_validation(["ase:emt"], ["slow"], out_dir=here, mlflow=False, device="cpu", merge_journals=[kept])
+    assert calls.read_text().split() == ["e2", "e0", "e1", "e3", "e4"]  # e5 is uncovered (Fe)
+    assert whole.models[0].sets["slow"].missing == []
+    md = (here / "report.md").read_text()
+    assert "(interim)" not in md and "not finished" not in md and "`ase:emt` 6 finished" in md
+
+
 def test_journal_skips_a_line_cut_by_a_kill(tmp_path):
     from workflows.validate import Journal
 

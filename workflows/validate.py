@@ -214,6 +214,7 @@ class SetRun:
     n_skipped: int
     wall_s: float
     n_merged: int = 0  # of the skipped entries, how many this run merged from --merge-journal files
+    missing: list[str] = field(default_factory=list)  # entries without a journal line (only --report-only has any)
     summary: dict = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
     describe: dict = field(default_factory=dict)
@@ -226,7 +227,8 @@ class SetRun:
     def document(self, root: Path) -> dict:
         """What the report and the model's validation.json both say of this set (plots relative to ``root``)."""
         return {"fingerprint": self.fingerprint, "describe": self.describe, "figures": self.summary,
-                "n_entries": len(self.records), "plots": [_rel(p, root) for p in self.plots]}
+                "n_entries": len(self.records), "n_missing": len(self.missing), "missing": self.missing,
+                "plots": [_rel(p, root) for p in self.plots]}
 
 
 @dataclass
@@ -328,7 +330,8 @@ def _check_workers(workers: int | str) -> int | str:
 def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, full: bool, retry_failed: bool,
             progress: Progress, seed: int = 0, workers: int = 1, settings: Settings | None = None,
             set_options: Mapping[str, Any] | None = None,
-            merge: Sequence[tuple[Path, Sequence[dict]]] = (), only: Sequence[str] = ()) -> SetRun:
+            merge: Sequence[tuple[Path, Sequence[dict]]] = (), only: Sequence[str] = (),
+            report_only: bool = False) -> SetRun:
     """Run (or resume) one set for one loaded model; every finished entry is journalled as it finishes.
 
     ``workers`` > 1 runs that many entries at once, each in its own process (spawned; the model loaded once per
@@ -340,7 +343,9 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
     journal lacks is appended to it (with ``merged_from``) before anything runs, so it is skipped like an entry
     finished here; this journal's own lines win over merged ones, and lines of other models, sets or fingerprints
     are left alone. ``only``: run just the entries with these keys, in the order given (so the ones wanted first run
-    first; ``limit`` then takes the first of them); keys of other sets are ignored."""
+    first; ``limit`` then takes the first of them); keys of other sets are ignored. ``report_only``: run nothing
+    and append nothing to the journal; the records are what the journal and the merged lines hold, and ``missing``
+    names the entries neither holds. It takes no lock, so it reads a journal that a running validation appends to."""
     fingerprint = set_fingerprint(vset)
     directory = model_dir / vset.name / fingerprint[:12]
     directory.mkdir(parents=True, exist_ok=True)
@@ -354,21 +359,38 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
     journal = Journal(directory / "journal.jsonl")
     t0 = time.perf_counter()
     n_now = 0
+    describe = vset.describe() if callable(getattr(vset, "describe", None)) else {}
+
+    def merged_lines(done: Mapping[str, dict]):
+        for path, lines in merge:
+            for item in lines:
+                if (item["model_sha256"], item["set"], item["fingerprint"]) == (loaded.sha256, vset.name, fingerprint) \
+                        and item["key"] not in done:
+                    yield {**item, "merged_from": str(path)}
+
+    def records_of(done: Mapping[str, dict]) -> list[dict]:
+        return [{**done[k]["record"], "key": k, "label": done[k]["label"], "entry_wall_s": done[k]["wall_s"]}
+                for k in keys if k in done]
+
+    if report_only:
+        done = journal.read()
+        n_merged = 0
+        for item in merged_lines(done):  # as a run merges them, without appending them
+            done[item["key"]] = item
+            n_merged += item["key"] in keys
+        return SetRun(vset.name, fingerprint, directory, records_of(done), 0, sum(k in done for k in keys),
+                      time.perf_counter() - t0, n_merged=n_merged, describe=describe,
+                      missing=[k for k in keys if k not in done])
     with exclusive_or_refuse(directory / ".lock", f"{directory} is being validated by another process; wait for it "
                              "or use another --out"):
         done = journal.read()
         n_merged = 0
-        for path, lines in merge:
-            for item in lines:
-                if (item["model_sha256"], item["set"], item["fingerprint"]) != (loaded.sha256, vset.name, fingerprint) \
-                        or item["key"] in done:
-                    continue
-                item = {**item, "merged_from": str(path)}
-                journal.append(item)
-                done[item["key"]] = item
-                n_merged += item["key"] in keys  # every line is kept; the count is of this run's entries
-                progress("merged", {"set": vset.name, "key": item["key"], "file": str(path),
-                                    "status": item["record"]["status"]})
+        for item in merged_lines(done):  # a key merged once is in done, so a second file's line is left out
+            journal.append(item)
+            done[item["key"]] = item
+            n_merged += item["key"] in keys  # every line is kept; the count is of this run's entries
+            progress("merged", {"set": vset.name, "key": item["key"], "file": item["merged_from"],
+                                "status": item["record"]["status"]})
 
         def finish(index: int, entry: ValidationEntry, record: dict, wall_s: float) -> None:
             nonlocal n_now
@@ -401,11 +423,9 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
                 record = _uncovered(missing) if missing else _run_entry(loaded, vset, entry, workdir, device=device,
                                                                          seed=seed, fresh=fresh)
                 finish(index, entry, record, time.perf_counter() - started)
-    records = [{**done[k]["record"], "key": k, "label": done[k]["label"], "entry_wall_s": done[k]["wall_s"]}
-               for k in keys if k in done]
-    describe = vset.describe() if callable(getattr(vset, "describe", None)) else {}
-    return SetRun(vset.name, fingerprint, directory, records, n_now, len(entries) - n_now,
-                  time.perf_counter() - t0, n_merged=n_merged, describe=describe)
+    return SetRun(vset.name, fingerprint, directory, records_of(done), n_now, len(entries) - n_now,
+                  time.perf_counter() - t0, n_merged=n_merged, describe=describe,
+                  missing=[k for k in keys if k not in done])
 
 
 def _run_parallel(loaded, vset, todo, finish, *, progress: Progress, device: str, seed: int, workers: int,
@@ -572,11 +592,15 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def render_report(models: Sequence[ModelRun], agreement: Mapping[str, list[dict]], out_dir: Path,
-                  *, command: str = "", spread: Mapping[str, dict] | None = None) -> str:
+                  *, command: str = "", spread: Mapping[str, dict] | None = None, report_only: bool = False) -> str:
     set_order: list[str] = []
     for m in models:
         set_order += [s for s in m.sets if s not in set_order]
-    lines = ["# Validation report", "", f"Created {_now()} by ionscreen validate" + (f": `{command}`" if command else "") + ".", ""]
+    lines = ["# Validation report" + (" (interim)" if report_only else ""), "",
+             f"Created {_now()} by ionscreen validate" + (f": `{command}`" if command else "") + ".", ""]
+    if report_only:
+        lines += ["Interim: `--report-only` ran nothing. Its figures cover only the entries the journals hold so far; "
+                  "the ones still missing are named under each set. Once they are in, the figures will change.", ""]
     lines += ["| model | family | SHA-256 | registered | MLflow run |", "| --- | --- | --- | --- | --- |"]
     for m in models:
         lines.append(f"| `{m.ref}` | {m.family} | `{m.sha256[:16]}` | {m.registered or '–'} | "
@@ -592,9 +616,11 @@ def render_report(models: Sequence[ModelRun], agreement: Mapping[str, list[dict]
                 lines.append(f"- {key}: `{text[:400]}`" if not isinstance(value, str) else f"- {key}: {text[:400]}")
             lines.append("")
         lines += ["Entries per model: " + "; ".join(
-            f"`{ref}` {len(r.records)} finished ({r.n_run_now} run now, {r.n_skipped} from the journal"
+            f"`{ref}` {len(r.records)}" + (f" of {len(r.records) + len(r.missing)}" if r.missing else "")
+            + f" finished ({r.n_run_now} run now, {r.n_skipped} from the journal"
             + (f", {r.n_merged} of them merged from another run's journal" if r.n_merged else "") + "), "
-            f"{r.entry_wall_s:.0f} s of entry wall time" for ref, r in runs.items()) + ".", ""]
+            f"{r.entry_wall_s:.0f} s of entry wall time"
+            + (f"; not finished: {', '.join(r.missing)}" if r.missing else "") for ref, r in runs.items()) + ".", ""]
         summaries = {ref: r.summary for ref, r in runs.items()}
         rows = _table_rows(summaries)
         lines += ["| figure | " + " | ".join(f"`{ref}`" for ref in runs) + " |",
@@ -855,12 +881,17 @@ def run_validation(
     workers: int | str = 1,
     merge_journals: Sequence[str | Path] = (),
     entries: Sequence[str] = (),
+    report_only: bool = False,
 ) -> ValidationRun:
     """Validate every model on every set, resuming from the journals; write and log the report.
 
     ``merge_journals``: journal files of other runs of these models and sets (see :func:`run_set`); a file none of
     whose lines belongs to this run is refused before anything runs, saying what it holds. ``entries``: run only
-    the entries with these keys (every key must belong to one of the sets, and every set must get one)."""
+    the entries with these keys (every key must belong to one of the sets, and every set must get one).
+    ``report_only``: run nothing; write the report of what the journals (and ``merge_journals``) hold so far, each
+    set with the entries still missing, while a run that spans sessions goes on (it reads journals a running
+    validation is appending to). It logs no MLflow run and leaves model cards and validation summaries alone: an
+    interim figure is not the model's track record."""
     from mlip.calculators import resolve_device
     from mlip.loader import load_model
 
@@ -910,7 +941,7 @@ def run_validation(
             set_run = run_set(loaded, vset, model_dir=model_dir, device=device, limit=limit, full=full,
                               retry_failed=retry_failed, progress=lambda s, i, ref=loaded.ref: progress(s, {**i, "model": ref}),
                               seed=seed, workers=workers, settings=settings, set_options=(set_options or {}).get(name),
-                              merge=merges, only=only)
+                              merge=merges, only=only, report_only=report_only)
             set_run.summary = vset.summarise(set_run.records)
             set_run.plots = vset.plot(set_run.records, set_run.directory / "plots", title=f"{loaded.ref} · {name}")
             model.sets[name] = set_run
@@ -918,14 +949,15 @@ def run_validation(
     agreement = model_agreement(runs, sets, seed=seed)
     spread = spread_versus_error(runs, sets, seed=seed)
     params = {"sets": ",".join(names), "limit": limit, "full": full, "device": device, "seed": seed, "workers": workers,
-              "entries": only or None}
+              "entries": only or None, "report_only": report_only}
 
     def write_report() -> tuple[Path, Path]:
         md = out_dir / "report.md"
-        atomic_write_text(md, render_report(runs, agreement, out_dir, command=command, spread=spread))
+        atomic_write_text(md, render_report(runs, agreement, out_dir, command=command, spread=spread,
+                                            report_only=report_only))
         data = {
             "created_utc": _now(), "command": command, "params": params,
-            "mlflow_tracking_uri": mask_password(settings.mlflow_tracking_uri) if mlflow else None,
+            "mlflow_tracking_uri": mask_password(settings.mlflow_tracking_uri) if mlflow and not report_only else None,
             "models": [{"ref": m.ref, "sha256": m.sha256, "family": m.family, "registered": m.registered,
                         "mlflow_run_id": m.mlflow_run_id,
                         "card": _rel(m.card_path, out_dir) if m.card_path else None,
@@ -942,6 +974,9 @@ def run_validation(
         atomic_write_text(js, json.dumps(data, indent=1, default=str) + "\n")
         return md, js
 
+    if report_only:
+        report_md, report_json = write_report()
+        return ValidationRun(out_dir, runs, agreement, report_md, report_json, time.perf_counter() - t0, spread)
     if mlflow:
         for model in runs:
             start_mlflow_run(model, settings)

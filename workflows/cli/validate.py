@@ -47,6 +47,10 @@ def validate(
         "are never merged; a file with none for this run is refused. Repeat for several.")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run entries the journal holds as failed again (from a clean work directory).")] = False,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log the run to MLflow.")] = False,
+    report_only: Annotated[bool, typer.Option(
+        "--report-only", help="Run nothing: write the report of what the journals (and --merge-journal files) hold "
+        "so far, naming the entries still missing, e.g. while a run that spans sessions goes on. No MLflow run, "
+        "model card or model page is written from an interim report.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Validate models on named sets; re-running the same command resumes (finished entries are skipped)."""
@@ -77,7 +81,7 @@ def validate(
                             settings=load_settings(), progress=progress,
                             command=" ".join(["ionscreen validate", *map(shlex.quote, sys.argv[2:])]),
                             workers=workers, merge_journals=merge_journal or (),
-                            entries=[k for item in entries or () for k in item.split(",")])
+                            entries=[k for item in entries or () for k in item.split(",")], report_only=report_only)
     if as_json:
         typer.echo(json.dumps(json.loads(result.report_json.read_text()), indent=1))
         return
@@ -89,7 +93,9 @@ def validate(
                         if k in ("spearman_rho", "mae_log10_S_cm", "n_ok", "n_bounds", "n_uncovered", "n_failed",
                                  "mae_eV", "energy_mae_meV_atom", "force_mae_meV_A",
                                  "geometric_mean_ratio", "n_consistent", "n_compared")}
-            typer.echo(f"  {name}: " + ", ".join(f"{k} {format_figure(v)}" for k, v in headline.items()))
+            typer.echo(f"  {name}: " + ", ".join(f"{k} {format_figure(v)}" for k, v in headline.items())
+                       + (f" (interim: {len(run.records)} of {len(run.records) + len(run.missing)} entries; not "
+                          f"finished: {', '.join(run.missing)})" if run.missing else ""))
     for name, pairs in result.agreement.items():
         for pair in pairs:
             typer.echo(f"  {name}: {pair['a']} vs {pair['b']}: Kendall τ-b {format_figure(pair['kendall_tau_b'])}")
