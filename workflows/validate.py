@@ -361,36 +361,36 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
     n_now = 0
     describe = vset.describe() if callable(getattr(vset, "describe", None)) else {}
 
-    def merged_lines(done: Mapping[str, dict]):
+    def read_and_merge(*, append: bool) -> tuple[dict[str, dict], int]:
+        """The journal's lines by key, with the merged lines it lacks (appended to it when ``append``), and how many
+        of this run's entries were merged. A key merged once is in ``done``, so a second file's line is left out."""
+        done, n_merged = journal.read(), 0
         for path, lines in merge:
             for item in lines:
-                if (item["model_sha256"], item["set"], item["fingerprint"]) == (loaded.sha256, vset.name, fingerprint) \
-                        and item["key"] not in done:
-                    yield {**item, "merged_from": str(path)}
+                if (item["model_sha256"], item["set"], item["fingerprint"]) != (loaded.sha256, vset.name, fingerprint) \
+                        or item["key"] in done:
+                    continue
+                item = {**item, "merged_from": str(path)}
+                if append:
+                    journal.append(item)
+                    progress("merged", {"set": vset.name, "key": item["key"], "file": str(path),
+                                        "status": item["record"]["status"]})
+                done[item["key"]] = item
+                n_merged += item["key"] in keys  # every line is kept; the count is of this run's entries
+        return done, n_merged
 
-    def records_of(done: Mapping[str, dict]) -> list[dict]:
-        return [{**done[k]["record"], "key": k, "label": done[k]["label"], "entry_wall_s": done[k]["wall_s"]}
-                for k in keys if k in done]
-
-    if report_only:
-        done = journal.read()
-        n_merged = 0
-        for item in merged_lines(done):  # as a run merges them, without appending them
-            done[item["key"]] = item
-            n_merged += item["key"] in keys
-        return SetRun(vset.name, fingerprint, directory, records_of(done), 0, sum(k in done for k in keys),
+    def set_run(done: Mapping[str, dict], n_merged: int) -> SetRun:
+        records = [{**done[k]["record"], "key": k, "label": done[k]["label"], "entry_wall_s": done[k]["wall_s"]}
+                   for k in keys if k in done]
+        return SetRun(vset.name, fingerprint, directory, records, n_now, len(records) - n_now,
                       time.perf_counter() - t0, n_merged=n_merged, describe=describe,
                       missing=[k for k in keys if k not in done])
+
+    if report_only:
+        return set_run(*read_and_merge(append=False))
     with exclusive_or_refuse(directory / ".lock", f"{directory} is being validated by another process; wait for it "
                              "or use another --out"):
-        done = journal.read()
-        n_merged = 0
-        for item in merged_lines(done):  # a key merged once is in done, so a second file's line is left out
-            journal.append(item)
-            done[item["key"]] = item
-            n_merged += item["key"] in keys  # every line is kept; the count is of this run's entries
-            progress("merged", {"set": vset.name, "key": item["key"], "file": item["merged_from"],
-                                "status": item["record"]["status"]})
+        done, n_merged = read_and_merge(append=True)
 
         def finish(index: int, entry: ValidationEntry, record: dict, wall_s: float) -> None:
             nonlocal n_now
@@ -423,9 +423,7 @@ def run_set(loaded, vset, *, model_dir: Path, device: str, limit: int | None, fu
                 record = _uncovered(missing) if missing else _run_entry(loaded, vset, entry, workdir, device=device,
                                                                          seed=seed, fresh=fresh)
                 finish(index, entry, record, time.perf_counter() - started)
-    return SetRun(vset.name, fingerprint, directory, records_of(done), n_now, len(entries) - n_now,
-                  time.perf_counter() - t0, n_merged=n_merged, describe=describe,
-                  missing=[k for k in keys if k not in done])
+    return set_run(done, n_merged)
 
 
 def _run_parallel(loaded, vset, todo, finish, *, progress: Progress, device: str, seed: int, workers: int,
