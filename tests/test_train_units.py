@@ -21,7 +21,9 @@ from training.train import (
     epoch_metrics,
     fit_e0s,
     mace_arguments,
+    merged_epoch_metrics,
     parse_mace_arguments,
+    prune_checkpoints,
 )
 
 
@@ -95,6 +97,34 @@ def test_epoch_metrics_from_mace_results_lines():
     assert "valid_stress_mae_meV_A3" not in running[1]
     final = epoch_metrics(lines, final=True)
     assert final[2] == {"train_loss": 1.0, "epoch_time_s": 0.5}
+
+
+def _segment(epochs, loss, start=None):
+    lines = [_line(mode="eval", epoch=None, head="Default", loss=loss)]
+    for e in epochs:
+        lines += [_line(mode="opt", epoch=e, loss=loss, time=1.0),
+                  _line(mode="eval", epoch=e, head="Default", loss=loss)]
+    return lines, start
+
+
+def test_a_resumed_segment_replaces_the_steps_after_its_restart_epoch():
+    # killed after epoch 6 (step 7) with the checkpoint of epoch 4; mace trains epoch 4 again; then once more
+    merged = merged_epoch_metrics([_segment(range(0, 7), 3.0), _segment(range(4, 9), 2.0, start=4),
+                                   _segment(range(6, 10), 1.0, start=6)])
+    assert sorted(merged) == list(range(11))
+    assert [merged[s]["valid_loss"] for s in range(11)] == [3.0] * 5 + [2.0] * 2 + [1.0] * 4
+    assert merged[10]["train_loss"] == 1.0  # no mean over two segments' losses of one epoch
+
+
+def test_prune_keeps_the_two_newest_checkpoints_of_each_stage(tmp_path):
+    names = [f"m_run-1_epoch-{e}.pt" for e in (1, 2, 10, 3)] + [f"m_run-1_epoch-{e}_swa.pt" for e in (11, 12, 13)]
+    for n in names + ["m_run-1.model"]:
+        (tmp_path / n).write_bytes(b"x")
+    removed = prune_checkpoints(tmp_path)
+    assert sorted(p.name for p in removed) == ["m_run-1_epoch-1.pt", "m_run-1_epoch-11_swa.pt", "m_run-1_epoch-2.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m_run-1.model", "m_run-1_epoch-10.pt", "m_run-1_epoch-12_swa.pt", "m_run-1_epoch-13_swa.pt",
+        "m_run-1_epoch-3.pt"]
 
 
 def test_mace_arguments_parse_with_mace_own_parser(tmp_path):

@@ -22,6 +22,7 @@ import shutil
 import threading
 import time
 import warnings
+import zipfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "ionscreen-training"
 METRICS_POLL_S = 15.0
+STATE_FILE = "train_state.json"  # what a resume needs; written once the MLflow run exists
+LOCK_FILE = "train.lock"  # held by the process training in the directory
+RESULT_FILE = "training_result.json"  # written last: the run finished
+_CHECKPOINT_RE = re.compile(r"_epoch-(\d+)(?:_swa)?\.pt$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -158,7 +163,9 @@ class TrainingResult(BaseModel):
     foundation_sha256: str | None = None
     e0s_eV: dict[str, float]
     epochs_run: int
-    wall_time_s: float
+    wall_time_s: float = Field(description="Wall time of this process (of the last segment when resumed), s.")
+    resumed_from_epochs: list[int] = Field(
+        default_factory=list, description="The checkpoint epoch each resume restarted from (0: none was saved yet).")
     test: EvaluationReport | None = Field(None, description="Errors on the test split (None: no test frames).")
     mlflow_run_id: str
     mlflow_experiment_id: str
@@ -365,7 +372,7 @@ def mace_arguments(config: TrainConfig, mode: FinetuneMode, *, name: str, work_d
         *_flag("clip_grad", config.clip_grad if config.clip_grad is not None else "None"),
         *_flag("device", device), *_flag("default_dtype", config.default_dtype),
         *_flag("error_table", "PerAtomMAE"), *_flag("plot", False), *_flag("pin_memory", device != "cpu"),
-        "--save_cpu",
+        "--save_cpu", "--keep_checkpoints",  # ionscreen prunes them (prune_checkpoints): a kill never leaves none
     ]
     if config.stage_two:
         args += ["--stage_two", *_flag("stage_two_lr", config.stage_two_lr),
@@ -471,12 +478,75 @@ def epoch_metrics(lines: Sequence[str], *, final: bool) -> dict[int, dict[str, f
     return out
 
 
-class _MetricsFollower:
-    """Logs per-epoch metrics to MLflow while mace trains (polling its results file), in batches."""
+def merged_epoch_metrics(segments: Sequence[tuple[Sequence[str], int | None]]) -> dict[int, dict[str, float]]:
+    """Metrics per step of a run trained in segments: (results lines, restart epoch or None for the first).
 
-    def __init__(self, client, run_id: str, results_dir: Path, interval_s: float = METRICS_POLL_S):
+    mace-torch restarts from the checkpoint of epoch ``e`` by training epoch ``e`` again, so a segment
+    restarted at ``e`` replaces every step after ``e`` (step = epochs completed) and its own step 0 (the
+    validation of the restored weights) is dropped.
+    """
+    out: dict[int, dict[str, float]] = {}
+    for lines, start in segments:
+        steps = epoch_metrics(lines, final=True)
+        if start is not None:
+            out = {s: m for s, m in out.items() if s <= start}
+            steps = {s: m for s, m in steps.items() if s > start}
+        out.update(steps)
+    return out
+
+
+def prune_checkpoints(checkpoints_dir: Path, keep: int = 2) -> list[Path]:
+    """Delete all but the ``keep`` newest checkpoints of each stage; the files deleted.
+
+    Without ``--keep_checkpoints`` mace-torch deletes the old checkpoint before it writes the new one, so a
+    kill during the write leaves no complete one; with it, it never deletes any. Keeping the two newest
+    means one is always complete.
+    """
+    stages: dict[bool, list[tuple[int, Path]]] = defaultdict(list)
+    for path in checkpoints_dir.glob("*.pt"):
+        if m := _CHECKPOINT_RE.search(path.name):
+            stages[path.name.endswith("_swa.pt")].append((int(m.group(1)), path))
+    removed = []
+    for items in stages.values():
+        for _, path in sorted(items, reverse=True)[keep:]:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def complete_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a complete torch archive (every member's CRC checks), without unpickling it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
+
+
+def set_aside_incomplete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Move the newest checkpoints that are incomplete (a kill during the write) into ``unreadable/``, until the
+    newest left is complete, so that mace-torch restarts from it instead of silently from scratch; the files moved."""
+    found = sorted(((int(m.group(1)), p) for p in checkpoints_dir.glob("*.pt")
+                    if (m := _CHECKPOINT_RE.search(p.name))), reverse=True)
+    moved = []
+    for _, path in found:
+        if complete_checkpoint(path):
+            break
+        aside = checkpoints_dir / "unreadable"
+        aside.mkdir(exist_ok=True)
+        moved.append(path.rename(aside / path.name))
+    return moved
+
+
+class _MetricsFollower:
+    """While mace trains, logs its per-epoch metrics to MLflow (polling its results file, in batches) and prunes
+    its checkpoints (two newest kept)."""
+
+    def __init__(self, client, run_id: str, results_dir: Path, interval_s: float = METRICS_POLL_S,
+                 logged: set[int] | None = None, checkpoints_dir: Path | None = None):
         self.client, self.run_id, self.results_dir, self.interval_s = client, run_id, results_dir, interval_s
-        self.logged: set[int] = set()
+        self.checkpoints_dir = checkpoints_dir
+        self.logged: set[int] = set(logged or ())  # steps already in MLflow (a resumed run's earlier epochs)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mace-metrics", daemon=True)
         self.n_logged = 0
@@ -498,9 +568,14 @@ class _MetricsFollower:
         self.n_logged += len(metrics)
         return steps
 
+    def _prune(self) -> None:
+        if self.checkpoints_dir is not None:
+            prune_checkpoints(self.checkpoints_dir)
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
+                self._prune()
                 self.flush()
             except Exception as err:  # never let progress logging kill a training run
                 log.warning("could not log training progress to MLflow yet: %s", err)
@@ -512,6 +587,7 @@ class _MetricsFollower:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        self._prune()
 
 
 @contextlib.contextmanager
@@ -837,16 +913,18 @@ def _load_foundation(config: TrainConfig, mode: FinetuneMode, settings: Settings
     return foundation_loaded, replay_src
 
 
-def _prepare_workspace(inputs: _Inputs, settings: Settings, name: str, out_dir: str | Path | None) -> _Workspace:
-    """Create the empty output directory; write the split files and private copies of foundation model and replay."""
-    from mlip.trust import sha256_file
-
+def _out_dir(settings: Settings, name: str, out_dir: str | Path | None) -> Path:
+    """The run's output directory, absolute: ``out_dir`` or a new one under $IONSCREEN_HOME/training/NAME/."""
     if out_dir is None:
         stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         out_dir = settings.home / "training" / name / stamp
-    out_dir = Path(out_dir).resolve()
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise InputError(f"output directory {out_dir} is not empty; give a new --out")
+    return Path(out_dir).resolve()
+
+
+def _prepare_workspace(inputs: _Inputs, out_dir: Path) -> _Workspace:
+    """Write the split files and private copies of foundation model and replay into the (empty) output directory."""
+    from mlip.trust import sha256_file
+
     out_dir.mkdir(parents=True, exist_ok=True)
     data_dir, work_dir = out_dir / "data", out_dir / "mace"
     splits = write_split_files(inputs.split_frames, data_dir)
@@ -935,12 +1013,179 @@ def _log_run_inputs(run: _Run) -> None:
     (run.work.out_dir / "mace_args.json").write_text(json.dumps(run.plan.argv, indent=1) + "\n")
 
 
-def _train_following_metrics(run: _Run, metrics_poll_s: float) -> _Fit:
-    """Run mace-torch, logging its per-epoch metrics to MLflow as they appear; the epochs run and best valid errors."""
+# ---------------------------------------------------------------------------------------------------
+# Resuming: the same command with the same --out continues an unfinished run from its last checkpoint
+
+
+def _request(name: str, inputs: _Inputs, experiment: str, register: str | None, alias: str | None,
+             description: str) -> dict:
+    """What decides a run besides where it is written: a resume must ask for exactly this again."""
+    return {"name": name, "dataset_hash": inputs.ds.hash, "config": inputs.config.model_dump(mode="json"),
+            "foundation_sha256": inputs.foundation.sha256 if inputs.foundation is not None else None,
+            "replay_file_sha256": _sha256_or_none(inputs.replay_src),
+            "experiment": experiment, "register": register, "alias": alias, "description": description}
+
+
+def _sha256_or_none(path: Path | None) -> str | None:
+    from mlip.trust import sha256_file
+
+    return sha256_file(path) if path is not None else None
+
+
+def _differences(saved: dict, request: dict) -> list[str]:
+    """The request's fields (``config.FIELD`` for the training config) that differ from the saved run's."""
+    out = []
+    for key, value in request.items():
+        if key == "config":
+            a, b = saved.get("config", {}), value
+            out += [f"config.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif saved.get(key) != value:
+            out.append(key)
+    return out
+
+
+def _unfinished_run(out_dir: Path, request: dict) -> dict | None:
+    """The saved state of the unfinished run in ``out_dir`` asked for again by ``request``; None when it is empty.
+
+    InputError when the run there finished, when it was started with other settings (named), or when the
+    directory holds something that is not a resumable run.
+    """
+    if (out_dir / RESULT_FILE).exists():
+        raise InputError(f"{out_dir}: the training run there finished ({RESULT_FILE}); give a new --out to train again")
+    state_path = out_dir / STATE_FILE
+    if not state_path.exists():
+        if any(p.name != LOCK_FILE for p in out_dir.iterdir()):
+            raise InputError(f"output directory {out_dir} is not empty and holds no training run to resume "
+                             f"(no {STATE_FILE}); give a new --out")
+        return None
+    try:
+        state = json.loads(state_path.read_text())
+        saved = state["request"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{state_path}: unreadable ({err}); the run cannot be resumed, give a new --out") from err
+    diff = _differences(saved, request)
+    if diff:
+        raise InputError(f"{out_dir} holds an unfinished training run started with other settings "
+                         f"({', '.join(diff)} {'differs' if len(diff) == 1 else 'differ'}); repeat its command to "
+                         "resume it, or give a new --out")
+    return state
+
+
+def _write_state(run: _Run, request: dict) -> dict:
+    """Save what a resume needs (the request, the MLflow run, mace's arguments, the workspace's files)."""
+    from mlip.util import atomic_write_json
+
+    work = run.work
+    state = {
+        "format": 1, "request": request, "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id,
+        "argv": run.plan.argv, "e0s_eV": run.plan.e0s_eV, "e0s_method": run.plan.e0s_method,
+        "plan_flags": run.plan.flags, "splits": {k: str(v) for k, v in work.splits.items()},
+        "foundation_file": str(work.foundation_file) if work.foundation_file else None,
+        "replay_path": str(work.replay_path) if work.replay_path else None, "replay_sha256": work.replay_sha,
+        "resumed_from_epochs": [],
+    }
+    atomic_write_json(work.out_dir / STATE_FILE, state)
+    return state
+
+
+def latest_checkpoint_epoch(checkpoints_dir: Path) -> int | None:
+    """The epoch of the newest checkpoint mace-torch saved (stage-two ones included), None if there is none."""
+    epochs = [int(m.group(1)) for p in checkpoints_dir.glob("*.pt") if (m := _CHECKPOINT_RE.search(p.name))]
+    return max(epochs, default=None)
+
+
+def _reopen_run(state: dict, inputs: _Inputs, settings: Settings, name: str, out_dir: Path) -> _Run:
+    """The unfinished run of ``state`` with its workspace checked and its MLflow run set running again."""
+    from mlflow.exceptions import MlflowException
+
+    from mlip import registry as mlip_registry
+
+    splits = {k: Path(v) for k, v in state["splits"].items()}
+    files = [*splits.values(), *(Path(state[k]) for k in ("foundation_file", "replay_path") if state.get(k))]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise InputError(f"{out_dir}: {', '.join(missing)} missing; the run cannot be resumed, give a new --out")
+    replay_path = Path(state["replay_path"]) if state.get("replay_path") else None
+    if replay_path is not None and _sha256_or_none(replay_path) != state.get("replay_sha256"):
+        raise InputError(f"{replay_path} changed since the run started; the run cannot be resumed, give a new --out")
+    work = _Workspace(out_dir=out_dir, work_dir=out_dir / "mace", splits=splits,
+                      foundation_file=Path(state["foundation_file"]) if state.get("foundation_file") else None,
+                      replay_path=replay_path, replay_sha=state.get("replay_sha256"))
+    plan = _MacePlan(argv=list(state["argv"]), e0s_eV=state["e0s_eV"], e0s_method=state["e0s_method"],
+                     flags=list(state["plan_flags"]))
+    client = mlip_registry.client(settings)
+    run_id = state["mlflow_run_id"]
+    try:
+        client.get_run(run_id)
+    except MlflowException as err:
+        raise InputError(f"{out_dir}: its MLflow run {run_id} is not in the tracking store "
+                         f"{mask_password(settings.mlflow_tracking_uri)}; resume with the store it was started with"
+                         ) from err
+    client.update_run(run_id, status="RUNNING")
+    return _Run(name=name, settings=settings, inputs=inputs, work=work, plan=plan, client=client,
+                experiment_id=state["mlflow_experiment_id"], run_id=run_id)
+
+
+def _record_resume(run: _Run, state: dict) -> int:
+    """Set the finished epochs' results aside and note the restart epoch in the state and MLflow; the epoch."""
+    from mlip.util import atomic_write_json
+
     work_dir = run.work.work_dir
-    with _MetricsFollower(run.client, run.run_id, work_dir / "results", interval_s=metrics_poll_s) as follower:
-        run_mace(run.plan.argv, work_dir / "logs")
-    steps = follower.flush(final=True)
+    for path in set_aside_incomplete_checkpoints(work_dir / "checkpoints"):
+        log.warning("%s is incomplete (the process was killed while writing it); set aside, not resumed from", path)
+    epoch = latest_checkpoint_epoch(work_dir / "checkpoints")
+    start = 0 if epoch is None else epoch
+    resumed = [*state.get("resumed_from_epochs", []), start]
+    aside = work_dir / "results" / f"before-resume-{len(resumed)}"
+    for f in sorted((work_dir / "results").glob("*_train.txt")):
+        aside.mkdir(parents=True, exist_ok=True)
+        f.rename(aside / f.name)
+    state["resumed_from_epochs"] = resumed
+    atomic_write_json(run.work.out_dir / STATE_FILE, state)
+    run.client.set_tag(run.run_id, "ionscreen.resumed_from_epochs", ",".join(map(str, resumed)))
+    log.info("resuming training in %s from the checkpoint of epoch %s", run.work.out_dir, epoch)
+    return start
+
+
+def _segments(results_dir: Path, resumed_from_epochs: Sequence[int]) -> list[tuple[list[str], int | None]]:
+    """Each training segment's results lines with the epoch it restarted from (None for the first)."""
+    def lines(d: Path) -> list[str]:
+        return [ln for f in sorted(d.glob("*_train.txt")) for ln in f.read_text().splitlines()]
+
+    dirs = [results_dir / f"before-resume-{k}" for k in range(1, len(resumed_from_epochs) + 1)] + [results_dir]
+    starts: list[int | None] = [None, *resumed_from_epochs]
+    return [(lines(d), start) for d, start in zip(dirs, starts)]
+
+
+def _log_missing_steps(run: _Run, steps: dict[int, dict[str, float]]) -> None:
+    """Log the metrics of ``steps`` that the MLflow run lacks (a killed process may not have logged its last ones)."""
+    from mlflow.entities import Metric
+
+    keys = {k for m in steps.values() for k in m}
+    have = {k: {m.step for m in run.client.get_metric_history(run.run_id, k)} for k in keys}
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, step) for step, m in sorted(steps.items()) for k, v in m.items()
+               if step not in have[k]]
+    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+        run.client.log_batch(run.run_id, metrics=metrics[start:start + 1000])
+
+
+def _train_following_metrics(run: _Run, metrics_poll_s: float, resumed_from_epochs: Sequence[int] = ()) -> _Fit:
+    """Run mace-torch (from its last checkpoint when resumed), logging per-epoch metrics to MLflow as they appear;
+    the epochs run and best valid errors over every segment."""
+    work_dir = run.work.work_dir
+    argv = run.plan.argv + (["--restart_latest"] if resumed_from_epochs else [])
+    logged: set[int] = set()
+    if resumed_from_epochs:  # the earlier segments' steps up to the restart stay: into MLflow if they are not yet
+        earlier = merged_epoch_metrics(_segments(work_dir / "results", resumed_from_epochs)[:-1])
+        kept = {s: m for s, m in earlier.items() if s <= resumed_from_epochs[-1]}
+        _log_missing_steps(run, kept)
+        logged = set(kept)
+    with _MetricsFollower(run.client, run.run_id, work_dir / "results", interval_s=metrics_poll_s,
+                          logged=logged, checkpoints_dir=work_dir / "checkpoints") as follower:
+        run_mace(argv, work_dir / "logs")
+    follower.flush(final=True)
+    steps = merged_epoch_metrics(_segments(work_dir / "results", resumed_from_epochs))
     epochs_run = max((s for s in steps if s > 0), default=0)
     best_valid = {}
     for key in ("valid_energy_mae_meV_atom", "valid_force_mae_meV_A"):
@@ -1093,7 +1338,7 @@ def _log_artifacts(run: _Run, trained: _Trained, evaluation: _Evaluation, card_p
 
 def _write_result(run: _Run, fit: _Fit, trained: _Trained, evaluation: _Evaluation, card: ModelCard,
                   card_path: Path, registered: str | None, registered_alias: str | None, flags: list[str],
-                  t_start: float) -> TrainingResult:
+                  t_start: float, resumed_from_epochs: Sequence[int] = ()) -> TrainingResult:
     """The :class:`TrainingResult`, written as ``training_result.json`` and logged with the wall time."""
     from mlip.version import code_version
 
@@ -1104,12 +1349,13 @@ def _write_result(run: _Run, fit: _Fit, trained: _Trained, evaluation: _Evaluati
         model_card_path=str(card_path), dataset_dir=str(inputs.dataset_dir), dataset_hash=inputs.ds.hash,
         split_counts=inputs.n, foundation_ref=card.foundation_ref, foundation_sha256=card.foundation_sha256,
         e0s_eV=run.plan.e0s_eV, epochs_run=fit.epochs_run, wall_time_s=time.time() - t_start,
+        resumed_from_epochs=list(resumed_from_epochs),
         test=evaluation.test_report, mlflow_run_id=run.run_id, mlflow_experiment_id=run.experiment_id,
         mlflow_tracking_uri=mask_password(run.settings.mlflow_tracking_uri), registered=registered,
         registered_alias=registered_alias, mace_args=run.plan.argv, flags=flags,
         code_version=code_version(), mace_version=_mace_version(),
     )
-    result_path = run.work.out_dir / "training_result.json"
+    result_path = run.work.out_dir / RESULT_FILE
     result_path.write_text(result.model_dump_json(indent=1) + "\n")
     run.client.log_artifact(run.run_id, str(result_path))
     run.client.log_metric(run.run_id, "wall_time_s", result.wall_time_s)
@@ -1144,19 +1390,39 @@ def train(
     _check_names(name, register, alias)
     config = _apply_overrides(config, foundation=foundation, mode=mode, replay_file=replay_file)
     inputs = _load_inputs(dataset_dir, config, settings)
-    work = _prepare_workspace(inputs, settings, name, out_dir)
-    plan = _plan_mace_run(inputs, work, name)
-    run = _start_mlflow_run(name, settings, inputs, work, plan, experiment)
-    with _terminated_on_exit(run):
-        _log_run_inputs(run)
-        fit = _train_following_metrics(run, metrics_poll_s)
-        trained = _collect_model(run)
-        evaluation = _evaluate(run, trained, fit.epochs_run)
-        flags = sorted(set(plan.flags + fit.flags + evaluation.flags))
-        card = _model_card(run, fit, trained, evaluation, flags)
-        # registered before the card is written, so that the card names the version
-        registered, registered_alias = _register_version(run, trained, evaluation, card, register, alias, description)
-        card_path = _write_model_card(card, work.out_dir)
-        _log_artifacts(run, trained, evaluation, card_path)
-        return _write_result(run, fit, trained, evaluation, card, card_path, registered, registered_alias, flags,
-                             t_start)
+    out = _out_dir(settings, name, out_dir)
+    request = _request(name, inputs, experiment, register, alias, description)
+    from mlip.util import exclusive_or_refuse
+
+    with exclusive_or_refuse(out / LOCK_FILE, f"{out}: another process is training there (it holds {LOCK_FILE}); "
+                             "wait for it to end, or give another --out"):
+        state = _unfinished_run(out, request)
+        if state is None:
+            work = _prepare_workspace(inputs, out)
+            run = _start_mlflow_run(name, settings, inputs, work, _plan_mace_run(inputs, work, name), experiment)
+        else:
+            run = _reopen_run(state, inputs, settings, name, out)
+        with _terminated_on_exit(run):
+            if state is None:
+                _log_run_inputs(run)
+                state = _write_state(run, request)
+            else:
+                _record_resume(run, state)
+            return _train_and_finish(run, state["resumed_from_epochs"], metrics_poll_s, register, alias,
+                                     description, t_start)
+
+
+def _train_and_finish(run: _Run, resumed_from_epochs: list[int], metrics_poll_s: float, register: str | None,
+                      alias: str | None, description: str, t_start: float) -> TrainingResult:
+    """Train (from the last checkpoint when resumed), evaluate, register and write the result."""
+    fit = _train_following_metrics(run, metrics_poll_s, resumed_from_epochs)
+    trained = _collect_model(run)
+    evaluation = _evaluate(run, trained, fit.epochs_run)
+    flags = sorted(set(run.plan.flags + fit.flags + evaluation.flags + (["resumed"] if resumed_from_epochs else [])))
+    card = _model_card(run, fit, trained, evaluation, flags)
+    # registered before the card is written, so that the card names the version
+    registered, registered_alias = _register_version(run, trained, evaluation, card, register, alias, description)
+    card_path = _write_model_card(card, run.work.out_dir)
+    _log_artifacts(run, trained, evaluation, card_path)
+    return _write_result(run, fit, trained, evaluation, card, card_path, registered, registered_alias, flags,
+                         t_start, resumed_from_epochs)

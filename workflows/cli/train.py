@@ -69,6 +69,8 @@ def _train_summary(result) -> str:
         f"  model card  {result.model_card_path}",
         f"  MLflow run  {result.mlflow_run_id} ({result.mlflow_tracking_uri})",
     ]
+    if result.resumed_from_epochs:
+        lines.append(f"  resumed     from the checkpoint of epoch {', '.join(map(str, result.resumed_from_epochs))}")
     if result.registered:
         lines.append(f"  registered  {result.registered}" + (f" = {result.registered_alias}" if result.registered_alias else ""))
     if result.test is not None:
@@ -111,7 +113,7 @@ def train(
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
     dtype: Annotated[Optional[Dtype], typer.Option("--dtype", help="Training precision.")] = None,
     mace_arg: Annotated[Optional[list[str]], typer.Option("--mace-arg", help="Extra mace-torch flag FLAG=VALUE (repeatable).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default $IONSCREEN_HOME/training/NAME/TIME).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default $IONSCREEN_HOME/training/NAME/TIME); the same command with the same --out resumes an unfinished run.")] = None,
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment.")] = "ionscreen-training",
     register: Annotated[Optional[str], typer.Option("--register", help="Register the model under this name.")] = None,
     alias: Annotated[Optional[str], typer.Option("--alias", help="Point models:/NAME@ALIAS at the new version, e.g. production.")] = None,
