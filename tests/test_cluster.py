@@ -22,7 +22,8 @@ import yaml
 
 from protocols import short_protocol
 
-pytestmark = pytest.mark.cluster
+# one xdist worker runs the cluster tests one after the other: each starts daemons and several Ray nodes
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 
 N_TASKS = 200
 # very short MD (orchestration is under test here); checkpoints every 10 steps so a killed task has one to resume

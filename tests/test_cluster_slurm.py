@@ -27,7 +27,8 @@ import yaml
 from mlip.loader import trust
 from protocols import short_protocol
 
-pytestmark = pytest.mark.cluster
+# one xdist worker runs the cluster tests one after the other: each starts daemons and several Ray nodes
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 
 SBATCH = Path(__file__).resolve().parents[1] / "docs" / "cluster" / "ionscreen.sbatch"
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "scancel", "squeue", "srun", "scontrol")
