@@ -10,6 +10,9 @@ import pytest
 # Tiny test models gain nothing from a second thread, and an oversubscribed core makes torch's
 # thread pool spin (10× slower when another process is busy). Subprocesses inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray starts its workers at nice 15. The suite runs in two processes (README), so a Ray test's workers would wait
+# behind the other process's CPU-bound test (a job test took 2-4x as long); here they share the cores fairly.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 LIPSCL = [3, 15, 16, 17]  # Li, P, S, Cl
 

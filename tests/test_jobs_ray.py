@@ -152,6 +152,15 @@ def _frames(workdir: Path) -> int:
     return total
 
 
+def _cmdline(process) -> list[str]:
+    import psutil
+
+    try:
+        return process.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
+
+
 def test_worker_killed_mid_task_is_retried_from_its_checkpoint(job_dir, ray_session, settings):
     import psutil
 
@@ -170,7 +179,8 @@ def test_worker_killed_mid_task_is_retried_from_its_checkpoint(job_dir, ray_sess
     runner = threading.Thread(target=lambda: result.update(summary=run_job(plan.job_id, settings, live=False)))
     runner.start()
     _wait_for(lambda: _frames(workdir) > 20)
-    victims = [p for p in psutil.process_iter(["cmdline"]) if "ray::ModelWorker" in " ".join(p.info["cmdline"] or [])]
+    # this test's Ray runs under this process (the suite's other process may be running a Ray of its own)
+    victims = [p for p in psutil.Process().children(recursive=True) if "ray::ModelWorker" in " ".join(_cmdline(p))]
     assert len(victims) == 1
     frames_at_kill = _frames(workdir)
     victims[0].send_signal(signal.SIGKILL)
