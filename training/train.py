@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlip.config import Settings, load_settings, mask_password
 from mlip.errors import InputError, ModelDomainError, SimulationFailed
+from mlip.util import atomic_write_json, exclusive_or_refuse
 from training.evaluate import ISOLATED_CONFIG_TYPE, EvaluationReport, is_isolated_atom
 
 if TYPE_CHECKING:
@@ -1073,8 +1074,6 @@ def _unfinished_run(out_dir: Path, request: dict) -> dict | None:
 
 def _write_state(run: _Run, request: dict) -> dict:
     """Save what a resume needs (the request, the MLflow run, mace's arguments, the workspace's files)."""
-    from mlip.util import atomic_write_json
-
     work = run.work
     state = {
         "format": 1, "request": request, "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id,
@@ -1126,10 +1125,9 @@ def _reopen_run(state: dict, inputs: _Inputs, settings: Settings, name: str, out
                 experiment_id=state["mlflow_experiment_id"], run_id=run_id)
 
 
-def _record_resume(run: _Run, state: dict) -> int:
-    """Set the finished epochs' results aside and note the restart epoch in the state and MLflow; the epoch."""
-    from mlip.util import atomic_write_json
-
+def _record_resume(run: _Run, state: dict) -> None:
+    """Set cut-short checkpoints and the earlier segments' results aside; note the restart epoch in the state and
+    in MLflow."""
     work_dir = run.work.work_dir
     for path in set_aside_incomplete_checkpoints(work_dir / "checkpoints"):
         log.warning("%s is incomplete (the process was killed while writing it); set aside, not resumed from", path)
@@ -1144,7 +1142,6 @@ def _record_resume(run: _Run, state: dict) -> int:
     atomic_write_json(run.work.out_dir / STATE_FILE, state)
     run.client.set_tag(run.run_id, "ionscreen.resumed_from_epochs", ",".join(map(str, resumed)))
     log.info("resuming training in %s from the checkpoint of epoch %s", run.work.out_dir, epoch)
-    return start
 
 
 def _segments(results_dir: Path, resumed_from_epochs: Sequence[int]) -> list[tuple[list[str], int | None]]:
@@ -1384,6 +1381,10 @@ def train(
     by multihead replay fine-tuning when ``replay_file`` is given. ``foundation``, ``mode`` and
     ``replay_file`` override the fields of ``config``. With ``register`` the model becomes a new version
     of that registered model (and ``alias`` points at it).
+
+    When ``out_dir`` holds an unfinished run of the same request (killed, interrupted or failed), it is
+    resumed from mace-torch's newest complete checkpoint in the same MLflow run; a finished run, one started
+    with other settings, or one another process is training is refused (InputError).
     """
     t_start = time.time()
     settings = settings or load_settings()
@@ -1392,8 +1393,6 @@ def train(
     inputs = _load_inputs(dataset_dir, config, settings)
     out = _out_dir(settings, name, out_dir)
     request = _request(name, inputs, experiment, register, alias, description)
-    from mlip.util import exclusive_or_refuse
-
     with exclusive_or_refuse(out / LOCK_FILE, f"{out}: another process is training there (it holds {LOCK_FILE}); "
                              "wait for it to end, or give another --out"):
         state = _unfinished_run(out, request)
