@@ -80,6 +80,13 @@ def test_naive_finetuning(dataset, trusted_foundation, settings, tmp_path):
     assert run.data.params["foundation.sha256"] == trusted_foundation.sha256
     assert run.data.params["mace.multiheads_finetuning"] == "False"
     assert run.data.params["ionscreen.mode"] == "naive"
+    # resuming never hands mace-torch (which loads it as code) a private copy that is no longer the trusted file
+    copy = tmp_path / "naive" / "data" / "foundation.model"
+    (tmp_path / "naive" / "training_result.json").unlink()  # as if killed before the end
+    copy.write_bytes(copy.read_bytes() + b"\0")
+    with pytest.raises(InputError, match="foundation.model changed since the run started"):
+        train(dataset, settings, name="ft-naive", foundation=str(trusted_foundation.path), config=_cfg(),
+              out_dir=tmp_path / "naive")
 
     keep = train(dataset, settings, name="ft-keep", foundation=str(trusted_foundation.path),
                  config=_cfg(keep_foundation_elements=True, e0s="foundation"), out_dir=tmp_path / "keep")

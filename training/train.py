@@ -496,6 +496,12 @@ def merged_epoch_metrics(segments: Sequence[tuple[Sequence[str], int | None]]) -
     return out
 
 
+def _checkpoints(checkpoints_dir: Path) -> list[tuple[int, Path]]:
+    """mace-torch's checkpoints in ``checkpoints_dir`` (stage-two ones included) as (epoch, path), newest first."""
+    found = [(int(m.group(1)), p) for p in checkpoints_dir.glob("*.pt") if (m := _CHECKPOINT_RE.search(p.name))]
+    return sorted(found, reverse=True)
+
+
 def prune_checkpoints(checkpoints_dir: Path, keep: int = 2) -> list[Path]:
     """Delete all but the ``keep`` newest checkpoints of each stage; the files deleted.
 
@@ -503,13 +509,12 @@ def prune_checkpoints(checkpoints_dir: Path, keep: int = 2) -> list[Path]:
     kill during the write leaves no complete one; with it, it never deletes any. Keeping the two newest
     means one is always complete.
     """
-    stages: dict[bool, list[tuple[int, Path]]] = defaultdict(list)
-    for path in checkpoints_dir.glob("*.pt"):
-        if m := _CHECKPOINT_RE.search(path.name):
-            stages[path.name.endswith("_swa.pt")].append((int(m.group(1)), path))
+    stages: dict[bool, list[Path]] = defaultdict(list)
+    for _, path in _checkpoints(checkpoints_dir):
+        stages[path.name.endswith("_swa.pt")].append(path)
     removed = []
-    for items in stages.values():
-        for _, path in sorted(items, reverse=True)[keep:]:
+    for paths in stages.values():
+        for path in paths[keep:]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -527,10 +532,8 @@ def complete_checkpoint(path: Path) -> bool:
 def set_aside_incomplete_checkpoints(checkpoints_dir: Path) -> list[Path]:
     """Move the newest checkpoints that are incomplete (a kill during the write) into ``unreadable/``, until the
     newest left is complete, so that mace-torch restarts from it instead of silently from scratch; the files moved."""
-    found = sorted(((int(m.group(1)), p) for p in checkpoints_dir.glob("*.pt")
-                    if (m := _CHECKPOINT_RE.search(p.name))), reverse=True)
     moved = []
-    for _, path in found:
+    for _, path in _checkpoints(checkpoints_dir):
         if complete_checkpoint(path):
             break
         aside = checkpoints_dir / "unreadable"
@@ -1089,8 +1092,8 @@ def _write_state(run: _Run, request: dict) -> dict:
 
 def latest_checkpoint_epoch(checkpoints_dir: Path) -> int | None:
     """The epoch of the newest checkpoint mace-torch saved (stage-two ones included), None if there is none."""
-    epochs = [int(m.group(1)) for p in checkpoints_dir.glob("*.pt") if (m := _CHECKPOINT_RE.search(p.name))]
-    return max(epochs, default=None)
+    found = _checkpoints(checkpoints_dir)
+    return found[0][0] if found else None
 
 
 def _reopen_run(state: dict, inputs: _Inputs, settings: Settings, name: str, out_dir: Path) -> _Run:
@@ -1104,11 +1107,15 @@ def _reopen_run(state: dict, inputs: _Inputs, settings: Settings, name: str, out
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise InputError(f"{out_dir}: {', '.join(missing)} missing; the run cannot be resumed, give a new --out")
+    foundation_file = Path(state["foundation_file"]) if state.get("foundation_file") else None
     replay_path = Path(state["replay_path"]) if state.get("replay_path") else None
-    if replay_path is not None and _sha256_or_none(replay_path) != state.get("replay_sha256"):
-        raise InputError(f"{replay_path} changed since the run started; the run cannot be resumed, give a new --out")
-    work = _Workspace(out_dir=out_dir, work_dir=out_dir / "mace", splits=splits,
-                      foundation_file=Path(state["foundation_file"]) if state.get("foundation_file") else None,
+    # mace-torch loads the foundation copy as code: it must still be the trusted file, and the replay data unchanged
+    expected = [(foundation_file, inputs.foundation.sha256 if inputs.foundation is not None else None),
+                (replay_path, state.get("replay_sha256"))]
+    for path, sha in expected:
+        if path is not None and _sha256_or_none(path) != sha:
+            raise InputError(f"{path} changed since the run started; the run cannot be resumed, give a new --out")
+    work = _Workspace(out_dir=out_dir, work_dir=out_dir / "mace", splits=splits, foundation_file=foundation_file,
                       replay_path=replay_path, replay_sha=state.get("replay_sha256"))
     plan = _MacePlan(argv=list(state["argv"]), e0s_eV=state["e0s_eV"], e0s_method=state["e0s_method"],
                      flags=list(state["plan_flags"]))
