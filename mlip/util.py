@@ -1,5 +1,6 @@
-"""Small helpers every ionscreen package shares, in the bottom layer: canonical hashes of data, atomic file writes
-and advisory file locks (POSIX ``flock``; the data directory may sit on a shared file system)."""
+"""Small helpers every ionscreen package shares, in the bottom layer: canonical hashes of data, atomic file writes,
+advisory file locks (POSIX ``flock``; the data directory may sit on a shared file system) and worker processes that
+end with their parent."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -113,3 +117,31 @@ def exclusive_or_refuse(path: str | Path, busy: str, *, timeout_s: float | None 
         except LockBusy as err:
             raise (error or InputError)(busy) from err
         yield
+
+
+def end_with_parent(parent_pid: int) -> None:
+    """End this process with SIGTERM as soon as its parent ``parent_pid`` ends, however the parent ended.
+
+    For worker processes that run for hours: a worker left behind by a killed driver would go on computing and
+    writing checkpoints in directories that the driver's next run takes over. On Linux the kernel sends the signal
+    (``prctl(PR_SET_PDEATHSIG)``, which holds for the parent's thread that started this process: the caller's main
+    thread); elsewhere a daemon thread checks the parent every second. A parent that is already gone ends this
+    process at once."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent ended before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)

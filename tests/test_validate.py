@@ -6,6 +6,7 @@ these tests depend neither on MD nor on the barriers set."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -40,6 +41,9 @@ class SlowSet:
 
     def run_entry(self, entry, context):
         began = time.time()
+        if os.environ.get("SLOW_SET_STARTED"):
+            with open(os.environ["SLOW_SET_STARTED"], "a") as fh:
+                fh.write(f"{entry.key} {os.getpid()}\n")
         time.sleep(float(os.environ.get("SLOW_SET_SLEEP_S", "0")))
         if os.environ.get("SLOW_SET_SPANS"):
             with open(os.environ["SLOW_SET_SPANS"], "a") as fh:
@@ -217,6 +221,46 @@ def test_a_worker_that_dies_stops_the_run_with_a_clear_error_and_the_rerun_resum
     run = result.models[0].sets["slow"]
     assert run.n_skipped == len(finished) and run.summary == {"n_ok": 5, "n_uncovered": 1, "value_sum": -10.0}
     assert sorted(line["key"] for line in _journal(out)) == [f"e{i}" for i in range(N_ENTRIES)]
+
+
+def test_workers_end_when_the_driver_is_killed(tmp_path, slow_set):
+    """SIGKILL of ``ionscreen validate --workers 2`` (no handler runs) ends its workers too: left running, they would
+    go on with their entries for as long as those take, writing into the entry directories of the next run, whose
+    lock they do not hold."""
+    import psutil
+
+    out, started = tmp_path / "out", tmp_path / "started.log"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import workflows.validate as v; "
+            f"v.SET_MODULES['slow'] = {__name__!r}; from workflows.cli import main; "
+            "sys.argv = ['ionscreen', 'validate', 'ase:emt', '--set', 'slow', '--out', sys.argv[2], "
+            "'--device', 'cpu', '--no-mlflow', '--workers', '2']; main()")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW_SET_SLEEP_S": "120", "SLOW_SET_STARTED": str(started),
+           "SLOW_SET_ELEMENT": "Cu"}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(TESTS), str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    workers: list[psutil.Process] = []
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and len(started.read_text().split() if started.exists() else []) < 4:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.05)
+        rows = [line.split() for line in started.read_text().splitlines()]
+        assert len(rows) == 2, rows  # two entries running, one in each worker
+        workers = [psutil.Process(int(pid)) for _, pid in rows]
+        assert {w.ppid() for w in workers} == {proc.pid}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"workers {[w.pid for w in alive]} still run their entries after the driver was killed"
+        # no entry finished (e5 is uncovered: journalled without running), and no line is half-written
+        assert [line["key"] for line in _journal(out)] == ["e5"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for w in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                w.kill()
 
 
 def test_a_journal_from_another_run_merges_and_its_entries_are_not_run_again(tmp_path, slow_set, monkeypatch):

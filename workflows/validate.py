@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from mlip.config import Settings, load_settings, mask_password
 from mlip.errors import InputError, IonscreenError
-from mlip.util import atomic_write_text, exclusive_or_refuse
+from mlip.util import atomic_write_text, end_with_parent, exclusive_or_refuse
 from screening.validation.base import EntryStatus, RunContext, ValidationEntry, ValidationSet
 from workflows.jobs.layout import cores
 
@@ -291,9 +291,13 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(model_ref: str, model_sha256: str, settings: Settings, set_name: str, set_module: str,
-                 set_options: Mapping[str, Any] | None, threads: int) -> None:
-    """Initialiser of a worker process: load the parent's model (it must be the same file) and build its set."""
+                 set_options: Mapping[str, Any] | None, threads: int, driver_pid: int) -> None:
+    """Initialiser of a worker process: end with the driver (a killed driver's workers would go on running their
+    entries for hours, writing into the entry directories of its next run, whose lock they do not hold), load the
+    parent's model (it must be the same file) and build its set."""
     from mlip.loader import load_model
+
+    end_with_parent(driver_pid)
 
     loaded = load_model(model_ref, settings)
     if loaded.sha256 != model_sha256:
@@ -438,7 +442,7 @@ def _run_parallel(loaded, vset, todo, finish, *, progress: Progress, device: str
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker,
                              initargs=(loaded.ref, loaded.sha256, settings, vset.name, module, set_options,
-                                       threads)) as pool:
+                                       threads, os.getpid())) as pool:
         running = {}
         for index, entry, workdir, fresh, missing in todo:
             progress("entry", {"set": vset.name, "index": index, "n": n_entries, "key": entry.key, "label": entry.label})
