@@ -124,9 +124,9 @@ def end_with_parent(parent_pid: int) -> None:
 
     For worker processes that run for hours: a worker left behind by a killed driver would go on computing and
     writing checkpoints in directories that the driver's next run takes over. On Linux the kernel sends the signal
-    (``prctl(PR_SET_PDEATHSIG)``, which holds for the parent's thread that started this process: the caller's main
-    thread); elsewhere a daemon thread checks the parent every second. A parent that is already gone ends this
-    process at once."""
+    (``prctl(PR_SET_PDEATHSIG)``). The kernel watches the parent's thread that started this process, so that thread
+    must outlive the worker, as one blocked in a process pool's ``with`` block does. Elsewhere a daemon thread checks
+    the parent every second. A parent that is already gone ends this process at once."""
     armed = False
     if sys.platform.startswith("linux"):
         import ctypes
