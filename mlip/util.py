@@ -132,10 +132,8 @@ def end_with_parent(parent_pid: int) -> None:
         import ctypes
 
         pr_set_pdeathsig = 1
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             armed = ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) == 0
-        except (OSError, AttributeError):
-            armed = False
     if not armed:
         def watch() -> None:
             while os.getppid() == parent_pid:

@@ -113,16 +113,21 @@ def _slow_env(monkeypatch, tmp_path: Path, **extra: str) -> Path:
     return calls
 
 
-def test_validate_resumes_after_a_kill_without_redoing_entries(tmp_path, slow_set, monkeypatch):
-    out, calls = tmp_path / "out", tmp_path / "calls.log"
+def _validate_cli(out: Path, workers: int, **slow_env: str) -> subprocess.Popen:
+    """``ionscreen validate ase:emt --set slow`` in a process of its own (ase:emt and cpu: no torch to import, a fast
+    start); ``slow_env``: the SLOW_SET_* variables, without the prefix."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import workflows.validate as v; "
             f"v.SET_MODULES['slow'] = {__name__!r}; from workflows.cli import main; "
             "sys.argv = ['ionscreen', 'validate', 'ase:emt', '--set', 'slow', '--out', sys.argv[2], "
-            "'--device', 'cpu', '--no-mlflow', '--workers', '1']; main()")  # ase:emt and cpu: no torch to import, a fast start
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW_SET_SLEEP_S": "0.3", "SLOW_SET_CALLS": str(calls),
-           "SLOW_SET_ELEMENT": "Cu"}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(TESTS), str(out)], env=env,
+            "'--device', 'cpu', '--no-mlflow', '--workers', sys.argv[3]]; main()")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **{f"SLOW_SET_{k}": v for k, v in slow_env.items()}}
+    return subprocess.Popen([sys.executable, "-c", code, str(TESTS), str(out), str(workers)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_validate_resumes_after_a_kill_without_redoing_entries(tmp_path, slow_set, monkeypatch):
+    out, calls = tmp_path / "out", tmp_path / "calls.log"
+    proc = _validate_cli(out, 1, SLEEP_S="0.3", CALLS=str(calls), ELEMENT="Cu")
     deadline = time.time() + 60
     while time.time() < deadline and len(_journal(out)) < 2:
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
@@ -230,18 +235,11 @@ def test_workers_end_when_the_driver_is_killed(tmp_path, slow_set):
     import psutil
 
     out, started = tmp_path / "out", tmp_path / "started.log"
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import workflows.validate as v; "
-            f"v.SET_MODULES['slow'] = {__name__!r}; from workflows.cli import main; "
-            "sys.argv = ['ionscreen', 'validate', 'ase:emt', '--set', 'slow', '--out', sys.argv[2], "
-            "'--device', 'cpu', '--no-mlflow', '--workers', '2']; main()")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW_SET_SLEEP_S": "120", "SLOW_SET_STARTED": str(started),
-           "SLOW_SET_ELEMENT": "Cu"}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(TESTS), str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = _validate_cli(out, 2, SLEEP_S="120", STARTED=str(started), ELEMENT="Cu")
     workers: list[psutil.Process] = []
     try:
         deadline = time.time() + 90
-        while time.time() < deadline and len(started.read_text().split() if started.exists() else []) < 4:
+        while time.time() < deadline and len(started.read_text().splitlines() if started.exists() else []) < 2:
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             time.sleep(0.05)
         rows = [line.split() for line in started.read_text().splitlines()]
